@@ -1,0 +1,111 @@
+# -*- test-case-name: tests.test_catalog -*-
+"""
+The model catalogue: which names clients may ask for and where each one is served.
+
+Resolution order: exact id, alias, ``provider/model`` prefix, glob patterns in file order,
+then the optional default. The route keeps the name the client asked for, which the response
+echoes (R-X5).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from txrelay.config import ModelConfig, RelayConfig, glob_matches
+from txrelay.protocol.errors import RelayError, not_found
+
+
+@attrs.frozen
+class Route:
+    """Where one request goes."""
+
+    #: The model name the client asked for (echoed in ``message.model``).
+    requested: str
+    provider: str
+    upstream_model: str
+    model: ModelConfig | None
+
+
+@attrs.frozen
+class ModelCatalog:
+    """Resolves requested model names to routes."""
+
+    models: tuple[ModelConfig, ...]
+    providers: frozenset[str]
+    _by_name: dict[str, ModelConfig] = attrs.field(init=False)
+
+    @_by_name.default
+    def _index(self) -> dict[str, ModelConfig]:
+        out: dict[str, ModelConfig] = {}
+        for m in self.models:
+            out.setdefault(m.id, m)
+            for alias in m.aliases:
+                out.setdefault(alias, m)
+        return out
+
+    @classmethod
+    def from_config(cls, cfg: RelayConfig) -> ModelCatalog:
+        """The catalogue of ``cfg``."""
+        return cls(cfg.models, frozenset(p.name for p in cfg.providers))
+
+    def resolve(self, name: str) -> Route | None:
+        """The route for ``name``, or ``None`` when nothing serves it."""
+        model = self._by_name.get(name)
+        if model is not None:
+            return Route(name, model.provider, model.upstream_model or model.id, model)
+        provider, slash, rest = name.partition("/")
+        if slash and rest and provider in self.providers:
+            for m in self.models:
+                if m.provider == provider and rest in (m.id, m.upstream_model):
+                    return Route(name, provider, m.upstream_model or m.id, m)
+            return Route(name, provider, rest, None)
+        for m in self.models:
+            for pattern in m.patterns:
+                if glob_matches(pattern, name):
+                    return Route(name, m.provider, m.upstream_model or name, m)
+        return None
+
+    def served_names(self) -> list[str]:
+        """The names listed in a 404 for an unknown model."""
+        names = [m.id for m in self.models]
+        names += [a for m in self.models for a in m.aliases]
+        names += [p for m in self.models for p in m.patterns]
+        return names
+
+    def unknown_model(self, name: str) -> RelayError:
+        """The 404 for a name nothing serves, listing what is served."""
+        served = ", ".join(self.served_names()) or "none"
+        return not_found(f"model: {name!r} is not served by this relay; served models: {served}")
+
+    def listed(self) -> list[dict[str, Any]]:
+        """``GET /v1/models`` entries in Anthropic's shape (R-C2)."""
+        return [model_object(m, m.id) for m in self.models if m.listed]
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        """``GET /v1/models/{id}``: aliases and patterns resolve too."""
+        route = self.resolve(name)
+        if route is None:
+            return None
+        if route.model is None:
+            return {"type": "model", "id": name, "display_name": name,
+                    "created_at": "2025-01-01T00:00:00Z"}
+        shown = name if route.model.patterns and name not in self._by_name else route.model.id
+        return model_object(route.model, shown)
+
+
+def model_object(m: ModelConfig, shown_id: str) -> dict[str, Any]:
+    """One model object (anthropic-messages.md §12)."""
+    out: dict[str, Any] = {
+        "type": "model",
+        "id": shown_id,
+        "display_name": m.display_name or shown_id,
+        "created_at": m.created_at,
+        "lifecycle": "active",
+    }
+    if m.max_input_tokens is not None:
+        out["max_input_tokens"] = m.max_input_tokens
+    if m.max_tokens is not None:
+        out["max_tokens"] = m.max_tokens
+    return out

@@ -1,0 +1,95 @@
+# -*- test-case-name: tests.test_cli -*-
+"""
+The ``txrelay`` command.
+
+``txrelay serve --config FILE`` runs the relay in the foreground (as ``twistd -n relay`` does),
+``txrelay check-config FILE`` validates a configuration and lists every problem with its key
+path, ``txrelay hash-key`` prints the SHA-256 a ``[[keys]]`` entry expects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from txrelay import __version__
+from txrelay.config import ConfigError, hash_key, load_config
+
+
+def _check(path: str) -> int:
+    from txrelay.tap import validate
+
+    try:
+        cfg = load_config(path)
+        validate(cfg, path)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    print(f"{path}: OK ({len(cfg.providers)} provider(s), {len(cfg.models)} model(s), "
+          f"pipeline: {' → '.join(s.label for s in cfg.pipeline)})")
+    return 0
+
+
+def _serve(path: str) -> int:
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import react
+    from twisted.logger import globalLogBeginner
+
+    from txrelay.logs import make_observer
+    from txrelay.service import RelayService, build_app
+    from txrelay.tap import validate
+
+    try:
+        cfg = load_config(path)
+        validate(cfg, path)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    globalLogBeginner.beginLoggingTo([make_observer(cfg.log)], redirectStandardIO=False)
+
+    async def run(r: Any) -> None:
+        service = RelayService(build_app(cfg, r, path), r)
+        service.startService()
+        r.addSystemEventTrigger("before", "shutdown", service.stopService)
+        await Deferred()  # until SIGTERM/SIGINT stop the reactor
+
+    _ = reactor
+    react(lambda r: Deferred.fromCoroutine(run(r)))
+    return 0  # pragma: no cover - react() exits
+
+
+def _hash(key: str | None) -> int:
+    if key is None:
+        key = getpass.getpass("key: ") if sys.stdin.isatty() else sys.stdin.readline().strip()
+    if not key:
+        print("no key given", file=sys.stderr)
+        return 2
+    print(hash_key(key))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``txrelay`` console script."""
+    parser = argparse.ArgumentParser(prog="txrelay", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"txrelay {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the relay in the foreground")
+    serve.add_argument("--config", "-c", default="relay.toml", help="TOML configuration file")
+    check = sub.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("config", help="TOML configuration file")
+    hk = sub.add_parser("hash-key", help="print the SHA-256 of a client key for [[keys]]")
+    hk.add_argument("key", nargs="?", help="the key (read from stdin when omitted)")
+    args = parser.parse_args(argv)
+    if args.command == "check-config":
+        return _check(args.config)
+    if args.command == "hash-key":
+        return _hash(args.key)
+    return _serve(args.config)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

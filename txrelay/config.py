@@ -1,0 +1,342 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The relay's configuration: TOML structured with cattrs into frozen attrs classes.
+
+Every problem is reported with its key path (``providers[1].base_url: not a URL``), all of
+them at once, and unknown keys are errors. Secrets are never inline: client keys are given as
+SHA-256 hashes or read from an environment variable or a file, provider credentials from an
+environment variable or a file.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+from cattrs.errors import ClassValidationError
+
+from txrelay.protocol.structure import error_lines, make_converter
+
+DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
+
+_converter = make_converter(forbid_extra_keys=True)
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``problems`` lists each one as ``path: message``."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        super().__init__(source, problems)
+        self.source = source
+        self.problems = problems
+
+    def __str__(self) -> str:
+        lines = "\n".join(f"  {p}" for p in self.problems)
+        return f"{self.source}: invalid configuration:\n{lines}"
+
+
+@attrs.frozen
+class Secret:
+    """
+    A credential read at start-up from an environment variable or a file.
+
+    The value never appears in ``repr`` or logs.
+    """
+
+    env: str | None = None
+    file: str | None = None
+    value: str = attrs.field(default="", repr=False, eq=False)
+
+
+@attrs.frozen
+class ClientKey:
+    """A named client key: its SHA-256 hex digest, or an env var or file holding the key."""
+
+    name: str
+    sha256: str | None = None
+    env: str | None = None
+    file: str | None = None
+
+
+@attrs.frozen
+class Timeouts:
+    """Upstream timeouts in seconds."""
+
+    connect: float = 10.0
+    #: From sending the request to the upstream's response headers.
+    first_byte: float = 600.0
+    #: Longest silence between two reads of a response body.
+    idle: float = 300.0
+
+
+@attrs.frozen
+class ProviderConfig:
+    """One backend the relay can send requests to."""
+
+    name: str
+    kind: Literal["demo", "openai-chat"]
+    base_url: str | None = None
+    api_key: Secret | None = None
+    #: Extra headers sent with every upstream request.
+    headers: dict[str, str] = attrs.field(factory=dict)
+    timeouts: Timeouts = Timeouts()
+    #: Idle pooled connections kept per upstream host.
+    max_idle_connections: int = 32
+    #: Kind-specific options (for ``openai-chat``: a dialect preset and overrides).
+    options: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class ModelConfig:
+    """A model clients may ask for, and where it is served."""
+
+    id: str
+    provider: str
+    #: The model id sent upstream; defaults to ``id`` (for a pattern match, the asked name).
+    upstream_model: str | None = None
+    aliases: tuple[str, ...] = ()
+    #: Glob patterns (``claude-*-haiku-*``) of requested names that route here.
+    patterns: tuple[str, ...] = ()
+    display_name: str | None = None
+    #: Largest ``max_tokens`` forwarded; larger requests are clamped.
+    max_tokens: int | None = None
+    max_input_tokens: int | None = None
+    created_at: str = "2025-01-01T00:00:00Z"
+    #: Whether ``GET /v1/models`` lists it.
+    listed: bool = True
+    #: Kind-specific per-model options (merged over the provider's).
+    options: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class StageConfig:
+    """One pipeline stage: its plugin ``type`` and its options table."""
+
+    type: str
+    name: str | None = None
+    options: dict[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def label(self) -> str:
+        """The name used in logs: ``name`` or the type."""
+        return self.name or self.type
+
+
+@attrs.frozen
+class ServerConfig:
+    """The HTTP front end."""
+
+    #: Twisted endpoint strings: ``tcp:8080:interface=127.0.0.1``, ``unix:/run/x.sock``,
+    #: ``systemd:domain=INET:index=0``.
+    listen: tuple[str, ...] = ("tcp:8080:interface=127.0.0.1",)
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    #: Seconds without a write after which a stream gets a ``ping`` (R-S17).
+    ping_interval: float = 10.0
+    #: How long a drain waits for live requests before closing them.
+    drain_timeout: float = 30.0
+    access_log: bool = True
+    #: Seconds an idle keep-alive client connection is kept.
+    idle_timeout: float = 75.0
+
+
+@attrs.frozen
+class LogConfig:
+    """Logging."""
+
+    level: Literal["debug", "info", "warn", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+@attrs.frozen
+class RelayConfig:
+    """The whole configuration file."""
+
+    providers: tuple[ProviderConfig, ...]
+    models: tuple[ModelConfig, ...]
+    pipeline: tuple[StageConfig, ...]
+    server: ServerConfig = ServerConfig()
+    keys: tuple[ClientKey, ...] = ()
+    log: LogConfig = LogConfig()
+
+    def provider(self, name: str) -> ProviderConfig | None:
+        """The provider called ``name``."""
+        for p in self.providers:
+            if p.name == name:
+                return p
+        return None
+
+
+_URL = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def hash_key(key: str) -> str:
+    """The SHA-256 hex digest of a client key, as ``keys[].sha256`` expects it."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _read_secret_file(path: str, where: str, problems: list[str]) -> str | None:
+    try:
+        value = Path(path).read_text("utf-8").strip()
+    except OSError as e:
+        problems.append(f"{where}: cannot read {path}: {e.strerror or e}")
+        return None
+    if not value:
+        problems.append(f"{where}: {path} is empty")
+        return None
+    return value
+
+
+def _resolve_secret(
+    secret: Secret, where: str, env: Mapping[str, str], problems: list[str]
+) -> Secret:
+    if (secret.env is None) == (secret.file is None):
+        problems.append(f"{where}: give exactly one of env or file")
+        return secret
+    if secret.env is not None:
+        value = env.get(secret.env, "")
+        if not value:
+            problems.append(f"{where}.env: environment variable {secret.env} is not set")
+            return secret
+        return attrs.evolve(secret, value=value)
+    assert secret.file is not None
+    value_or_none = _read_secret_file(secret.file, f"{where}.file", problems)
+    return attrs.evolve(secret, value=value_or_none or "")
+
+
+def key_digests(
+    cfg: RelayConfig, env: Mapping[str, str] | None = None
+) -> tuple[dict[str, bytes], list[str]]:
+    """Each client key's name → SHA-256 digest, and the problems found resolving them."""
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    digests: dict[str, bytes] = {}
+    for i, key in enumerate(cfg.keys):
+        where = f"keys[{i}]"
+        given = [k for k in ("sha256", "env", "file") if getattr(key, k) is not None]
+        if len(given) != 1:
+            problems.append(f"{where}: give exactly one of sha256, env or file")
+            continue
+        if key.name in digests:
+            problems.append(f"{where}.name: duplicate key name {key.name!r}")
+        if key.sha256 is not None:
+            if not _HEX64.match(key.sha256):
+                problems.append(f"{where}.sha256: not a SHA-256 hex digest (64 hex characters)")
+                continue
+            digests[key.name] = bytes.fromhex(key.sha256)
+        elif key.env is not None:
+            value = env.get(key.env, "")
+            if not value:
+                problems.append(f"{where}.env: environment variable {key.env} is not set")
+                continue
+            digests[key.name] = hashlib.sha256(value.encode()).digest()
+        else:
+            assert key.file is not None
+            file_value = _read_secret_file(key.file, f"{where}.file", problems)
+            if file_value is not None:
+                digests[key.name] = hashlib.sha256(file_value.encode()).digest()
+    return digests, problems
+
+
+def parse_config(
+    raw: Mapping[str, Any], source: str = "config", env: Mapping[str, str] | None = None
+) -> RelayConfig:
+    """Structure and check a decoded TOML document; raise :class:`ConfigError`."""
+    env = os.environ if env is None else env
+    try:
+        cfg = _converter.structure(dict(raw), RelayConfig)
+    except (ClassValidationError, TypeError, ValueError) as e:
+        raise ConfigError(
+            source, [f"{path}: {msg}" if path else msg for path, msg in error_lines(e)]
+        ) from None
+    problems: list[str] = []
+    cfg = _check(cfg, env, problems)
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg
+
+
+def _check(cfg: RelayConfig, env: Mapping[str, str], problems: list[str]) -> RelayConfig:
+    s = cfg.server
+    if not s.listen:
+        problems.append("server.listen: at least one endpoint is required")
+    if s.max_request_bytes < 1024:
+        problems.append("server.max_request_bytes: must be at least 1024")
+    if not 0.5 <= s.ping_interval <= 60:
+        problems.append("server.ping_interval: must be between 0.5 and 60 seconds")
+    if s.drain_timeout < 0:
+        problems.append("server.drain_timeout: must not be negative")
+
+    providers: list[ProviderConfig] = []
+    names: set[str] = set()
+    for i, p in enumerate(cfg.providers):
+        where = f"providers[{i}]"
+        if p.name in names:
+            problems.append(f"{where}.name: duplicate provider name {p.name!r}")
+        names.add(p.name)
+        if p.kind != "demo":
+            if p.base_url is None:
+                problems.append(f"{where}.base_url: required for kind {p.kind!r}")
+            elif not _URL.match(p.base_url):
+                problems.append(f"{where}.base_url: not a URL (expected http:// or https://…)")
+        for field, value in attrs.asdict(p.timeouts).items():
+            if value <= 0:
+                problems.append(f"{where}.timeouts.{field}: must be greater than 0")
+        if p.max_idle_connections < 0:
+            problems.append(f"{where}.max_idle_connections: must not be negative")
+        if p.api_key is not None:
+            p = attrs.evolve(p, api_key=_resolve_secret(p.api_key, f"{where}.api_key", env,
+                                                        problems))
+        providers.append(p)
+    if not providers:
+        problems.append("providers: at least one provider is required")
+
+    seen: dict[str, str] = {}
+    for i, m in enumerate(cfg.models):
+        where = f"models[{i}]"
+        if m.provider not in names:
+            problems.append(f"{where}.provider: no provider named {m.provider!r}")
+        for label, name in [("id", m.id), *(("aliases", a) for a in m.aliases)]:
+            if name in seen:
+                problems.append(f"{where}.{label}: {name!r} is already {seen[name]}")
+            seen[name] = f"used by {where}"
+        for pattern in m.patterns:
+            if not pattern or pattern.count("[") != pattern.count("]"):
+                problems.append(f"{where}.patterns: {pattern!r} is not a valid glob")
+        if m.max_tokens is not None and m.max_tokens < 1:
+            problems.append(f"{where}.max_tokens: must be at least 1")
+
+    _, key_problems = key_digests(cfg, env)
+    problems.extend(key_problems)
+
+    types = [st.type for st in cfg.pipeline]
+    if "translate" not in types:
+        problems.append("pipeline: the last stage must be 'translate' (none found)")
+    elif types[-1] != "translate":
+        problems.append("pipeline: 'translate' must be the last stage")
+    return attrs.evolve(cfg, providers=tuple(providers))
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> RelayConfig:
+    """Read, structure and check the TOML file at ``path``; raise :class:`ConfigError`."""
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(source, [f"cannot read the file: {e.strerror or e}"]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(source, [f"not valid TOML: {e}"]) from None
+    return parse_config(raw, source, env)
+
+
+def glob_matches(pattern: str, name: str) -> bool:
+    """Whether ``name`` matches the model glob ``pattern`` (case-sensitive)."""
+    return fnmatch.fnmatchcase(name, pattern)

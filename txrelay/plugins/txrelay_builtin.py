@@ -1,0 +1,57 @@
+"""The built-in stages, found through Twisted's plugin system like any operator's stage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from txrelay.interfaces import IStageFactory, StageServices
+from txrelay.stages.auth import AuthOptions, AuthStage
+from txrelay.stages.modelmap import ModelMapOptions, ModelMapStage
+from txrelay.stages.translate import TranslateStage
+
+
+@implementer(IPlugin, IStageFactory)
+@attrs.frozen
+class _Auth:
+    type_name: str = "auth"
+    options_type: type = AuthOptions
+
+    def build(self, options: AuthOptions, services: StageServices) -> Any:
+        digests = dict(services.key_digests)
+        if options.allow:
+            unknown = set(options.allow) - set(digests)
+            if unknown:
+                raise ValueError(f"allow: no key named {', '.join(sorted(unknown))}")
+            digests = {n: d for n, d in digests.items() if n in options.allow}
+        return AuthStage(digests)
+
+
+@implementer(IPlugin, IStageFactory)
+@attrs.frozen
+class _ModelMap:
+    type_name: str = "model-map"
+    options_type: type = ModelMapOptions
+
+    def build(self, options: ModelMapOptions, services: StageServices) -> Any:
+        if options.default is not None and services.catalog.resolve(options.default) is None:
+            raise ValueError(f"default: no model named {options.default!r}")
+        return ModelMapStage(services.catalog, options.default)
+
+
+@implementer(IPlugin, IStageFactory)
+@attrs.frozen
+class _Translate:
+    type_name: str = "translate"
+    options_type: None = None
+
+    def build(self, options: None, services: StageServices) -> Any:
+        return TranslateStage(services.backends)
+
+
+auth = _Auth()
+model_map = _ModelMap()
+translate = _Translate()

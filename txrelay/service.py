@@ -1,0 +1,196 @@
+# -*- test-case-name: tests.test_service -*-
+"""
+Builds the running relay from its configuration: backends, stages (found as plugins), the
+pipeline, the site and its listeners, plus graceful drain and systemd readiness.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+from cattrs.errors import ClassValidationError
+from twisted.application import strports
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import Logger
+from twisted.plugin import getPlugins
+
+import txrelay.plugins
+from txrelay.catalog import ModelCatalog
+from txrelay.config import ConfigError, ProviderConfig, RelayConfig, key_digests
+from txrelay.interfaces import IStageFactory, StageServices
+from txrelay.pipeline import Proceed, Stage, compose
+from txrelay.protocol.events import Event
+from txrelay.protocol.structure import error_lines, make_converter
+from txrelay.server.resource import Lifecycle, RelayResource, catalog_terminal
+from txrelay.server.site import RelaySite
+
+log = Logger()
+_options_converter = make_converter(forbid_extra_keys=True)
+
+
+def stage_factories() -> dict[str, Any]:
+    """Every stage factory plugin on ``sys.path``, by type name."""
+    found: dict[str, Any] = {}
+    for factory in getPlugins(IStageFactory, txrelay.plugins):
+        found.setdefault(factory.type_name, factory)
+    return found
+
+
+def _structure_options(
+    raw: Mapping[str, Any], options_type: Any, where: str, problems: list[str]
+) -> Any:
+    if options_type is None:
+        if raw:
+            problems.append(f"{where}: this stage takes no options")
+        return None
+    try:
+        return _options_converter.structure(dict(raw), options_type)
+    except (ClassValidationError, TypeError, ValueError) as e:
+        for path, msg in error_lines(e):
+            problems.append(f"{where}.{path}: {msg}" if path else f"{where}: {msg}")
+        return None
+
+
+def build_backend(provider: ProviderConfig, where: str, reactor: Any,
+                  problems: list[str]) -> Any:
+    """The backend object for one provider."""
+    if provider.kind == "demo":
+        from txrelay.upstream.demo import DemoBackend, DemoOptions
+
+        opts = _structure_options(provider.options, DemoOptions, f"{where}.options", problems)
+        return DemoBackend(reactor, opts or DemoOptions())
+    if provider.kind == "openai-chat":
+        from txrelay.upstream.openai import build_openai_backend
+
+        return build_openai_backend(provider, where, reactor, problems)
+    problems.append(f"{where}.kind: unknown provider kind {provider.kind!r}")
+    return None
+
+
+@attrs.frozen
+class App:
+    """The assembled relay, before it listens anywhere."""
+
+    config: RelayConfig
+    pipeline: Proceed
+    catalog: ModelCatalog
+    backends: Mapping[str, Any]
+
+
+def build_app(cfg: RelayConfig, reactor: Any, source: str = "config") -> App:
+    """Assemble the relay; raise :class:`ConfigError` listing every problem."""
+    problems: list[str] = []
+    catalog = ModelCatalog.from_config(cfg)
+    backends: dict[str, Any] = {}
+    for i, p in enumerate(cfg.providers):
+        backend = build_backend(p, f"providers[{i}]", reactor, problems)
+        if backend is not None:
+            backends[p.name] = backend
+    digests, key_problems = key_digests(cfg)
+    problems += key_problems
+    services = StageServices(cfg, catalog, backends, digests, reactor)
+    factories = stage_factories()
+    stages: list[Stage] = []
+    for i, st in enumerate(cfg.pipeline):
+        where = f"pipeline[{i}]"
+        factory = factories.get(st.type)
+        if factory is None:
+            known = ", ".join(sorted(factories)) or "none"
+            problems.append(f"{where}.type: unknown stage type {st.type!r} (available: {known})")
+            continue
+        opts = _structure_options(st.options, factory.options_type, f"{where}.options",
+                                  problems)
+        if opts is None and factory.options_type is not None:
+            continue
+        try:
+            stages.append(factory.build(opts, services))
+        except (ValueError, TypeError) as e:
+            problems.append(f"{where}.options: {e}")
+    if problems:
+        raise ConfigError(source, problems)
+    return App(cfg, compose(stages, catalog_terminal(catalog)), catalog, backends)
+
+
+def _sd_notify(message: bytes) -> None:
+    """Send ``message`` to systemd's notify socket, if there is one (twisted-notes §2.4)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(address)
+            s.sendall(message)
+        except OSError as e:
+            log.warn("cannot notify systemd: {error}", error=e)
+
+
+class RelayService(MultiService):
+    """The relay's listeners, with a drain on stop and systemd notifications."""
+
+    def __init__(self, app: App, reactor: Any,
+                 on_event: Callable[[list[Event]], None] | None = None) -> None:
+        super().__init__()
+        self.app = app
+        self.reactor = reactor
+        self.lifecycle = Lifecycle()
+        server = app.config.server
+        self.resource = RelayResource(
+            app.pipeline, app.catalog, reactor, server.ping_interval, server.access_log,
+            self.lifecycle, on_event,
+        )
+        self.site = RelaySite(self.resource, max_request_bytes=server.max_request_bytes,
+                              timeout=server.idle_timeout, reactor=reactor)
+        self.listeners = []
+        for description in server.listen:
+            svc = strports.service(description, self.site, reactor=reactor)
+            svc._raiseSynchronously = True
+            svc.setServiceParent(self)
+            self.listeners.append(svc)
+
+    def startService(self) -> None:
+        super().startService()
+        Deferred.fromCoroutine(self._announce()).addErrback(
+            lambda f: log.failure("start-up failed", f)
+        )
+
+    async def _announce(self) -> None:
+        for svc in self.listeners:
+            port = await svc._waitingForPort
+            host = port.getHost()
+            where = (f"{host.host}:{host.port}" if hasattr(host, "port")
+                     else getattr(host, "name", str(host)))
+            log.info("txrelay listening on {address}", address=where)
+        _sd_notify(b"READY=1\nSTATUS=serving")
+
+    def stopService(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._drain()).addErrback(
+            lambda f: log.failure("drain failed", f)
+        )
+
+    async def _drain(self) -> None:
+        self.lifecycle.draining = True
+        _sd_notify(b"STOPPING=1\nSTATUS=draining")
+        live = list(self.lifecycle.live)
+        log.info("draining: {count} live request(s), up to {timeout}s",
+                 count=len(live), timeout=self.app.config.server.drain_timeout)
+        await DeferredList([svc.stopService() for svc in self.listeners], consumeErrors=True)
+        if live:
+            waiting = DeferredList(live, consumeErrors=True)
+            timer = self.reactor.callLater(self.app.config.server.drain_timeout, waiting.cancel)
+            try:
+                await waiting
+            except Exception:
+                log.warn("drain timeout: closing {count} request(s)",
+                         count=len(self.lifecycle.live))
+            if timer.active():
+                timer.cancel()
+        for d in list(self.lifecycle.live):
+            d.cancel()
+        Service.stopService(self)

@@ -1,0 +1,54 @@
+# -*- test-case-name: tests.test_tap -*-
+"""The ``relay`` twistd plugin's options and service maker: ``twistd -n relay --config FILE``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from txrelay.config import ConfigError, RelayConfig, load_config
+
+
+class Options(usage.Options):
+    """Command-line options of ``twistd relay``."""
+
+    optParameters = [
+        ["config", "c", "relay.toml", "Path to the TOML configuration file."],
+    ]
+
+    longdesc = (
+        "Serve the Anthropic Messages API from the backends in the configuration file. "
+        "See config.example.toml for every key."
+    )
+
+    relay_config: RelayConfig
+
+    def postOptions(self) -> None:
+        # A bad configuration stops twistd here with the problems listed, not a traceback.
+        try:
+            cfg = load_config(self["config"])
+            validate(cfg, self["config"])
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        self.relay_config = cfg
+
+
+def validate(cfg: RelayConfig, source: str) -> None:
+    """Assemble everything once without a reactor, to report every problem at start."""
+    from txrelay.service import build_app
+
+    build_app(cfg, None, source)
+
+
+def makeService(options: Options) -> IService:
+    """The relay service for twistd."""
+    from twisted.internet import reactor
+
+    from txrelay.service import RelayService, build_app
+
+    cfg = options.relay_config
+    app = build_app(cfg, reactor, options["config"])
+    service: Any = RelayService(app, reactor)
+    return service  # type: ignore[no-any-return]

@@ -1,0 +1,1 @@
+"""Backends: the Twisted side of each upstream kind (demo, openai-chat)."""
