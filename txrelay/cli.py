@@ -16,15 +16,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from txrelay import __version__
-from txrelay.config import ConfigError, hash_key, load_config
+from txrelay.config import ConfigError, hash_key
 
 
 def _check(path: str) -> int:
-    from txrelay.tap import validate
+    from txrelay.tap import load_checked
 
     try:
-        cfg = load_config(path)
-        validate(cfg, path)
+        cfg = load_checked(path)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
@@ -41,11 +40,10 @@ def _serve(path: str) -> int:
 
     from txrelay.logs import make_observer
     from txrelay.service import RelayService, build_app
-    from txrelay.tap import validate
+    from txrelay.tap import load_checked
 
     try:
-        cfg = load_config(path)
-        validate(cfg, path)
+        cfg = load_checked(path)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1

@@ -32,10 +32,13 @@ _converter = make_converter(forbid_extra_keys=True)
 class ConfigError(Exception):
     """The configuration is invalid; ``problems`` lists each one as ``path: message``."""
 
-    def __init__(self, source: str, problems: list[str]) -> None:
+    def __init__(self, source: str, problems: list[str],
+                 config: RelayConfig | None = None) -> None:
         super().__init__(source, problems)
         self.source = source
         self.problems = problems
+        #: The structured configuration, when only the checks after structuring failed.
+        self.config = config
 
     def __str__(self) -> str:
         lines = "\n".join(f"  {p}" for p in self.problems)
@@ -259,7 +262,7 @@ def parse_config(
     problems: list[str] = []
     cfg = _check(cfg, env, problems)
     if problems:
-        raise ConfigError(source, problems)
+        raise ConfigError(source, problems, cfg)
     return cfg
 
 

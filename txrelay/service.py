@@ -88,11 +88,14 @@ def build_app(cfg: RelayConfig, reactor: Any, source: str = "config") -> App:
     catalog = ModelCatalog.from_config(cfg)
     backends: dict[str, Any] = {}
     for i, p in enumerate(cfg.providers):
-        backend = build_backend(p, f"providers[{i}]", reactor, problems)
+        try:
+            backend = build_backend(p, f"providers[{i}]", reactor, problems)
+        except Exception as e:  # a half-valid provider must not hide the other problems
+            problems.append(f"providers[{i}]: {e}")
+            continue
         if backend is not None:
             backends[p.name] = backend
-    digests, key_problems = key_digests(cfg)
-    problems += key_problems
+    digests, _ = key_digests(cfg)  # key problems were reported by load_config
     services = StageServices(cfg, catalog, backends, digests, reactor)
     factories = stage_factories()
     stages: list[Stage] = []

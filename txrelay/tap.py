@@ -28,18 +28,33 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         # A bad configuration stops twistd here with the problems listed, not a traceback.
         try:
-            cfg = load_config(self["config"])
-            validate(cfg, self["config"])
+            cfg = load_checked(self["config"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
         self.relay_config = cfg
 
 
-def validate(cfg: RelayConfig, source: str) -> None:
-    """Assemble everything once without a reactor, to report every problem at start."""
+def load_checked(path: str) -> RelayConfig:
+    """
+    Load ``path`` and assemble everything once without a reactor, so that every problem
+    (types, references, secrets, stage plugins and their options) is reported at once.
+    """
     from txrelay.service import build_app
 
-    build_app(cfg, None, source)
+    try:
+        cfg = load_config(path)
+        problems: list[str] = []
+    except ConfigError as e:
+        if e.config is None:
+            raise
+        cfg, problems = e.config, list(e.problems)
+    try:
+        build_app(cfg, None, path)
+    except ConfigError as e:
+        problems += [p for p in e.problems if p not in problems]
+    if problems:
+        raise ConfigError(path, problems)
+    return cfg
 
 
 def makeService(options: Options) -> IService:

@@ -53,9 +53,14 @@ class SSEParser:
             chunk = b"\r" + chunk
             self._held_cr = False
         if not self._started:
+            # A UTF-8 byte-order mark may start the stream, possibly split across reads.
+            head = self._buffer + chunk
+            if len(head) < 3 and b"\xef\xbb\xbf".startswith(head):
+                self._buffer = head
+                return []
             self._started = True
-            if chunk.startswith(b"\xef\xbb\xbf"):
-                chunk = chunk[3:]
+            self._buffer = b""
+            chunk = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
         if b"\r" in chunk:
             if chunk.endswith(b"\r"):
                 # It may be the first half of a CRLF split across reads.

@@ -1,0 +1,92 @@
+"""The SSE parser (R-X15) and encoder (R-X16), split at every boundary."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from txrelay.protocol.sse import SSEEvent, SSEParser, encode_event, encode_events
+
+
+def parse_in_pieces(data: bytes, cuts: list[int]) -> list[SSEEvent]:
+    parser = SSEParser()
+    out: list[SSEEvent] = []
+    last = 0
+    for cut in sorted(set(cuts)):
+        out += parser.feed(data[last:cut])
+        last = cut
+    out += parser.feed(data[last:])
+    out += parser.finish()
+    return out
+
+
+STREAM = (
+    b"\xef\xbb\xbf: leading comment\r\n"
+    b"data: {\"a\": 1}\r\n\r\n"
+    b"event: custom\ndata: line one\ndata: line two\n\n"
+    b": keep-alive\n\n"
+    b"data:no-space\r\r"
+    b"data: \xe2\x9c\x93 unicode \xf0\x9f\x98\x80\n\n"
+    b"error: {\"message\": \"old llama.cpp\"}\n\n"
+    b"proxy error: backend died\n"
+    b"data: [DONE]"
+)
+
+EXPECTED = [
+    SSEEvent(None, b'{"a": 1}'),
+    SSEEvent("custom", b"line one\nline two"),
+    SSEEvent(None, b"no-space"),
+    SSEEvent(None, "✓ unicode 😀".encode()),
+    SSEEvent(None, b"", (("error", '{"message": "old llama.cpp"}'),)),
+    SSEEvent(None, b"[DONE]", (("proxy error", "backend died"),)),
+]
+
+
+def test_whole_stream() -> None:
+    assert parse_in_pieces(STREAM, []) == EXPECTED
+
+
+def test_every_single_split_point() -> None:
+    for cut in range(len(STREAM) + 1):
+        assert parse_in_pieces(STREAM, [cut]) == EXPECTED, cut
+
+
+def test_byte_by_byte() -> None:
+    assert parse_in_pieces(STREAM, list(range(len(STREAM)))) == EXPECTED
+
+
+@given(st.lists(st.integers(0, len(STREAM)), max_size=20))
+def test_any_splits(cuts: list[int]) -> None:
+    assert parse_in_pieces(STREAM, cuts) == EXPECTED
+
+
+def test_unicode_line_separators_do_not_end_lines() -> None:
+    data = 'data: a\u2028b\u0085c\n\n'.encode()
+    assert parse_in_pieces(data, []) == [SSEEvent(None, "a\u2028b\u0085c".encode())]
+
+
+def test_crlf_split_between_cr_and_lf_is_one_line_end() -> None:
+    data = b"data: x\r\n\r\ndata: y\r\n\r\n"
+    for cut in range(len(data) + 1):
+        assert parse_in_pieces(data, [cut]) == [SSEEvent(None, b"x"), SSEEvent(None, b"y")]
+
+
+events_st = st.lists(
+    st.fixed_dictionaries({
+        "type": st.sampled_from(["message_start", "content_block_delta", "ping"]),
+        "text": st.text(),
+    }),
+    max_size=8,
+)
+
+
+@given(events_st, st.lists(st.integers(0, 4000), max_size=10))
+def test_encoder_round_trip(events: list[dict[str, str]], cuts: list[int]) -> None:
+    data = encode_events(events)
+    parsed = parse_in_pieces(data, [c for c in cuts if c <= len(data)])
+    assert [(e.event, json.loads(e.data)) for e in parsed] == [(e["type"], e) for e in events]
+    for e in events:
+        frame = encode_event(e)
+        assert frame.count(b"\n") == 3  # event line, one data line, blank line

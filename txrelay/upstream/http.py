@@ -1,0 +1,161 @@
+# -*- test-case-name: tests.test_upstream_openai -*-
+"""
+The HTTP client side shared by upstream kinds: one connection pool and treq client per
+provider, reading bounded bodies, and turning transport failures into Anthropic errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import treq
+from treq.client import HTTPClient
+from twisted.internet import error as ierror
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web import _newclient
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+
+from txrelay.config import ProviderConfig
+from txrelay.protocol.errors import RelayError
+
+#: The largest error or non-streaming body read from an upstream.
+MAX_UPSTREAM_BODY = 64 * 1024 * 1024
+
+
+@attrs.define(eq=False)
+class UpstreamClient:
+    """A treq client with its own pool and the provider's connect timeout."""
+
+    reactor: Any
+    provider: ProviderConfig
+    http: HTTPClient = attrs.field(init=False)
+    pool: HTTPConnectionPool | None = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        if self.reactor is None:  # validation only: nothing will be sent
+            self.http = None  # type: ignore[assignment]
+            return
+        pool = HTTPConnectionPool(self.reactor, persistent=True)
+        pool.maxPersistentPerHost = self.provider.max_idle_connections
+        # Below common upstream/load-balancer keep-alive limits (twisted-notes §4).
+        pool.cachedConnectionTimeout = 50
+        pool.retryAutomatically = False
+        self.pool = pool
+        agent = Agent(self.reactor, connectTimeout=self.provider.timeouts.connect, pool=pool)
+        self.http = HTTPClient(agent)
+
+    def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Deferred[Any]:
+        """POST ``body``; the Deferred fires with the (unbuffered) response headers."""
+        return self.http.request(
+            "POST", url, data=body, headers={k: [v] for k, v in headers.items()},
+            unbuffered=True, allow_redirects=False, reactor=self.reactor,
+            timeout=self.provider.timeouts.first_byte,
+        )
+
+    def close(self) -> Deferred[None] | None:
+        """Close pooled connections (at shutdown and in tests)."""
+        return self.pool.closeCachedConnections() if self.pool is not None else None
+
+
+def transport_error(failure: Failure, provider: str, first_byte: float) -> RelayError | None:
+    """
+    The Anthropic error for a failed upstream request, or ``None`` for a client cancel.
+
+    treq's ``timeout`` cancels the request, which fails with ``ResponseNeverReceived``
+    wrapping a ``CancelledError`` (twisted-notes §3.4); a client cancel looks the same, so the
+    caller tells them apart by whether the client is still there.
+    """
+    value = failure.value
+    if isinstance(value, ierror.TimeoutError | ierror.ConnectingCancelledError):
+        return RelayError("timeout_error", f"{provider}: timed out connecting to the upstream")
+    if isinstance(value, CancelledError):
+        return RelayError("timeout_error",
+                          f"{provider}: no response from the upstream within {first_byte:g} s")
+    if isinstance(value, _newclient.ResponseNeverReceived | _newclient.RequestTransmissionFailed):
+        reasons = getattr(value, "reasons", []) or []
+        if any(r.check(CancelledError) for r in reasons):
+            return RelayError(
+                "timeout_error",
+                f"{provider}: no response from the upstream within {first_byte:g} s",
+            )
+        detail = "; ".join(str(r.value) or type(r.value).__name__ for r in reasons) or str(value)
+        return RelayError("api_error", f"{provider}: upstream connection failed: {detail}",
+                          status=502)
+    if isinstance(value, ierror.ConnectError | ierror.DNSLookupError | OSError):
+        return RelayError(
+            "api_error",
+            f"{provider}: upstream connection failed: {value.__class__.__name__}: {value}",
+            status=502,
+        )
+    return RelayError("api_error", f"{provider}: upstream request failed: {value!r}", status=502)
+
+
+class _Collect(Protocol):
+    def __init__(self, done: Deferred[bytes], limit: int, idle: float, reactor: Any) -> None:
+        self.done = done
+        self.limit = limit
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.idle = idle
+        self.reactor = reactor
+        self.timer: Any = None
+
+    def connectionMade(self) -> None:
+        self._arm()
+
+    def _arm(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = self.reactor.callLater(self.idle, self._expired)
+
+    def _expired(self) -> None:
+        self.timer = None
+        if not self.done.called:
+            self.done.errback(RelayError(
+                "timeout_error", f"upstream sent nothing for {self.idle:g} seconds"))
+        self.transport.stopProducing()  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            if not self.done.called:
+                self.done.errback(RelayError("api_error", "upstream response is too large"))
+            self.transport.stopProducing()  # type: ignore[union-attr]
+            return
+        self.parts.append(data)
+        self._arm()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        if self.done.called:
+            return
+        if reason is None or reason.check(ResponseDone, _newclient.PotentialDataLoss):
+            self.done.callback(b"".join(self.parts))
+        else:
+            self.done.errback(RelayError(
+                "api_error", f"upstream connection lost while reading: {reason.value}",
+                status=502))
+
+
+async def read_body(response: Any, *, idle: float, reactor: Any,
+                    limit: int = MAX_UPSTREAM_BODY) -> bytes:
+    """The whole body of a small upstream response, bounded in size and idle time."""
+    done: Deferred[bytes] = Deferred()
+    response.deliverBody(_Collect(done, limit, idle, reactor))
+    return await done
+
+
+def response_headers(response: Any) -> dict[str, str]:
+    """An upstream response's headers: lower-case names, last value wins."""
+    return {
+        name.decode("latin-1").lower(): values[-1].decode("latin-1")
+        for name, values in response.headers.getAllRawHeaders()
+    }
+
+
+_ = treq  # treq's module-level API is not used: every provider has its own pool.

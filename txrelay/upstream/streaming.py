@@ -1,0 +1,268 @@
+# -*- test-case-name: tests.test_upstream_streaming -*-
+"""
+Relaying an upstream HTTP response body through a sans-IO translator, with backpressure.
+
+:class:`UpstreamSource` is both the ``deliverBody`` protocol of the upstream response and the
+:class:`~txrelay.streams.EventSource` of the client's reply: each upstream read is translated
+and handed on in one batch, and the client's pause/resume/stop go straight to the upstream
+transport. It also decides when the client's response may be committed (R-X8/R-X9): once
+the upstream answered 2xx and its first content arrived, or when the commit deadline passes
+first (so pings can start while a slow upstream thinks).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txrelay.protocol.errors import RelayError
+from txrelay.protocol.events import Event
+from txrelay.protocol.translator import StreamTranslator
+from txrelay.streams import EventSink
+
+log = Logger()
+
+_CONTENT = frozenset({"content_block_start", "content_block_delta", "message_delta"})
+
+
+@attrs.define(eq=False)
+class UpstreamSource(Protocol):
+    """
+    One upstream stream in flight.
+
+    :ivar ready: fires when the client's response may be committed, or fails with the
+        :class:`RelayError` to answer instead.
+    """
+
+    translator: StreamTranslator
+    reactor: Any
+    #: Longest silence between upstream reads, once the body started.
+    idle_timeout: float
+    #: Commit even without upstream content after this long (R-X9 is bounded by pings).
+    commit_after: float
+    #: After ``finish_reason``, how long to wait for the usage chunk and ``[DONE]`` (R-S16).
+    finish_grace: float = 5.0
+    ready: Deferred[None] = attrs.Factory(Deferred)
+    _sink: EventSink | None = None
+    _pending: list[Event] = attrs.Factory(list)
+    _upstream: Any = None  # the body transport (an IPushProducer), once the body flows
+    _request: Deferred[Any] | None = None  # the upstream request, until it answers
+    _ended: bool = False
+    _paused: bool = False
+    _idle_call: Any = None
+    _commit_call: Any = None
+    _started_translating: bool = False
+    _final_error: RelayError | None = None
+    _drop_call: Any = None
+
+    # lifecycle driven by the backend
+
+    def begin(self, request: Deferred[Any]) -> None:
+        """Track the upstream request; call :meth:`response` when it answers 2xx."""
+        self._request = request
+        self._commit_call = self.reactor.callLater(self.commit_after, self._commit_deadline)
+
+    def response(self, response: Any) -> None:
+        """The upstream answered 2xx: start reading its body."""
+        self._request = None
+        if self._ended:
+            response.deliverBody(_Discard())
+            return
+        self._ensure_started()
+        response.deliverBody(self)
+
+    def fail(self, error: RelayError) -> None:
+        """The upstream request failed before or while streaming."""
+        self._request = None
+        self._error(error)
+
+    # Protocol (the upstream body)
+
+    def connectionMade(self) -> None:
+        self._upstream = self.transport
+        if self._paused or self._ended:
+            if self._ended:
+                self._upstream.stopProducing()
+            else:
+                self._upstream.pauseProducing()
+        self._arm_idle()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._ended:
+            return
+        self._arm_idle()
+        events = self.translator.feed(data)
+        if events:
+            self._emit(events)
+        if self.translator.done and not self._ended:
+            self._finish_normally()
+        elif getattr(self.translator, "finish_seen", False):
+            self._arm_idle(self.finish_grace, grace=True)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._cancel_idle()
+        if self._drop_call is not None and self._drop_call.active():
+            self._drop_call.cancel()
+        self._drop_call = None
+        self._upstream = None
+        if self._ended:
+            return
+        events = self.translator.finish()
+        if events:
+            self._emit(events)
+        if not self._ended:
+            self._finish_normally()
+
+    # EventSource (the client side)
+
+    def start(self, sink: EventSink) -> None:
+        self._sink = sink
+        pending, self._pending = self._pending, []
+        if pending:
+            sink.write_events(pending)
+        if self._ended:
+            sink.end(self._final_error)
+
+    def pause(self) -> None:
+        self._paused = True
+        self._cancel_idle()
+        if self._upstream is not None:
+            self._upstream.pauseProducing()
+
+    def resume(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        if self._upstream is not None:
+            self._upstream.resumeProducing()
+            self._arm_idle()
+
+    def stop(self) -> None:
+        """The client went away: drop the upstream connection (never reused half-read)."""
+        self._ended = True
+        self._sink = None
+        self._cancel_timers()
+        if self._request is not None:
+            request, self._request = self._request, None
+            request.cancel()
+        if self._upstream is not None:
+            self._upstream.stopProducing()
+        if not self.ready.called:
+            self.ready.errback(CancelledError())
+
+    # internals
+
+    def _ensure_started(self) -> None:
+        if not self._started_translating:
+            self._started_translating = True
+            self._pending.extend(self.translator.start())
+
+    def _emit(self, events: list[Event]) -> None:
+        error: RelayError | None = None
+        if events[-1].get("type") == "error":
+            err = events.pop()["error"]
+            error = RelayError(err.get("type", "api_error"), err.get("message", ""))
+        if events:
+            if self._sink is not None:
+                self._sink.write_events(events)
+            else:
+                self._pending.extend(events)
+                if not self.ready.called and any(e["type"] in _CONTENT for e in events):
+                    self._mark_ready()
+        if error is not None:
+            self._error(error)
+
+    def _mark_ready(self) -> None:
+        if self._commit_call is not None and self._commit_call.active():
+            self._commit_call.cancel()
+        self._commit_call = None
+        if not self.ready.called:
+            self.ready.callback(None)
+
+    def _commit_deadline(self) -> None:
+        self._commit_call = None
+        if not self.ready.called and not self._ended:
+            self._ensure_started()
+            self.ready.callback(None)
+
+    def _error(self, error: RelayError) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._cancel_timers()
+        if self._upstream is not None:
+            self._upstream.stopProducing()
+        if not self.ready.called:
+            # Nothing was committed yet: the client gets a proper HTTP error (R-X8/R-X9).
+            self._pending = []
+            self.ready.errback(error)
+            return
+        self._final_error = error
+        if self._sink is not None:
+            self._sink.end(error)
+
+    def _finish_normally(self) -> None:
+        self._ended = True
+        self._cancel_timers()
+        if not self.ready.called:
+            self._mark_ready()
+        if self._sink is not None:
+            self._sink.end(None)
+        if self._upstream is not None:
+            # The body should end right after [DONE]; drop a connection that lingers.
+            self._drop_call = self.reactor.callLater(self.finish_grace, self._drop_upstream)
+
+    def _drop_upstream(self) -> None:
+        self._drop_call = None
+        if self._upstream is not None:
+            self._upstream.stopProducing()
+
+    def _arm_idle(self, seconds: float | None = None, *, grace: bool = False) -> None:
+        self._cancel_idle()
+        if self._paused or self._ended:
+            return
+        delay = self.idle_timeout if seconds is None else seconds
+        self._idle_call = self.reactor.callLater(delay, self._idle_expired, grace)
+
+    def _idle_expired(self, grace: bool) -> None:
+        self._idle_call = None
+        if self._ended:
+            return
+        if grace:
+            # R-S16: finish_reason came but the upstream keeps the connection open.
+            events = self.translator.finish()
+            if events:
+                self._emit(events)
+            if not self._ended:
+                self._finish_normally()
+            if self._upstream is not None:
+                self._upstream.stopProducing()
+            return
+        self._error(RelayError("timeout_error",
+                               f"upstream sent nothing for {self.idle_timeout:g} seconds"))
+
+    def _cancel_idle(self) -> None:
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+
+    def _cancel_timers(self) -> None:
+        self._cancel_idle()
+        if self._drop_call is not None and self._drop_call.active():
+            self._drop_call.cancel()
+        self._drop_call = None
+        if self._commit_call is not None and self._commit_call.active():
+            self._commit_call.cancel()
+        self._commit_call = None
+
+
+class _Discard(Protocol):
+    """Reads and drops a body nobody wants any more."""
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()  # type: ignore[union-attr]
