@@ -44,14 +44,14 @@ def test_grammar_accepts_a_full_stream() -> None:
 @pytest.mark.parametrize("mutate, message", [
     (lambda s: s[2:], "first event is content_block_start"),
     (lambda s: s[1:], "ping before message_start"),
-    (lambda s: s[:6] + [ev.text_block_start(2)] + s[7:], "block index 2, expected 1"),
+    (lambda s: [*s[:6], ev.text_block_start(2), *s[7:]], "block index 2, expected 1"),
     (lambda s: s[:5] + s[6:], "while another block is open"),
-    (lambda s: s[:7] + [ev.thinking_delta(1, "x")] + s[8:], "thinking_delta delta in a text"),
-    (lambda s: s[:-2] + [{"type": "message_delta", "delta": {}, "usage": {}}] + s[-1:],
+    (lambda s: [*s[:7], ev.thinking_delta(1, "x"), *s[8:]], "thinking_delta delta in a text"),
+    (lambda s: [*s[:-2], {"type": "message_delta", "delta": {}, "usage": {}}, *s[-1:]],
      "usage.output_tokens"),
     (lambda s: s[:-1], "without message_stop"),
     (lambda s: s[:-2] + s[-1:], "message_stop without message_delta"),
-    (lambda s: s + [ev.ping()], "after the stream ended"),
+    (lambda s: [*s, ev.ping()], "after the stream ended"),
 ])
 def test_grammar_rejects(mutate, message) -> None:  # type: ignore[no-untyped-def]
     g = StreamGrammar()
@@ -95,7 +95,7 @@ def test_accumulator_tool_without_deltas_keeps_empty_input() -> None:
 
 def test_accumulator_raises_the_stream_error() -> None:
     acc = MessageAccumulator()
-    for e in text_events("abc")[:3] + [RelayError("overloaded_error", "busy").event()]:
+    for e in [*text_events("abc")[:3], RelayError("overloaded_error", "busy").event()]:
         acc.feed(e)
     with pytest.raises(RelayError) as info:
         acc.result()

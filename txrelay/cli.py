@@ -38,7 +38,7 @@ def _serve(path: str) -> int:
     from twisted.internet.task import react
     from twisted.logger import globalLogBeginner
 
-    from txrelay.logs import make_observer
+    from txrelay.logs import make_observer, set_level
     from txrelay.service import RelayService, build_app
     from txrelay.tap import load_checked
 
@@ -47,6 +47,7 @@ def _serve(path: str) -> int:
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
+    set_level(cfg.log.level)
     globalLogBeginner.beginLoggingTo([make_observer(cfg.log)], redirectStandardIO=False)
 
     async def run(r: Any) -> None:

@@ -295,9 +295,10 @@ def _check(cfg: RelayConfig, env: Mapping[str, str], problems: list[str]) -> Rel
         if p.max_idle_connections < 0:
             problems.append(f"{where}.max_idle_connections: must not be negative")
         if p.api_key is not None:
-            p = attrs.evolve(p, api_key=_resolve_secret(p.api_key, f"{where}.api_key", env,
-                                                        problems))
-        providers.append(p)
+            secret = _resolve_secret(p.api_key, f"{where}.api_key", env, problems)
+            providers.append(attrs.evolve(p, api_key=secret))
+        else:
+            providers.append(p)
     if not providers:
         problems.append("providers: at least one provider is required")
 

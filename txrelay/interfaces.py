@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 class IStage(Interface):
     """One step of the pipeline."""
 
-    def __call__(exchange: Exchange, proceed: Proceed) -> Reply:  # type: ignore[misc]
+    def __call__(exchange: Exchange, proceed: Proceed) -> Reply:
         """
         Handle ``exchange``: an ``async`` callable returning a :class:`~txrelay.pipeline.Reply`.
 
@@ -42,14 +42,14 @@ class IStageFactory(Interface):
         "keys are errors), or None for a stage without options."
     )
 
-    def build(options: Any, services: StageServices) -> IStage:  # type: ignore[misc]
+    def build(options: Any, services: StageServices) -> IStage:
         """Make the stage from its structured options."""
 
 
 class IBackend(Interface):
     """A kind of upstream: turns exchanges into Anthropic replies."""
 
-    def messages(exchange: Exchange) -> Reply:  # type: ignore[misc]
+    def messages(exchange: Exchange) -> Reply:
         """
         ``async``: serve ``POST /v1/messages`` for a routed exchange.
 
@@ -57,7 +57,7 @@ class IBackend(Interface):
         ``stream`` of events; raises :class:`~txrelay.protocol.errors.RelayError` before that.
         """
 
-    def count_tokens(exchange: Exchange) -> int:  # type: ignore[misc]
+    def count_tokens(exchange: Exchange) -> int:
         """``async``: the input tokens of the exchange's request."""
 
 

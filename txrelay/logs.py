@@ -8,6 +8,7 @@ from typing import IO, Any
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
     formatEventAsClassicLogText,
@@ -33,3 +34,26 @@ def make_observer(cfg: LogConfig, out: IO[Any] | None = None) -> ILogObserver:
 def format_plain(event: dict[str, Any]) -> str | None:
     """One event as classic log text (used by tests)."""
     return formatEventAsClassicLogText(event)
+
+
+_PRIORITY = {LogLevel.debug: 0, LogLevel.info: 1, LogLevel.warn: 2, LogLevel.error: 3,
+             LogLevel.critical: 4}
+_threshold = 1
+
+
+def set_level(level: str) -> None:
+    """Drop events below ``level`` (``debug``, ``info``, ``warn``, ``error``) at the source."""
+    global _threshold
+    _threshold = _PRIORITY[_LEVELS[level]]
+
+
+class RelayLogger(Logger):
+    """
+    A :class:`~twisted.logger.Logger` that drops events below the configured level before
+    formatting anything, so ``log.debug`` on a hot path costs one comparison, and under twistd
+    (whose observers this process does not choose) ``log.level`` still applies.
+    """
+
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:
+        if _PRIORITY.get(level, 4) >= _threshold:
+            super().emit(level, format, **kwargs)

@@ -9,27 +9,27 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from cattrs.errors import ClassValidationError
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.logger import Logger
 from twisted.plugin import getPlugins
 
 import txrelay.plugins
 from txrelay.catalog import ModelCatalog
 from txrelay.config import ConfigError, ProviderConfig, RelayConfig, key_digests
 from txrelay.interfaces import IStageFactory, StageServices
+from txrelay.logs import RelayLogger
 from txrelay.pipeline import Proceed, Stage, compose
 from txrelay.protocol.events import Event
 from txrelay.protocol.structure import error_lines, make_converter
 from txrelay.server.resource import Lifecycle, RelayResource, catalog_terminal
 from txrelay.server.site import RelaySite
 
-log = Logger()
+log = RelayLogger()
 _options_converter = make_converter(forbid_extra_keys=True)
 
 
@@ -57,7 +57,7 @@ def _structure_options(
 
 
 def build_backend(provider: ProviderConfig, where: str, reactor: Any,
-                  problems: list[str]) -> Any:
+                  problems: list[str], cfg: RelayConfig | None = None) -> Any:
     """The backend object for one provider."""
     if provider.kind == "demo":
         from txrelay.upstream.demo import DemoBackend, DemoOptions
@@ -67,7 +67,7 @@ def build_backend(provider: ProviderConfig, where: str, reactor: Any,
     if provider.kind == "openai-chat":
         from txrelay.upstream.openai import build_openai_backend
 
-        return build_openai_backend(provider, where, reactor, problems)
+        return build_openai_backend(provider, where, reactor, problems, cfg)
     problems.append(f"{where}.kind: unknown provider kind {provider.kind!r}")
     return None
 
@@ -89,7 +89,7 @@ def build_app(cfg: RelayConfig, reactor: Any, source: str = "config") -> App:
     backends: dict[str, Any] = {}
     for i, p in enumerate(cfg.providers):
         try:
-            backend = build_backend(p, f"providers[{i}]", reactor, problems)
+            backend = build_backend(p, f"providers[{i}]", reactor, problems, cfg)
         except Exception as e:  # a half-valid provider must not hide the other problems
             problems.append(f"providers[{i}]: {e}")
             continue
@@ -119,6 +119,10 @@ def build_app(cfg: RelayConfig, reactor: Any, source: str = "config") -> App:
     return App(cfg, compose(stages, catalog_terminal(catalog)), catalog, backends)
 
 
+async def _nothing() -> None:
+    return None
+
+
 def _sd_notify(message: bytes) -> None:
     """Send ``message`` to systemd's notify socket, if there is one (twisted-notes §2.4)."""
     address = os.environ.get("NOTIFY_SOCKET")
@@ -139,7 +143,7 @@ class RelayService(MultiService):
 
     def __init__(self, app: App, reactor: Any,
                  on_event: Callable[[list[Event]], None] | None = None) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.app = app
         self.reactor = reactor
         self.lifecycle = Lifecycle()
@@ -158,14 +162,14 @@ class RelayService(MultiService):
             self.listeners.append(svc)
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         Deferred.fromCoroutine(self._announce()).addErrback(
             lambda f: log.failure("start-up failed", f)
         )
 
     async def _announce(self) -> None:
         for svc in self.listeners:
-            port = await svc._waitingForPort
+            port = await cast("Deferred[Any]", svc._waitingForPort)
             host = port.getHost()
             where = (f"{host.host}:{host.port}" if hasattr(host, "port")
                      else getattr(host, "name", str(host)))
@@ -184,6 +188,7 @@ class RelayService(MultiService):
         log.info("draining: {count} live request(s), up to {timeout}s",
                  count=len(live), timeout=self.app.config.server.drain_timeout)
         await DeferredList([svc.stopService() for svc in self.listeners], consumeErrors=True)
+        self.site.start_draining()
         if live:
             waiting = DeferredList(live, consumeErrors=True)
             timer = self.reactor.callLater(self.app.config.server.drain_timeout, waiting.cancel)
@@ -196,4 +201,19 @@ class RelayService(MultiService):
                 timer.cancel()
         for d in list(self.lifecycle.live):
             d.cancel()
+        # Let finished responses flush before the reactor drops every connection.
+        closed = self.site.all_closed()
+        timer = self.reactor.callLater(5, closed.cancel)
+        try:
+            await closed
+        except Exception:
+            log.warn("closing {count} connection(s) that did not finish",
+                     count=len(self.site.channels))
+        if timer.active():
+            timer.cancel()
+        for backend in self.app.backends.values():
+            close = getattr(backend, "close", None)
+            if close is not None:
+                await DeferredList([close() or Deferred.fromCoroutine(_nothing())],
+                                   consumeErrors=True)
         Service.stopService(self)

@@ -95,7 +95,8 @@ def make_exchange(
         full.pop("max_tokens", None)
     return Exchange(
         operation,
-        {k.lower(): v for k, v in ({"x-api-key": "test-key"} if headers is None else headers).items()},
+        {k.lower(): v
+         for k, v in ({"x-api-key": "test-key"} if headers is None else headers).items()},
         "req_test",
         raw_body=dumps(full),
         route=route or Route(str(full["model"]), "test", str(full["model"]), None),
@@ -153,7 +154,10 @@ def run_stage(
             return reply(ex)
         return reply if reply is not None else text_reply("ok")
 
-    d = Deferred.fromCoroutine(stage(exchange, proceed))
+    async def call() -> Reply:
+        return await stage(exchange, proceed)
+
+    d: Deferred[Reply] = Deferred.fromCoroutine(call())
     results: list[Any] = []
     d.addBoth(results.append)
     if not results:

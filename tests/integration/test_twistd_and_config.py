@@ -65,7 +65,7 @@ type = "translate"
 
 
 def run(args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, timeout=60, **kw)  # type: ignore[call-overload, no-any-return]
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False, **kw)  # type: ignore[call-overload, no-any-return]
 
 
 def test_check_config_accepts_the_example() -> None:
@@ -231,3 +231,33 @@ def test_custom_stage_plugin_from_config_alone(tmp: Path) -> None:
             assert s.get_final_message().content[0].text == text  # type: ignore[union-attr]
     finally:
         relay.stop()
+
+
+def test_sigterm_drains_live_streams(tmp: Path) -> None:
+    """A stream in flight at SIGTERM still ends with message_stop; new requests are refused."""
+    import http.client
+    import signal
+    import time
+
+    cfg = config_text(
+        server={"drain_timeout": 20},
+        providers=[{"name": "demo", "kind": "demo", "options": {"event_delay": 0.1}}],
+    )
+    relay = start_relay(tmp, cfg)
+    conn = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=30)
+    conn.request("POST", "/v1/messages", body=json.dumps({
+        "model": "sonnet", "max_tokens": 500, "stream": True,
+        "messages": [{"role": "user", "content": "a slow answer please"}]}),
+        headers={"x-api-key": DEMO_KEY, "content-type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    first = resp.read1(100)
+    assert b"message_start" in first
+    relay.process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(relay.url + "/health", timeout=5)
+    rest = resp.read()
+    assert b"event: message_stop" in first + rest
+    assert relay.process.wait(30) in (0, -15, 143)
+    assert "draining: 1 live request(s)" in relay.log()

@@ -16,7 +16,7 @@ from cattrs.errors import ClassValidationError
 
 from txrelay.protocol.errors import RelayError, invalid_request
 from txrelay.protocol.jsoncodec import JSONDecodeError, loads
-from txrelay.protocol.structure import dotted, error_lines, make_converter, json_type_name
+from txrelay.protocol.structure import dotted, error_lines, json_type_name, make_converter
 
 Content = str | list[dict[str, Any]]
 
@@ -79,7 +79,7 @@ class MessagesRequest:
 
     def thinking_enabled(self) -> bool:
         """Whether the client asked for thinking (enabled or adaptive)."""
-        return bool(self.thinking) and self.thinking.get("type") in ("enabled", "adaptive")
+        return self.thinking is not None and self.thinking.get("type") in ("enabled", "adaptive")
 
 
 _FIELDS = frozenset(a.name for a in attrs.fields(MessagesRequest)) - {"extra"}
@@ -153,7 +153,9 @@ def _check_semantics(req: MessagesRequest) -> None:
     if req.tool_choice is not None:
         kind = req.tool_choice.get("type")
         if kind not in TOOL_CHOICE_TYPES:
-            problems.append(f"tool_choice.type: expected one of auto, any, tool, none, got {kind!r}")
+            problems.append(
+                f"tool_choice.type: expected one of auto, any, tool, none, got {kind!r}"
+            )
         elif kind == "tool" and not isinstance(req.tool_choice.get("name"), str):
             problems.append("tool_choice.name: field required")
     if req.thinking is not None:

@@ -35,7 +35,7 @@ def _user_text(blocks: list[dict[str, Any]]) -> str:
     texts = [b.get("text", "") for b in blocks if b.get("type") == "text"]
     # Claude Code prefixes turns with <system-reminder> blocks; the prompt is the last text.
     plain = [t for t in texts if not t.lstrip().startswith("<system-reminder>")]
-    return (plain or texts or [""])[-1].strip()
+    return str((plain or texts or [""])[-1]).strip()
 
 
 def _tool_names_by_id(req: MessagesRequest) -> dict[str, str]:
@@ -75,7 +75,7 @@ def _chosen_tool(req: MessagesRequest, prompt: str) -> dict[str, Any] | None:
 
 
 def _value_for(name: str, schema: dict[str, Any], prompt: str) -> Any:
-    if "enum" in schema and schema["enum"]:
+    if schema.get("enum"):
         return schema["enum"][0]
     if "const" in schema:
         return schema["const"]

@@ -119,7 +119,8 @@ class SSEParser:
 
 def encode_event(event: Event) -> bytes:
     """One Anthropic event as an SSE frame: ``event:`` line equal to its type (R-X16)."""
-    return b"event: " + event["type"].encode("ascii") + b"\ndata: " + dumps(event) + b"\n\n"
+    kind: str = event["type"]
+    return b"event: " + kind.encode("ascii") + b"\ndata: " + dumps(event) + b"\n\n"
 
 
 def encode_events(events: Iterable[Event]) -> bytes:

@@ -6,18 +6,19 @@ endpoints, runs the pipeline, and answers in Anthropic's shape, always with a ``
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from txrelay import __version__
 from txrelay.catalog import ModelCatalog
+from txrelay.logs import RelayLogger
 from txrelay.pipeline import Exchange, Operation, Proceed, Reply
 from txrelay.protocol.accumulate import MessageAccumulator
 from txrelay.protocol.errors import RelayError, api_error, invalid_request, not_found
@@ -27,7 +28,7 @@ from txrelay.protocol.jsoncodec import dumps
 from txrelay.server.sse import SSEWriter
 from txrelay.streams import CollectingSink, EventStream
 
-log = Logger()
+log = RelayLogger()
 
 _JSON = b"application/json"
 _SSE_HEADERS = [
@@ -103,7 +104,9 @@ class RelayResource(Resource):
         assert request.method is not None and request.path is not None
         op, model_id = _route(request.method, request.path)
         if op in ("root", "health", "ready"):
-            return self._simple(request, op)
+            body = self._simple(request, op)
+            request.setHeader(b"content-length", str(len(body)).encode("ascii"))
+            return b"" if request.method == b"HEAD" else body
         d = Deferred.fromCoroutine(self._handle(request, rid, op, model_id))
         self.lifecycle.live.add(d)
 
@@ -139,20 +142,20 @@ class RelayResource(Resource):
                     headers=(("retry-after", "2"),),
                 )
             if op == "404":
-                raise not_found(f"no such endpoint: {request.method.decode()} "  # type: ignore[union-attr]
-                                f"{request.path.decode('utf-8', 'replace')}")  # type: ignore[union-attr]
+                raise not_found(f"no such endpoint: {request.method.decode()} "
+                                f"{request.path.decode('utf-8', 'replace')}")
             if op.startswith("405:"):
                 raise RelayError("invalid_request_error",
-                                 f"method {request.method.decode()} is not allowed here; "  # type: ignore[union-attr]
+                                 f"method {request.method.decode()} is not allowed here; "
                                  f"use {op[4:]}", status=405)
             if getattr(request, "too_large", False):
-                limit = getattr(request.channel.site, "max_request_bytes", 0)  # type: ignore[attr-defined]
-                request.channel.persistent = False  # type: ignore[attr-defined]
+                limit = getattr(getattr(request, "site", None), "max_request_bytes", 0)
+                request.channel.persistent = False
                 raise RelayError(
                     "request_too_large",
                     f"request body is larger than the relay's limit of {limit} bytes",
                 )
-            exchange = self._exchange(request, rid, op, model_id)  # type: ignore[arg-type]
+            exchange = self._exchange(request, rid, cast(Operation, op), model_id)
             reply = await self.pipeline(exchange)
             status = reply.status
             if reply.stream is not None:
@@ -182,7 +185,7 @@ class RelayResource(Resource):
     ) -> Exchange:
         raw = b""
         if op in ("messages", "count_tokens"):
-            raw = request.content.getvalue()  # type: ignore[union-attr]
+            raw = cast(io.BytesIO, request.content).getvalue()
         return Exchange(op, _headers(request), rid, raw_body=raw, query=_query(request),
                         model_id=model_id)
 
@@ -232,7 +235,7 @@ class RelayResource(Resource):
     def _write_json(
         self, request: Request, status: int, body: Any, headers: list[tuple[str, str]]
     ) -> None:
-        if request.finished or request._disconnected:  # type: ignore[attr-defined]
+        if request.finished or request._disconnected:
             return
         data = dumps(body)
         request.setResponseCode(status)
@@ -256,8 +259,8 @@ class RelayResource(Resource):
         log.info(
             "{method} {path} {status} {duration_ms:.1f}ms request_id={request_id} "
             "client={client} model={model} provider={provider} stream={stream}",
-            method=request.method.decode("ascii", "replace"),  # type: ignore[union-attr]
-            path=request.path.decode("utf-8", "replace"),  # type: ignore[union-attr]
+            method=request.method.decode("ascii", "replace"),
+            path=request.path.decode("utf-8", "replace"),
             status=status,
             duration_ms=(time.monotonic() - started) * 1000,
             request_id=rid,

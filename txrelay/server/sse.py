@@ -15,16 +15,16 @@ from typing import Any
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
-from twisted.logger import Logger
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from txrelay.logs import RelayLogger
 from txrelay.protocol.errors import RelayError
 from txrelay.protocol.events import Event, ping
 from txrelay.protocol.sse import encode_event, encode_events
 from txrelay.streams import EventStream
 
-log = Logger()
+log = RelayLogger()
 
 _PING = encode_event(ping())
 
@@ -79,7 +79,7 @@ class SSEWriter:
         if error is not None:
             # R-E4: after the commit an error is an event, then the connection closes.
             self.request.write(encode_event(error.event()))
-            self.request.channel.persistent = False  # type: ignore[attr-defined]
+            self.request.channel.persistent = False
         self.request.unregisterProducer()
         self.request.finish()
         self._fire()

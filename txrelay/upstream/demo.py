@@ -94,7 +94,8 @@ class DemoBackend:
             message_id=message_id(),
             input_tokens=estimate_input_tokens(req),
         )
-        return Reply(stream=EventStream(TimedSource(events, self.reactor, self.options.event_delay)))
+        source = TimedSource(events, self.reactor, self.options.event_delay)
+        return Reply(stream=EventStream(source))
 
     async def count_tokens(self, exchange: Exchange) -> int:
         return estimate_input_tokens(exchange.require_request())

@@ -17,13 +17,23 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web import _newclient
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
+from twisted.web.http import PotentialDataLoss
 
 from txrelay.config import ProviderConfig
 from txrelay.protocol.errors import RelayError
 
 #: The largest error or non-streaming body read from an upstream.
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024
+
+
+class _QuietFactory(_HTTP11ClientFactory):
+    # One "Starting factory" log line per upstream connection is noise.
+    noisy = False
+
+
+class _QuietPool(HTTPConnectionPool):
+    _factory = _QuietFactory
 
 
 @attrs.define(eq=False)
@@ -39,7 +49,7 @@ class UpstreamClient:
         if self.reactor is None:  # validation only: nothing will be sent
             self.http = None  # type: ignore[assignment]
             return
-        pool = HTTPConnectionPool(self.reactor, persistent=True)
+        pool = _QuietPool(self.reactor, persistent=True)  # type: ignore[no-untyped-call]
         pool.maxPersistentPerHost = self.provider.max_idle_connections
         # Below common upstream/load-balancer keep-alive limits (twisted-notes §4).
         pool.cachedConnectionTimeout = 50
@@ -50,8 +60,9 @@ class UpstreamClient:
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Deferred[Any]:
         """POST ``body``; the Deferred fires with the (unbuffered) response headers."""
+        hdrs: dict[bytes | str, list[bytes | str]] = {k: [v] for k, v in headers.items()}
         return self.http.request(
-            "POST", url, data=body, headers={k: [v] for k, v in headers.items()},
+            "POST", url, data=body, headers=hdrs,
             unbuffered=True, allow_redirects=False, reactor=self.reactor,
             timeout=self.provider.timeouts.first_byte,
         )
@@ -134,7 +145,7 @@ class _Collect(Protocol):
             self.timer.cancel()
         if self.done.called:
             return
-        if reason is None or reason.check(ResponseDone, _newclient.PotentialDataLoss):
+        if reason is None or reason.check(ResponseDone, PotentialDataLoss):
             self.done.callback(b"".join(self.parts))
         else:
             self.done.errback(RelayError(

@@ -17,15 +17,15 @@ from typing import Any
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txrelay.logs import RelayLogger
 from txrelay.protocol.errors import RelayError
 from txrelay.protocol.events import Event
 from txrelay.protocol.translator import StreamTranslator
 from txrelay.streams import EventSink
 
-log = Logger()
+log = RelayLogger()
 
 _CONTENT = frozenset({"content_block_start", "content_block_delta", "message_delta"})
 

@@ -1,0 +1,33 @@
+"""The configuration examples in the README are valid (checked like `txrelay check-config`)."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from txrelay.config import parse_config
+from txrelay.service import build_app
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+BLOCKS = re.findall(r"```toml\n(.*?)```", README, re.S)
+
+
+def test_readme_has_the_upstream_examples() -> None:
+    assert len(BLOCKS) >= 5
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_readme_toml_block_is_a_valid_provider_config(block: str, tmp_path: Path) -> None:
+    raw = tomllib.loads(block)
+    secrets = tmp_path / "secret"
+    secrets.write_text("k")
+    for provider in raw.get("providers", []):
+        if "file" in provider.get("api_key", {}):
+            provider["api_key"]["file"] = str(secrets)
+    raw.setdefault("pipeline", [{"type": "model-map"}, {"type": "translate"}])
+    env = {"OPENAI_API_KEY": "k", "DEEPSEEK_API_KEY": "k"}
+    cfg = parse_config(raw, "README", env=env)
+    build_app(cfg, None, "README")

@@ -1,0 +1,197 @@
+"""UpstreamSource in memory: commit decision, flow control, timeouts (with a fake clock)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+
+from txrelay.protocol import events as ev
+from txrelay.protocol.errors import RelayError
+from txrelay.protocol.events import Event
+from txrelay.streams import CollectingSink
+from txrelay.upstream.streaming import UpstreamSource
+
+
+@attrs.define
+class LineTranslator:
+    """A toy translator: each line ``t:<text>`` is a text delta, ``e:`` an error, ``f`` finish."""
+
+    started: bool = False
+    opened: bool = False
+    done: bool = False
+    finish_seen: bool = False
+
+    def start(self) -> list[Event]:
+        self.started = True
+        return [ev.message_start("msg", "m", ev.empty_usage()), ev.ping()]
+
+    def feed(self, data: bytes) -> list[Event]:
+        out: list[Event] = []
+        for line in data.decode().splitlines():
+            if line.startswith("t:"):
+                if not self.opened:
+                    self.opened = True
+                    out.append(ev.text_block_start(0))
+                out.append(ev.text_delta(0, line[2:]))
+            elif line.startswith("e:"):
+                self.done = True
+                out.append(RelayError("overloaded_error", line[2:]).event())
+            elif line == "f":
+                self.finish_seen = True
+        return out
+
+    def finish(self) -> list[Event]:
+        self.done = True
+        out = [ev.block_stop(0)] if self.opened else []
+        return [*out, ev.message_delta("end_turn", None, {"output_tokens": 1}), ev.message_stop()]
+
+
+@attrs.define
+class FakeTransport:
+    paused: int = 0
+    resumed: int = 0
+    stopped: bool = False
+
+    def pauseProducing(self) -> None:
+        self.paused += 1
+
+    def resumeProducing(self) -> None:
+        self.resumed += 1
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+
+@attrs.define
+class FakeResponse:
+    transport: FakeTransport = attrs.Factory(FakeTransport)
+    protocol: Any = None
+
+    def deliverBody(self, protocol: Any) -> None:
+        self.protocol = protocol
+        protocol.makeConnection(self.transport)
+
+
+def make(clock: Clock) -> tuple[UpstreamSource, Deferred[Any], list[Any]]:
+    source = UpstreamSource(LineTranslator(), clock, idle_timeout=5, commit_after=2,
+                            finish_grace=1)
+    request: Deferred[Any] = Deferred(lambda d: None)
+    source.begin(request)
+    ready: list[Any] = []
+    source.ready.addBoth(ready.append)
+    return source, request, ready
+
+
+def test_commits_at_first_content_not_at_headers() -> None:
+    clock = Clock()
+    source, _, ready = make(clock)
+    response = FakeResponse()
+    source.response(response)
+    assert ready == []
+    source.dataReceived(b"f-noise\n")
+    assert ready == []
+    source.dataReceived(b"t:hello\n")
+    assert ready == [None]
+    sink = CollectingSink()
+    source.start(sink)
+    assert [e["type"] for e in sink.events] == [
+        "message_start", "ping", "content_block_start", "content_block_delta"]
+    source.connectionLost(Failure(ResponseDone()))
+    assert sink.ended and sink.error is None
+    assert sink.events[-1]["type"] == "message_stop"
+
+
+def test_error_before_content_fails_ready_with_an_http_error() -> None:
+    clock = Clock()
+    source, _, ready = make(clock)
+    response = FakeResponse()
+    source.response(response)
+    source.dataReceived(b"e:busy\n")
+    assert isinstance(ready[0], Failure) and ready[0].value.status == 529
+    assert response.transport.stopped
+
+
+def test_commit_deadline_starts_the_stream_before_headers() -> None:
+    clock = Clock()
+    source, _, ready = make(clock)
+    clock.advance(2)
+    assert ready == [None]
+    sink = CollectingSink()
+    source.start(sink)
+    assert [e["type"] for e in sink.events] == ["message_start", "ping"]
+    # A later upstream failure becomes the stream's error (the status is committed).
+    source.fail(RelayError("rate_limit_error", "slow down"))
+    assert sink.ended and sink.error is not None and sink.error.type == "rate_limit_error"
+
+
+def test_flow_control_reaches_the_upstream_transport() -> None:
+    clock = Clock()
+    source, _, _ = make(clock)
+    response = FakeResponse()
+    source.response(response)
+    source.dataReceived(b"t:a\n")
+    source.start(CollectingSink())
+    source.pause()
+    source.pause()
+    assert response.transport.paused == 2
+    clock.advance(100)  # no idle timeout while the client holds us back
+    source.resume()
+    assert response.transport.resumed == 1
+    source.resume()
+    assert response.transport.resumed == 1
+
+
+def test_idle_timeout_ends_with_timeout_error() -> None:
+    clock = Clock()
+    source, _, _ = make(clock)
+    response = FakeResponse()
+    source.response(response)
+    source.dataReceived(b"t:a\n")
+    sink = CollectingSink()
+    source.start(sink)
+    clock.advance(4.9)
+    assert not sink.ended
+    source.dataReceived(b"t:b\n")
+    clock.advance(4.9)
+    assert not sink.ended
+    clock.advance(0.2)
+    assert sink.ended and sink.error is not None and sink.error.type == "timeout_error"
+    assert response.transport.stopped
+
+
+def test_finish_grace_when_upstream_keeps_the_connection_open() -> None:  # R-S16
+    clock = Clock()
+    source, _, _ = make(clock)
+    response = FakeResponse()
+    source.response(response)
+    source.dataReceived(b"t:a\nf\n")
+    sink = CollectingSink()
+    source.start(sink)
+    clock.advance(1)
+    assert sink.ended and sink.error is None
+    assert sink.events[-1]["type"] == "message_stop"
+    assert response.transport.stopped
+
+
+def test_client_gone_cancels_request_or_stops_transport() -> None:
+    clock = Clock()
+    source, request, ready = make(clock)
+    cancelled: list[Any] = []
+    request.addErrback(cancelled.append)
+    source.stop()
+    assert cancelled and cancelled[0].check(CancelledError)
+    assert ready[0].check(CancelledError)
+
+    source2, _, _ = make(clock)
+    response = FakeResponse()
+    source2.response(response)
+    source2.dataReceived(b"t:a\n")
+    source2.start(CollectingSink())
+    source2.stop()
+    assert response.transport.stopped
+    assert clock.getDelayedCalls() == []

@@ -1,0 +1,861 @@
+"""
+OpenAI Chat Completions stream → Anthropic event stream (O→A, mapping.md §4).
+
+:class:`ChatStreamTranslator` is a sans-IO state machine: feed it upstream body bytes as they
+arrive, get Anthropic events back. It keeps at most one block open (R-S3), numbers blocks
+without gaps (R-S4), holds leading whitespace (R-S6), signs thinking blocks (R-S5), streams
+tool calls live and serialised (R-S10) through an incremental JSON-prefix checker, and ends
+with exactly one ``message_delta`` + ``message_stop`` (R-S14/R-S15), or with one ``error``
+event and nothing after it (R-E4).
+
+Pings other than the one right after ``message_start`` (R-S2) are the I/O layer's job, as is
+the grace period after ``finish_reason`` (R-S16): when :attr:`ChatStreamTranslator.finish_seen`
+is true and the upstream stays silent, call :meth:`~ChatStreamTranslator.finish`.
+
+Feeding before :meth:`~ChatStreamTranslator.start` is allowed (R-X9 peeking): events are held
+until ``start``; if the upstream reported an error first, :attr:`ChatStreamTranslator.error` is
+set and the I/O layer can answer with an HTTP error instead of committing the stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from txrelay.protocol import events as ev
+from txrelay.protocol.errors import RelayError
+from txrelay.protocol.events import Event
+from txrelay.protocol.ids import TOOL_ID_PATTERN, base62, message_id, tool_use_id
+from txrelay.protocol.jsoncodec import JSONDecodeError, dumps_str, loads
+from txrelay.protocol.jsonprefix import JSONPrefixChecker, json_completion, repair_json_object
+from txrelay.protocol.openai.dialect import OpenAIDialect
+from txrelay.protocol.openai.errors import stream_error
+from txrelay.protocol.openai.request import ToolNameMap, encode_orx
+from txrelay.protocol.sse import SSEEvent, SSEParser
+from txrelay.protocol.tokens import estimate_text_tokens
+
+if TYPE_CHECKING:
+    from txrelay.protocol.translator import StreamTranslator
+
+log = logging.getLogger(__name__)
+
+_PENDING, _OPEN, _CLOSED = 0, 1, 2
+_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
+_ORX_KEYS = ("signature", "format", "id")
+
+
+def oai_signature() -> str:
+    """A fresh relay signature for reasoning without an upstream signature (§10.1)."""
+    return "txr1.oai." + base62(24)
+
+
+class _Call:
+    """One upstream tool call being assembled (§4.5)."""
+
+    __slots__ = (
+        "block_index",
+        "broken",
+        "checker",
+        "chunk_seq",
+        "fwd",
+        "name",
+        "parts",
+        "position",
+        "sent",
+        "state",
+        "upstream_id",
+    )
+
+    def __init__(self, chunk_seq: int, position: int) -> None:
+        self.upstream_id: str | None = None
+        self.name: str | None = None
+        self.parts: list[str] = []  # raw argument text as received
+        self.checker = JSONPrefixChecker()
+        self.broken = False  # the raw text stopped being a valid JSON prefix
+        self.fwd: list[str] = []  # checker output: what may be / was forwarded
+        self.sent = 0  # how many entries of fwd were emitted
+        self.state = _PENDING
+        self.block_index = -1
+        self.chunk_seq = chunk_seq
+        self.position = position
+
+
+class ChatStreamTranslator:
+    """
+    Translates one streamed Chat Completions response into Anthropic events.
+
+    :param model: the model name the client asked for, echoed in ``message.model`` (R-X5).
+    :param input_tokens: the local prompt estimate for ``message_start`` (R-S1).
+    :param dialect: the upstream's switches.
+    :param stop_sequences: the client's ``stop_sequences`` (vLLM reports the matched one).
+    :param tool_names: the request's tool name map, to reverse shortened names (R-O18).
+    :param message_id: the ``msg_…`` id; minted when not given.
+    :param id_factory: mints tool-use ids (R-X11); injectable for deterministic tests.
+    :param signature_factory: mints thinking signatures (R-S5); injectable likewise.
+    :param upstream_name: prefixes error messages.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        input_tokens: int,
+        dialect: OpenAIDialect,
+        stop_sequences: Iterable[str] | None = None,
+        tool_names: ToolNameMap | None = None,
+        message_id: str | None = None,
+        id_factory: Callable[[], str] = tool_use_id,
+        signature_factory: Callable[[], str] = oai_signature,
+        upstream_name: str = "upstream",
+    ) -> None:
+        self._model = model
+        self._input_tokens = input_tokens
+        self._dialect = dialect
+        self._stop_sequences = frozenset(stop_sequences or ())
+        self._names = tool_names
+        self._message_id = message_id or _new_message_id()
+        self._id_factory = id_factory
+        self._signature_factory = signature_factory
+        self._upstream = upstream_name
+        self._complete_mode = dialect.tool_streaming == "complete"
+        self._cumulative = dialect.cumulative_args
+        self._think_tags = dialect.think_tags
+
+        self._parser = SSEParser()
+        self._started = False
+        self._held: list[Event] = []
+        self._done = False
+        self._error: RelayError | None = None
+        self._received = False
+        self._saw_done_marker = False
+        self._lenient_tail = False
+
+        self._next_index = 0
+        self._open_kind: str | None = None  # "text" | "thinking" | "tool_use"
+        self._open_index = -1
+        self._pending_ws = ""
+        self._reasoning_source: str | None = None
+        self._orx_meta: dict[str, Any] | None = None
+        # 0: deciding, 1: inside <think>, 2: plain content, 3: after </think>
+        self._think_state = 0
+        self._think_buf = ""
+
+        self._calls: list[_Call] = []
+        self._queue: list[_Call] = []  # calls not opened yet, in first-seen order
+        self._by_index: dict[int, _Call] = {}
+        self._by_id: dict[str, _Call] = {}
+        self._live: _Call | None = None
+        self._chunk_seq = 0
+        self._used_ids: set[str] = set()
+        self._tool_emitted = False
+
+        self._finish: str | None = None
+        self._vendor_stop: str | None = None
+        self._usage: dict[str, Any] | None = None
+        self._refusal = False
+        self._out_chars = 0
+
+    # --- public interface ------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        """Whether the stream has ended (``message_stop`` or ``error`` produced)."""
+        return self._done
+
+    @property
+    def finish_seen(self) -> bool:
+        """Whether the upstream sent a ``finish_reason`` (start of the R-S16 grace period)."""
+        return self._finish is not None
+
+    @property
+    def error(self) -> RelayError | None:
+        """The error that ended the stream, if it ended with one."""
+        return self._error
+
+    @property
+    def received_event(self) -> bool:
+        """Whether a JSON chunk has arrived from upstream (for R-X9 peeking)."""
+        return self._received
+
+    @property
+    def message_id(self) -> str:
+        """The ``msg_…`` id in ``message_start``."""
+        return self._message_id
+
+    def start(self, *, ping: bool = True) -> list[Event]:
+        """``message_start`` and one ``ping`` (R-S1, R-S2), plus anything fed before."""
+        if self._started:
+            return []
+        self._started = True
+        out = [ev.message_start(self._message_id, self._model, ev.empty_usage(self._input_tokens))]
+        if ping:
+            out.append(ev.ping())
+        out.extend(self._held)
+        self._held = []
+        return out
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Translate a piece of the upstream body (arbitrary boundaries)."""
+        if self._done:
+            return []
+        out: list[Event] = []
+        for sse in self._parser.feed(data):
+            self._sse(sse, out)
+            if self._done:
+                break
+        return self._emit(out)
+
+    def finish(self) -> list[Event]:
+        """
+        End of the upstream body (or the end of the R-S16 grace period).
+
+        ``[DONE]`` or a ``finish_reason`` seen → a normal end; otherwise the stream was cut and
+        an ``error`` event reports it (R-S13).
+        """
+        if self._done:
+            return []
+        out: list[Event] = []
+        # After finish_reason a cut-off trailing line is harmless (R-S16 grace period).
+        self._lenient_tail = self._finish is not None
+        for sse in self._parser.finish():
+            self._sse(sse, out)
+            if self._done:
+                return self._emit(out)
+        if self._saw_done_marker or self._finish is not None:
+            self._finalize(out)
+        else:
+            what = "ended unexpectedly" if self._received else "returned an empty stream"
+            self._fail(RelayError("api_error", f"{self._upstream}: upstream stream {what}"), out)
+        return self._emit(out)
+
+    def process_chunk(self, chunk: dict[str, Any]) -> list[Event]:
+        """Translate one decoded chunk (used for non-streaming responses)."""
+        out: list[Event] = []
+        if not self._done:
+            self._chunk(chunk, out)
+        return self._emit(out)
+
+    def finalize(self) -> list[Event]:
+        """End normally, as on ``[DONE]``."""
+        out: list[Event] = []
+        if not self._done:
+            self._finalize(out)
+        return self._emit(out)
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def _emit(self, out: list[Event]) -> list[Event]:
+        if self._started:
+            return out
+        self._held.extend(out)
+        return []
+
+    def _fail(self, error: RelayError, out: list[Event]) -> None:
+        """R-E4: one ``error`` event, nothing after it; open blocks stay open."""
+        out.append(error.event())
+        self._error = error
+        self._done = True
+
+    def _sse(self, sse: SSEEvent, out: list[Event]) -> None:
+        if sse.other:
+            name, value = sse.other[0]
+            if name == "error":
+                self._fail(stream_error(value, upstream_name=self._upstream), out)
+            else:
+                line = f"{name}: {value}" if value else name
+                self._fail(
+                    RelayError(
+                        "api_error",
+                        f"{self._upstream}: upstream sent a malformed stream line: {line[:200]}",
+                    ),
+                    out,
+                )
+            return
+        data = sse.data
+        if sse.event == "error":
+            self._fail(stream_error(data, upstream_name=self._upstream), out)
+            return
+        if not data or data.isspace():
+            return
+        if data[:6] == b"[DONE]":
+            self._saw_done_marker = True
+            self._finalize(out)
+            return
+        try:
+            chunk = loads(data)
+        except JSONDecodeError:
+            if self._lenient_tail:
+                return
+            self._fail(
+                RelayError(
+                    "api_error",
+                    f"{self._upstream}: upstream sent invalid JSON in the stream: "
+                    f"{data[:200].decode('utf-8', 'replace')}",
+                ),
+                out,
+            )
+            return
+        if isinstance(chunk, dict):
+            self._chunk(chunk, out)
+        else:
+            self._fail(stream_error(chunk, upstream_name=self._upstream), out)
+
+    def _chunk(self, chunk: dict[str, Any], out: list[Event]) -> None:
+        self._received = True
+        self._chunk_seq += 1
+        err = chunk.get("error")
+        if err or chunk.get("object") == "error":
+            self._fail(stream_error(chunk, upstream_name=self._upstream), out)
+            return
+        usage = chunk.get("usage")
+        if usage and isinstance(usage, dict):
+            self._usage = usage  # cumulative: overwrite, never add (§9.1)
+        choices = chunk.get("choices")
+        if not choices:
+            return
+        for choice in choices:
+            if not isinstance(choice, dict) or choice.get("index", 0) not in (0, None):
+                continue
+            delta = choice.get("delta")
+            if delta and isinstance(delta, dict):
+                self._delta(delta, out)
+                if self._done:
+                    return
+            reason = choice.get("finish_reason")
+            if reason:
+                self._on_finish(str(reason), choice, chunk, out)
+                if self._done:
+                    return
+
+    def _on_finish(
+        self, reason: str, choice: dict[str, Any], chunk: dict[str, Any], out: list[Event]
+    ) -> None:
+        if reason == "error":  # OpenRouter mid-stream error
+            payload = choice.get("error") or chunk.get("error") or "generation failed"
+            self._fail(stream_error({"error": payload}, upstream_name=self._upstream), out)
+            return
+        if reason == "insufficient_system_resource":  # DeepSeek: output incomplete
+            self._fail(
+                RelayError(
+                    "overloaded_error",
+                    f"{self._upstream}: generation interrupted: insufficient system resources",
+                ),
+                out,
+            )
+            return
+        self._finish = reason
+        matched = choice.get("stop_reason")
+        if not isinstance(matched, str):
+            matched = choice.get("matched_stop")  # SGLang
+        if isinstance(matched, str):
+            self._vendor_stop = matched
+
+    def _delta(self, delta: dict[str, Any], out: list[Event]) -> None:
+        source = self._reasoning_source
+        if source is None:
+            # R-S12: the first non-empty source wins for the whole stream (no duplicates).
+            if delta.get("reasoning_details"):
+                source = "reasoning_details"
+            elif delta.get("reasoning_content"):
+                source = "reasoning_content"
+            elif delta.get("reasoning"):
+                source = "reasoning"
+            self._reasoning_source = source
+        if source is not None:
+            value = delta.get(source)
+            if value:
+                if source == "reasoning_details":
+                    self._reasoning_details(value, out)
+                elif isinstance(value, str):
+                    self._thinking(value, out)
+        content = delta.get("content")
+        if content:
+            if not isinstance(content, str):
+                content = _parts_text(content)
+            if content:
+                if self._think_tags:
+                    self._think_content(content, out)
+                else:
+                    self._text(content, out)
+        refusal = delta.get("refusal")
+        if refusal and isinstance(refusal, str):
+            self._refusal = True
+            self._text(refusal, out)
+        calls = delta.get("tool_calls")
+        if calls and isinstance(calls, list):
+            self._tool_calls(calls, out)
+        elif isinstance(delta.get("function_call"), dict):  # legacy single call
+            self._tool_calls([{"index": 0, "function": delta["function_call"]}], out)
+
+    # --- text and thinking -----------------------------------------------------------------
+
+    def _open_block(self, kind: str, out: list[Event]) -> None:
+        current = self._open_kind
+        if current == "tool_use":
+            self._end_tools(out)  # Q24: content after tool calls closes them for good
+            if self._done:
+                return
+        elif current is not None:
+            self._close_block(out)
+        index = self._next_index
+        self._next_index = index + 1
+        self._open_kind = kind
+        self._open_index = index
+        if kind == "text":
+            out.append(ev.text_block_start(index))
+        else:
+            self._orx_meta = None
+            out.append(ev.thinking_block_start(index))
+
+    def _close_block(self, out: list[Event]) -> None:
+        """Close the open text or thinking block (thinking: signature first, R-S5)."""
+        index = self._open_index
+        if self._open_kind == "thinking":
+            meta = self._orx_meta
+            if meta is not None and any(k in meta for k in _ORX_KEYS):
+                signature = encode_orx(meta)
+            else:
+                signature = self._signature_factory()
+            out.append(ev.signature_delta(index, signature))
+        out.append(ev.block_stop(index))
+        self._open_kind = None
+
+    def _text(self, text: str, out: list[Event]) -> None:
+        if self._open_kind == "text":
+            out.append(ev.text_delta(self._open_index, text))
+            self._out_chars += len(text)
+            return
+        if text.isspace():  # R-S6: hold, never open a whitespace-only block
+            self._pending_ws += text
+            return
+        self._open_block("text", out)
+        if self._done:
+            return
+        if self._pending_ws:
+            text = self._pending_ws + text
+            self._pending_ws = ""
+        out.append(ev.text_delta(self._open_index, text))
+        self._out_chars += len(text)
+
+    def _thinking(self, text: str, out: list[Event]) -> None:
+        if self._open_kind != "thinking":
+            self._open_block("thinking", out)
+            if self._done:
+                return
+        out.append(ev.thinking_delta(self._open_index, text))
+        self._out_chars += len(text)
+
+    def _reasoning_details(self, items: Any, out: list[Event]) -> None:
+        if not isinstance(items, list):
+            return
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            kind = item.get("type")
+            if kind == "reasoning.encrypted":
+                if self._open_kind is not None:
+                    if self._open_kind == "tool_use":
+                        self._end_tools(out)
+                    else:
+                        self._close_block(out)
+                    if self._done:
+                        return
+                index = self._next_index
+                self._next_index = index + 1
+                block = {"type": "redacted_thinking", "data": encode_orx(item)}
+                out.append(ev.block_start(index, block))
+                out.append(ev.block_stop(index))
+                continue
+            text = item.get("summary") if kind == "reasoning.summary" else item.get("text")
+            if isinstance(text, str) and text:
+                self._thinking(text, out)
+                if self._done:
+                    return
+            if self._open_kind == "thinking":
+                meta = self._orx_meta
+                if meta is None:
+                    meta = self._orx_meta = {}
+                for key, value in item.items():
+                    if key not in ("text", "summary") and value is not None:
+                        meta[key] = value
+
+    def _think_content(self, text: str, out: list[Event]) -> None:
+        """Split a leading inline ``<think>…</think>`` into a thinking block (R-S12.4)."""
+        state = self._think_state
+        if state == 2:
+            self._text(text, out)
+            return
+        if state == 3:  # right after </think>: skip the separating whitespace
+            text = text.lstrip()
+            if text:
+                self._think_state = 2
+                self._text(text, out)
+            return
+        buf = self._think_buf + text
+        if state == 0:
+            stripped = buf.lstrip()
+            if not stripped or (
+                len(stripped) < len(_THINK_OPEN) and _THINK_OPEN.startswith(stripped)
+            ):
+                self._think_buf = buf
+                return
+            if not stripped.startswith(_THINK_OPEN):
+                self._think_state = 2
+                self._think_buf = ""
+                self._text(buf, out)
+                return
+            self._think_state = 1
+            buf = stripped[len(_THINK_OPEN) :]
+        end = buf.find(_THINK_CLOSE)
+        if end >= 0:
+            self._think_buf = ""
+            self._think_state = 3
+            self._think_emit(buf[:end], out)
+            rest = buf[end + len(_THINK_CLOSE) :]
+            if rest and not self._done:
+                self._think_content(rest, out)
+            return
+        keep = 0
+        for k in range(min(len(_THINK_CLOSE) - 1, len(buf)), 0, -1):
+            if buf.endswith(_THINK_CLOSE[:k]):
+                keep = k
+                break
+        self._think_buf = buf[len(buf) - keep :] if keep else ""
+        self._think_emit(buf[: len(buf) - keep], out)
+
+    def _think_emit(self, text: str, out: list[Event]) -> None:
+        if self._open_kind != "thinking":
+            text = text.lstrip()
+        if text:
+            self._thinking(text, out)
+
+    # --- tool calls ------------------------------------------------------------------------
+
+    def _call_for(self, frag: dict[str, Any], position: int, name: Any) -> _Call:
+        """R-S9: which call a fragment belongs to."""
+        index = frag.get("index")
+        fid = frag.get("id")
+        fid = fid if isinstance(fid, str) and fid else None
+        if isinstance(index, int) and not isinstance(index, bool):
+            call = self._by_index.get(index)
+            if call is None or (
+                # Q7: a different id on an index whose call is named → a new call. Also
+                # require a name or a finished call, so a server that invents an id per
+                # fragment does not split one call into many.
+                fid is not None
+                and call.name is not None
+                and call.upstream_id is not None
+                and fid != call.upstream_id
+                and (bool(name) or call.checker.complete)
+            ):
+                call = self._new_call(position)
+                self._by_index[index] = call
+            return call
+        if fid is not None:
+            call = self._by_id.get(fid)
+            if call is None:
+                call = self._new_call(position)
+                self._by_id[fid] = call
+            return call
+        last = self._calls[-1] if self._calls else None
+        if (
+            last is None
+            or (last.chunk_seq == self._chunk_seq and last.position != position)
+            or (
+                isinstance(name, str)
+                and name
+                and last.name is not None
+                and (name != last.name or last.checker.complete)
+            )
+        ):
+            return self._new_call(position)
+        return last
+
+    def _new_call(self, position: int) -> _Call:
+        call = _Call(self._chunk_seq, position)
+        self._calls.append(call)
+        self._queue.append(call)
+        return call
+
+    def _tool_calls(self, frags: list[Any], out: list[Event]) -> None:
+        for position, frag in enumerate(frags):
+            if not isinstance(frag, dict):
+                continue
+            function = frag.get("function")
+            if not isinstance(function, dict):
+                function = {}
+            name = function.get("name")
+            call = self._call_for(frag, position, name)
+            if call.state == _CLOSED:
+                log.debug("ignoring a fragment for an already closed tool call")
+                continue
+            fid = frag.get("id")
+            if call.upstream_id is None and isinstance(fid, str) and fid:
+                call.upstream_id = fid
+                self._by_id.setdefault(fid, call)
+            if call.name is None and isinstance(name, str) and name:
+                call.name = name
+            arguments = function.get("arguments")
+            if isinstance(arguments, str):
+                if arguments:
+                    self._add_args(call, arguments, out)
+            elif arguments is not None:  # Q4: an object instead of a string
+                self._replace_args(call, dumps_str(arguments), out)
+            if self._done:
+                return
+            if self._live is None and not self._complete_mode:
+                self._flush_queue(out, final=False)
+                if self._done:
+                    return
+
+    def _add_args(self, call: _Call, text: str, out: list[Event]) -> None:
+        if self._cumulative and call.parts:
+            so_far = "".join(call.parts)
+            if text.startswith(so_far):  # Q5: fragments repeat the whole buffer
+                text = text[len(so_far) :]
+                if not text:
+                    return
+        call.parts.append(text)
+        if self._complete_mode or call.broken:
+            return
+        checker = call.checker
+        fwd = checker.feed(text)
+        if not checker.valid:
+            call.broken = True  # stop forwarding; repaired at close (R-S10)
+        if fwd:
+            call.fwd.append(fwd)
+            if call.state == _OPEN:
+                call.sent = len(call.fwd)
+                out.append(ev.input_json_delta(call.block_index, fwd))
+                self._out_chars += len(fwd)
+        if call.state == _OPEN and checker.complete:
+            self._close_live(out)
+            if not self._done:
+                self._flush_queue(out, final=False)
+
+    def _replace_args(self, call: _Call, text: str, out: list[Event]) -> None:
+        if not call.parts:
+            self._add_args(call, text, out)
+            return
+        call.parts = [text]
+        call.broken = True
+
+    def _tool_id(self, upstream_id: str | None) -> str:
+        """R-X11: a fresh ``toolu_`` id, or the upstream's when allowed and safe."""
+        if (
+            self._dialect.preserve_tool_ids
+            and upstream_id is not None
+            and upstream_id not in self._used_ids
+            and TOOL_ID_PATTERN.match(upstream_id)
+        ):
+            tool_id = upstream_id
+        else:
+            tool_id = self._id_factory()
+            while tool_id in self._used_ids:
+                tool_id = self._id_factory()
+        self._used_ids.add(tool_id)
+        return tool_id
+
+    def _open_tool(self, call: _Call, out: list[Event]) -> None:
+        if self._open_kind is not None:
+            self._close_block(out)  # R-S3; never a tool block here (one live call at a time)
+        self._pending_ws = ""
+        self._queue.remove(call)
+        index = self._next_index
+        self._next_index = index + 1
+        call.block_index = index
+        call.state = _OPEN
+        name = call.name or ""
+        if self._names is not None:
+            name = self._names.client(name)
+        out.append(ev.tool_use_block_start(index, self._tool_id(call.upstream_id), name))
+        self._tool_emitted = True
+        self._open_kind = "tool_use"
+        self._open_index = index
+        if self._complete_mode:  # R-S11: one delta with the canonical JSON
+            text = dumps_str(repair_json_object("".join(call.parts)))
+            out.append(ev.input_json_delta(index, text))
+            self._out_chars += len(text)
+            out.append(ev.block_stop(index))
+            call.state = _CLOSED
+            self._open_kind = None
+            return
+        self._live = call
+        if call.sent < len(call.fwd):
+            text = "".join(call.fwd[call.sent :])
+            call.sent = len(call.fwd)
+            out.append(ev.input_json_delta(index, text))
+            self._out_chars += len(text)
+
+    def _remainder(self, call: _Call) -> str | None:
+        """What completes the forwarded text into the repaired input (R-S10, R-O28)."""
+        checker = call.checker
+        if not call.broken:
+            if checker.complete:
+                return ""
+            if not checker.started:
+                return "{}"  # an empty argument string ends as {}
+            suffix = checker.closing_suffix()
+            try:
+                if isinstance(loads("".join(call.fwd) + suffix), dict):
+                    return suffix
+            except JSONDecodeError:
+                pass
+        value = repair_json_object("".join(call.parts))
+        return json_completion("".join(call.fwd), value)
+
+    def _close_live(self, out: list[Event]) -> None:
+        call = self._live
+        if call is None:
+            return
+        index = call.block_index
+        remainder = self._remainder(call)
+        if remainder is None:
+            self._fail(
+                RelayError(
+                    "api_error",
+                    f"{self._upstream}: the model's tool-call arguments could not be repaired "
+                    "consistently with what was already streamed",
+                ),
+                out,
+            )
+            return
+        if remainder:
+            out.append(ev.input_json_delta(index, remainder))
+            self._out_chars += len(remainder)
+        out.append(ev.block_stop(index))
+        call.state = _CLOSED
+        self._live = None
+        self._open_kind = None
+
+    def _flush_queue(self, out: list[Event], *, final: bool) -> None:
+        """Open waiting calls in first-seen order (R-S10); ``final`` closes each one too."""
+        while self._live is None and self._queue:
+            call = next((c for c in self._queue if c.name), None) if final else self._queue[0]
+            if call is None or call.name is None:
+                return
+            self._open_tool(call, out)
+            if self._live is not None and (final or call.checker.complete):
+                self._close_live(out)
+            if self._done:
+                return
+
+    def _end_tools(self, out: list[Event]) -> None:
+        """Close the live call and emit every named waiting call, complete (Q24, finalize)."""
+        if self._live is not None:
+            self._close_live(out)
+            if self._done:
+                return
+        self._flush_queue(out, final=True)
+
+    # --- end -------------------------------------------------------------------------------
+
+    def _finalize(self, out: list[Event]) -> None:
+        """R-S13..R-S15: close everything, one ``message_delta``, ``message_stop``."""
+        if self._done:
+            return
+        if self._think_buf:
+            buf = self._think_buf
+            self._think_buf = ""
+            if self._think_state == 1:
+                self._think_emit(buf, out)
+            else:
+                self._text(buf, out)
+        if self._open_kind in ("text", "thinking"):
+            self._close_block(out)
+        self._end_tools(out)
+        if self._done:
+            return
+        if self._queue:
+            log.info("dropping %d upstream tool call(s) that never got a name", len(self._queue))
+            self._queue = []
+        stop_reason, stop_sequence = self._stop_reason()
+        out.append(ev.message_delta(stop_reason, stop_sequence, self._final_usage()))
+        out.append(ev.message_stop())
+        self._done = True
+
+    def _stop_reason(self) -> tuple[str, str | None]:
+        """§8.1 (R-M1), top to bottom."""
+        reason = self._finish
+        if reason == "length":
+            return "max_tokens", None
+        if self._tool_emitted:
+            return "tool_use", None
+        if reason == "content_filter" or self._refusal:
+            return "refusal", None
+        if reason in (None, "stop", "eos") and self._vendor_stop in self._stop_sequences:
+            return "stop_sequence", self._vendor_stop
+        if reason not in (None, "stop", "eos", "tool_calls", "function_call"):
+            log.info("unknown finish_reason %r mapped to end_turn", reason)
+        return "end_turn", None
+
+    def _final_usage(self) -> dict[str, Any]:
+        """Cumulative usage for ``message_delta``, additive (§9.1, R-U1, R-S14)."""
+        usage = self._usage
+        if not usage:
+            return {
+                "input_tokens": self._input_tokens,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "output_tokens": estimate_text_tokens(self._out_chars),
+            }
+        details = usage.get("prompt_tokens_details")
+        details = details if isinstance(details, dict) else {}
+        hit = _int(usage.get("prompt_cache_hit_tokens"))
+        miss = _int(usage.get("prompt_cache_miss_tokens"))
+        prompt = _int(usage.get("prompt_tokens"))
+        cache_read = hit if hit is not None else (_int(details.get("cached_tokens")) or 0)
+        cache_write = _int(details.get("cache_write_tokens")) or 0
+        if hit is not None and miss is not None:
+            input_tokens = max(0, miss - cache_write)
+        elif prompt is not None:
+            input_tokens = max(0, prompt - cache_read - cache_write)
+        else:
+            input_tokens = self._input_tokens
+        completion = _int(usage.get("completion_tokens"))
+        out: dict[str, Any] = {
+            "input_tokens": input_tokens,
+            "cache_creation_input_tokens": cache_write,
+            "cache_read_input_tokens": cache_read,
+            "output_tokens": (
+                completion if completion is not None else estimate_text_tokens(self._out_chars)
+            ),
+        }
+        completion_details = usage.get("completion_tokens_details")
+        if isinstance(completion_details, dict):
+            reasoning = _int(completion_details.get("reasoning_tokens"))
+            if reasoning:
+                out["output_tokens_details"] = {"thinking_tokens": reasoning}
+        return out
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _parts_text(content: Any) -> str:
+    """Text of a content-parts list (some servers stream parts instead of a string)."""
+    if not isinstance(content, list):
+        return ""
+    return "".join(
+        p["text"]
+        for p in content
+        if isinstance(p, dict)
+        and p.get("type") in ("text", None)
+        and isinstance(p.get("text"), str)
+    )
+
+
+def _new_message_id() -> str:
+    return message_id()
+
+
+if TYPE_CHECKING:
+
+    def _satisfies_protocol(t: ChatStreamTranslator) -> StreamTranslator:
+        return t
