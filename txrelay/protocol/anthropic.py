@@ -108,13 +108,16 @@ def parse_request(raw: bytes, *, count_tokens: bool = False) -> MessagesRequest:
 
 def request_from_json(body: dict[str, Any], *, count_tokens: bool = False) -> MessagesRequest:
     """Structure a decoded body into a :class:`MessagesRequest` (see :func:`parse_request`)."""
-    known = {k: v for k, v in body.items() if k in _FIELDS}
-    extra = {k: v for k, v in body.items() if k not in _FIELDS}
+    known: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for k, v in body.items():
+        (known if k in _FIELDS else extra)[k] = v
     if count_tokens:
         known.pop("max_tokens", None)
         known.pop("stream", None)
     elif "max_tokens" not in known:
         raise invalid_request("max_tokens: field required")
+    known["extra"] = extra
     try:
         req = _converter.structure(known, MessagesRequest)
     except (ClassValidationError, TypeError, ValueError) as e:
@@ -122,7 +125,6 @@ def request_from_json(body: dict[str, Any], *, count_tokens: bool = False) -> Me
             f"{dotted(path)}: {msg}" if path else msg for path, msg in error_lines(e)
         )
         raise invalid_request(problems) from None
-    req = attrs.evolve(req, extra=extra)
     _check_semantics(req)
     return req
 

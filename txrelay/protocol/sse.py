@@ -68,22 +68,28 @@ class SSEParser:
                 chunk = chunk[:-1]
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buffer = self._buffer + chunk if self._buffer else chunk
-        lines = buffer.split(b"\n")
-        self._buffer = lines.pop()
+        # Whole events at a time: the tail after the last blank line stays raw until its
+        # event is complete, so the common one-line ``data:`` event skips the line machinery.
+        parts = buffer.split(b"\n\n")
+        self._buffer = parts.pop()
         out: list[SSEEvent] = []
-        for line in lines:
-            self._line(line, out)
+        for part in parts:
+            if part[:6] == b"data: " and b"\n" not in part:
+                out.append(SSEEvent(None, part[6:]))
+                continue
+            for line in part.split(b"\n"):
+                self._line(line, out)
+            self._dispatch(out)
         return out
 
     def finish(self) -> list[SSEEvent]:
         """End of input: deliver a pending line and a final event without its blank line."""
         out: list[SSEEvent] = []
-        if self._held_cr:
-            self._held_cr = False
-            self._line(self._buffer, out)
-            self._buffer = b""
+        # A CR held back at the very end only ended the last line, which ends here anyway.
+        self._held_cr = False
         if self._buffer:
-            self._line(self._buffer, out)
+            for line in self._buffer.split(b"\n"):
+                self._line(line, out)
             self._buffer = b""
         self._dispatch(out)
         return out

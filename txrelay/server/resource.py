@@ -26,7 +26,7 @@ from txrelay.protocol.events import Event
 from txrelay.protocol.ids import request_id
 from txrelay.protocol.jsoncodec import dumps
 from txrelay.server.sse import SSEWriter
-from txrelay.streams import CollectingSink, EventStream
+from txrelay.streams import EventStream
 
 log = RelayLogger()
 
@@ -36,6 +36,25 @@ _SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+
+
+@attrs.define(eq=False)
+class _FoldingSink:
+    """Folds a stream into one message, for a non-streaming client."""
+
+    accumulator: MessageAccumulator = attrs.Factory(MessageAccumulator)
+    done: Deferred[None] = attrs.Factory(Deferred)
+    error: RelayError | None = None
+
+    def write_events(self, events: list[Event]) -> None:
+        feed = self.accumulator.feed
+        for e in events:
+            feed(e)
+
+    def end(self, error: RelayError | None) -> None:
+        self.error = error
+        if not self.done.called:
+            self.done.callback(None)
 
 
 @attrs.define(eq=False)
@@ -207,30 +226,16 @@ class RelayResource(Resource):
         return reply.status if writer.error is None else writer.error.status
 
     async def _accumulate(self, stream: EventStream, reply: Reply) -> Reply:
-        done: Deferred[None] = Deferred()
-        acc = MessageAccumulator()
-
-        @attrs.define(eq=False)
-        class Folding(CollectingSink):
-            def write_events(self, events: list[Event]) -> None:
-                for e in events:
-                    acc.feed(e)
-
-            def end(self, error: RelayError | None) -> None:
-                super().end(error)
-                if not done.called:
-                    done.callback(None)
-
-        sink = Folding()
+        sink = _FoldingSink()
         try:
             stream.start(sink)
-            await done
+            await sink.done
         except CancelledError:
             stream.stop()
             raise
         if sink.error is not None:
             raise sink.error
-        return Reply(status=reply.status, body=acc.result(), headers=reply.headers)
+        return Reply(status=reply.status, body=sink.accumulator.result(), headers=reply.headers)
 
     def _write_json(
         self, request: Request, status: int, body: Any, headers: list[tuple[str, str]]

@@ -13,10 +13,12 @@ import attrs
 import treq
 from treq.client import HTTPClient
 from twisted.internet import error as ierror
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web import _newclient
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
 from twisted.web.http import PotentialDataLoss
 
@@ -25,6 +27,36 @@ from txrelay.protocol.errors import RelayError
 
 #: The largest error or non-streaming body read from an upstream.
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024
+
+
+@implementer(IBodyProducer)
+@attrs.define(eq=False)
+class BytesProducer:
+    """
+    A request body already in memory, written at once.
+
+    treq wraps ``bytes`` in a ``FileBodyProducer``, which writes from a cooperator task on a
+    later reactor turn; writing synchronously lets the headers and body leave in one send.
+    """
+
+    body: bytes
+    length: int = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.length = len(self.body)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        consumer.write(self.body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class _QuietFactory(_HTTP11ClientFactory):
@@ -62,7 +94,7 @@ class UpstreamClient:
         """POST ``body``; the Deferred fires with the (unbuffered) response headers."""
         hdrs: dict[bytes | str, list[bytes | str]] = {k: [v] for k, v in headers.items()}
         return self.http.request(
-            "POST", url, data=body, headers=hdrs,
+            "POST", url, data=BytesProducer(body), headers=hdrs,
             unbuffered=True, allow_redirects=False, reactor=self.reactor,
             timeout=self.provider.timeouts.first_byte,
         )

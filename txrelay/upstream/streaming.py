@@ -27,6 +27,7 @@ from txrelay.streams import EventSink
 
 log = RelayLogger()
 
+_COMMIT_SLICE = 1024
 _CONTENT = frozenset({"content_block_start", "content_block_delta", "message_delta"})
 
 
@@ -96,6 +97,16 @@ class UpstreamSource(Protocol):
         if self._ended:
             return
         self._arm_idle()
+        # Until the response is committed, translate in small slices: the first content
+        # commits it and leaves at once instead of after the whole read is translated.
+        while not self.ready.called and len(data) > _COMMIT_SLICE:
+            head, data = data[:_COMMIT_SLICE], data[_COMMIT_SLICE:]
+            self._translate(head)
+            if self._ended:
+                return
+        self._translate(data)
+
+    def _translate(self, data: bytes) -> None:
         events = self.translator.feed(data)
         if events:
             self._emit(events)
