@@ -261,3 +261,31 @@ def test_sigterm_drains_live_streams(tmp: Path) -> None:
     assert b"event: message_stop" in first + rest
     assert relay.process.wait(30) in (0, -15, 143)
     assert "draining: 1 live request(s)" in relay.log()
+
+
+def test_listens_on_several_endpoints_including_a_unix_socket(tmp: Path) -> None:
+    import http.client
+    import socket
+
+    sock_path = tmp / "relay.sock"
+    cfg = config_text(server={"listen": ["tcp:0:interface=127.0.0.1",
+                                         f"unix:{sock_path}:mode=600"]})
+    relay = start_relay(tmp, cfg)
+    try:
+        class UnixConnection(http.client.HTTPConnection):
+            def connect(self) -> None:
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.connect(str(sock_path))
+
+        conn = UnixConnection("localhost", timeout=10)
+        conn.request("POST", "/v1/messages", body=json.dumps({
+            "model": "sonnet", "max_tokens": 20,
+            "messages": [{"role": "user", "content": "over a unix socket"}]}),
+            headers={"x-api-key": DEMO_KEY, "content-type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert "over a unix socket" in json.load(resp)["content"][0]["text"]
+        assert oct(sock_path.stat().st_mode & 0o777) == "0o600"
+    finally:
+        relay.stop()
+    assert not sock_path.exists()  # a clean stop removes the socket file
