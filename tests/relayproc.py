@@ -19,7 +19,7 @@ from txrelay.config import hash_key
 
 DEMO_KEY = "txrelay-test-key"
 SECOND_KEY = "txrelay-second-key"
-_LISTENING = re.compile(r"txrelay listening on [\d.]+:(\d+)")
+_LISTENING = re.compile(r'txrelay listening on [\d.]+:(\d+)|"address": "[\d.]+:(\d+)"')
 
 
 def toml_value(value: Any) -> str:
@@ -104,22 +104,28 @@ class Relay:
         return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
 
 
+def serve_command(config: Path) -> list[str]:
+    """The ``txrelay serve`` command line, run with this interpreter."""
+    return [sys.executable, "-m", "txrelay", "serve", "--config", str(config)]
+
+
 def start_relay(tmp: Path, config: str, *, env: Mapping[str, str] | None = None,
-                timeout: float = 30) -> Relay:
+                timeout: float = 30, serve: bool = False) -> Relay:
     """Write ``config`` under ``tmp``, start twistd on it and wait until it listens."""
     path = tmp / "relay.toml"
     path.write_text(config)
     log_path = tmp / "relay.log"
     out = log_path.open("wb")
     full_env = {**os.environ, **(env or {})}
-    proc = subprocess.Popen(twistd_command(path), stdout=out, stderr=subprocess.STDOUT,
+    command = serve_command(path) if serve else twistd_command(path)
+    proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
                             cwd=tmp, env=full_env)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         text = log_path.read_text("utf-8", "replace")
         m = _LISTENING.search(text)
         if m:
-            return Relay(proc, int(m.group(1)), log_path)
+            return Relay(proc, int(m.group(1) or m.group(2)), log_path)
         if proc.poll() is not None:
             raise RuntimeError(f"relay exited with {proc.returncode}:\n{text}")
         select.select([], [], [], 0.05)

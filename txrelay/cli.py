@@ -16,16 +16,23 @@ from collections.abc import Sequence
 from typing import Any
 
 from txrelay import __version__
-from txrelay.config import ConfigError, hash_key
+from txrelay.config import ConfigError, RelayConfig, hash_key
 
 
-def _check(path: str) -> int:
+def _load(path: str) -> RelayConfig | None:
+    """The checked configuration, or ``None`` after printing every problem."""
     from txrelay.tap import load_checked
 
     try:
-        cfg = load_checked(path)
+        return load_checked(path)
     except ConfigError as e:
         print(e, file=sys.stderr)
+        return None
+
+
+def _check(path: str) -> int:
+    cfg = _load(path)
+    if cfg is None:
         return 1
     print(f"{path}: OK ({len(cfg.providers)} provider(s), {len(cfg.models)} model(s), "
           f"pipeline: {' → '.join(s.label for s in cfg.pipeline)})")
@@ -40,12 +47,9 @@ def _serve(path: str) -> int:
 
     from txrelay.logs import make_observer, set_level
     from txrelay.service import RelayService, build_app
-    from txrelay.tap import load_checked
 
-    try:
-        cfg = load_checked(path)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
+    cfg = _load(path)
+    if cfg is None:
         return 1
     set_level(cfg.log.level)
     globalLogBeginner.beginLoggingTo([make_observer(cfg.log)], redirectStandardIO=False)

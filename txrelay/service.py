@@ -181,6 +181,18 @@ class RelayService(MultiService):
             lambda f: log.failure("drain failed", f)
         )
 
+    async def _within(self, d: Deferred[Any], seconds: float) -> bool:
+        """Wait for ``d`` at most ``seconds``; whether it fired in time."""
+        timer = self.reactor.callLater(seconds, d.cancel)
+        try:
+            await d
+        except Exception:
+            return False
+        finally:
+            if timer.active():
+                timer.cancel()
+        return True
+
     async def _drain(self) -> None:
         self.lifecycle.draining = True
         _sd_notify(b"STOPPING=1\nSTATUS=draining")
@@ -189,28 +201,16 @@ class RelayService(MultiService):
                  count=len(live), timeout=self.app.config.server.drain_timeout)
         await DeferredList([svc.stopService() for svc in self.listeners], consumeErrors=True)
         self.site.start_draining()
-        if live:
-            waiting = DeferredList(live, consumeErrors=True)
-            timer = self.reactor.callLater(self.app.config.server.drain_timeout, waiting.cancel)
-            try:
-                await waiting
-            except Exception:
-                log.warn("drain timeout: closing {count} request(s)",
-                         count=len(self.lifecycle.live))
-            if timer.active():
-                timer.cancel()
+        waiting = DeferredList(live, consumeErrors=True)
+        if not await self._within(waiting, self.app.config.server.drain_timeout):
+            log.warn("drain timeout: closing {count} request(s)",
+                     count=len(self.lifecycle.live))
         for d in list(self.lifecycle.live):
             d.cancel()
         # Let finished responses flush before the reactor drops every connection.
-        closed = self.site.all_closed()
-        timer = self.reactor.callLater(5, closed.cancel)
-        try:
-            await closed
-        except Exception:
+        if not await self._within(self.site.all_closed(), 5):
             log.warn("closing {count} connection(s) that did not finish",
                      count=len(self.site.channels))
-        if timer.active():
-            timer.cancel()
         for backend in self.app.backends.values():
             close = getattr(backend, "close", None)
             if close is not None:

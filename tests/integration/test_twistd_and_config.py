@@ -289,3 +289,18 @@ def test_listens_on_several_endpoints_including_a_unix_socket(tmp: Path) -> None
     finally:
         relay.stop()
     assert not sock_path.exists()  # a clean stop removes the socket file
+
+
+def test_txrelay_serve_runs_the_same_relay_with_json_logs(tmp: Path) -> None:
+    cfg = config_text() + '\n[log]\nlevel = "info"\nformat = "json"\n'
+    relay = start_relay(tmp, cfg, serve=True)
+    try:
+        c = anthropic.Anthropic(base_url=relay.url, api_key=DEMO_KEY, max_retries=0)
+        assert c.messages.create(model="sonnet", max_tokens=5,
+                                 messages=[{"role": "user", "content": "x"}]).content
+    finally:
+        code = relay.stop()
+    assert code == 0
+    lines = [json.loads(line) for line in relay.log().splitlines() if line.startswith("{")]
+    access = [e for e in lines if e.get("request_id", "").startswith("req_")]
+    assert access and access[0]["status"] == 200 and access[0]["client"] == "tester"
