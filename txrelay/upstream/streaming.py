@@ -56,6 +56,9 @@ class UpstreamSource(Protocol):
     _ended: bool = False
     _paused: bool = False
     _idle_call: Any = None
+    _last_read: float = 0.0
+    #: ``finish_reason`` was seen: the idle limit is now the grace period (R-S16).
+    _grace: bool = False
     _commit_call: Any = None
     _started_translating: bool = False
     _final_error: RelayError | None = None
@@ -96,7 +99,9 @@ class UpstreamSource(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._ended:
             return
-        self._arm_idle()
+        self._last_read = self.reactor.seconds()
+        if self._idle_call is None:
+            self._arm_idle()
         # Until the response is committed, translate in small slices: the first content
         # commits it and leaves at once instead of after the whole read is translated.
         while not self.ready.called and len(data) > _COMMIT_SLICE:
@@ -112,8 +117,9 @@ class UpstreamSource(Protocol):
             self._emit(events)
         if self.translator.done and not self._ended:
             self._finish_normally()
-        elif getattr(self.translator, "finish_seen", False):
-            self._arm_idle(self.finish_grace, grace=True)
+        elif not self._grace and getattr(self.translator, "finish_seen", False):
+            self._grace = True
+            self._arm_idle()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._cancel_idle()
@@ -233,18 +239,26 @@ class UpstreamSource(Protocol):
         if self._upstream is not None:
             self._upstream.stopProducing()
 
-    def _arm_idle(self, seconds: float | None = None, *, grace: bool = False) -> None:
+    def _arm_idle(self) -> None:
+        # One timer per stream that compares against the last read when it fires: re-arming
+        # a timer on every chunk costs more than the chunk's translation.
         self._cancel_idle()
         if self._paused or self._ended:
             return
-        delay = self.idle_timeout if seconds is None else seconds
-        self._idle_call = self.reactor.callLater(delay, self._idle_expired, grace)
+        self._last_read = self.reactor.seconds()
+        limit = self.finish_grace if self._grace else self.idle_timeout
+        self._idle_call = self.reactor.callLater(limit, self._idle_check)
 
-    def _idle_expired(self, grace: bool) -> None:
+    def _idle_check(self) -> None:
         self._idle_call = None
-        if self._ended:
+        if self._ended or self._paused:
             return
-        if grace:
+        limit = self.finish_grace if self._grace else self.idle_timeout
+        quiet = self.reactor.seconds() - self._last_read
+        if quiet < limit - 1e-6:
+            self._idle_call = self.reactor.callLater(limit - quiet, self._idle_check)
+            return
+        if self._grace:
             # R-S16: finish_reason came but the upstream keeps the connection open.
             events = self.translator.finish()
             if events:
