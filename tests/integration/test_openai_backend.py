@@ -341,3 +341,14 @@ def test_slow_client_keeps_relay_memory_flat(relay: Relay, fake: FakeOpenAI) -> 
     assert sent.bytes < 64 * 1024 * 1024, f"upstream sent {sent.bytes} bytes"
     assert growth_mib < 48, f"relay RSS grew by {growth_mib:.1f} MiB"
     assert received > 1_000_000
+
+
+def test_upstream_cookies_never_persist(client: anthropic.Anthropic, fake: FakeOpenAI) -> None:
+    """Cookies one upstream answer sets must not ride along on other clients' requests."""
+    answer = {"choices": [{"index": 0, "finish_reason": "stop",
+                           "message": {"role": "assistant", "content": "ok"}}]}
+    fake.push(json_response(answer, headers={"set-cookie": "session=secret; Path=/"}),
+              json_response(answer))
+    for _ in range(2):
+        client.messages.create(model="claude-sonnet-4-6", max_tokens=10, messages=user())
+    assert "cookie" not in fake.requests[-1].headers

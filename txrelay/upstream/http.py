@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 import treq
 from treq.client import HTTPClient
+from treq.cookies import IndexableCookieJar
 from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.protocol import Protocol
@@ -59,6 +60,21 @@ class BytesProducer:
         pass
 
 
+class _NoCookies(IndexableCookieJar):
+    """
+    A cookie jar that keeps nothing.
+
+    treq's client stores every ``Set-Cookie`` an upstream sends and replays it on later
+    requests; in a relay those requests come from every client, so no cookie may persist.
+    """
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        pass
+
+    def set_cookie(self, cookie: Any) -> None:
+        pass
+
+
 class _QuietFactory(_HTTP11ClientFactory):
     # One "Starting factory" log line per upstream connection is noise.
     noisy = False
@@ -88,7 +104,7 @@ class UpstreamClient:
         pool.retryAutomatically = False
         self.pool = pool
         agent = Agent(self.reactor, connectTimeout=self.provider.timeouts.connect, pool=pool)
-        self.http = HTTPClient(agent)
+        self.http = HTTPClient(agent, cookiejar=_NoCookies())
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Deferred[Any]:
         """POST ``body``; the Deferred fires with the (unbuffered) response headers."""
