@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_wheel_contents(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
          "-w", str(tmp_path), str(REPO)],
         check=True, capture_output=True, timeout=300,
     )
