@@ -99,3 +99,14 @@ def test_any_prompt_gives_a_grammatical_stream(prompt: str, think: bool, limit: 
     msg = answer(body)
     json.dumps(msg)
     assert msg["usage"]["output_tokens"] >= 0
+
+
+def test_paths_and_commands_come_from_the_prompt() -> None:
+    msg = answer({"tools": [WRITE], "messages": [
+        {"role": "user", "content": "Use Write to create /tmp/demo-dir/hello.txt."}]})
+    assert msg["content"][-1]["input"]["file_path"] == "/tmp/demo-dir/hello.txt"
+    bash = {"name": "Bash", "input_schema": {"type": "object", "properties": {
+        "command": {"type": "string"}}, "required": ["command"]}}
+    msg = answer({"tools": [bash], "messages": [
+        {"role": "user", "content": "Run `ls -la` with the Bash tool"}]})
+    assert msg["content"][-1]["input"] == {"command": "ls -la"}

@@ -75,6 +75,25 @@ def scripted(workdir: Path) -> Any:
     return respond
 
 
+def run_claude(binary: str, base_url: str, workdir: Path, home: Path, debug: Path,
+               prompt: str) -> subprocess.CompletedProcess[str]:
+    """``claude -p`` headless and offline against ``base_url`` (claude-code.md §3)."""
+    env = {
+        "HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SHELL": "/bin/bash",
+        "TERM": "dumb", "ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_API_KEY": DEMO_KEY,
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1",
+        "DISABLE_AUTOUPDATER": "1", "DISABLE_ERROR_REPORTING": "1",
+        "CLAUDE_CODE_MAX_RETRIES": "1",
+    }
+    return subprocess.run(
+        [binary, "-p", prompt, "--output-format", "stream-json", "--verbose",
+         "--max-turns", "6", "--no-session-persistence", "--strict-mcp-config",
+         "--allowedTools", "Bash,Read,Write,Edit", "--debug-file", str(debug)],
+        cwd=workdir, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=240, check=False,
+    )
+
+
 @pytest.fixture()
 def fake() -> Iterator[FakeOpenAI]:
     f = FakeOpenAI().start()
@@ -97,22 +116,9 @@ def test_claude_code_writes_runs_and_answers(tmp: Path, fake: FakeOpenAI) -> Non
     (tmp / "relay").mkdir()
     relay = start_relay(tmp / "relay", cfg)
     debug = tmp / "debug.log"
-    env = {
-        "HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SHELL": "/bin/bash",
-        "TERM": "dumb", "ANTHROPIC_BASE_URL": relay.url, "ANTHROPIC_API_KEY": DEMO_KEY,
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1",
-        "DISABLE_AUTOUPDATER": "1", "DISABLE_ERROR_REPORTING": "1",
-        "CLAUDE_CODE_MAX_RETRIES": "1",
-    }
     try:
-        result = subprocess.run(
-            [binary, "-p", "Create hello.txt with a greeting, then show it with Bash.",
-             "--output-format", "stream-json", "--verbose", "--max-turns", "6",
-             "--no-session-persistence", "--strict-mcp-config",
-             "--allowedTools", "Bash,Read,Write,Edit", "--debug-file", str(debug)],
-            cwd=workdir, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-            timeout=240, check=False,
-        )
+        result = run_claude(binary, relay.url, workdir, home, debug,
+                            "Create hello.txt with a greeting, then show it with Bash.")
     finally:
         relay.stop()
     log = debug.read_text() if debug.exists() else ""
@@ -135,3 +141,27 @@ def test_claude_code_writes_runs_and_answers(tmp: Path, fake: FakeOpenAI) -> Non
     assert all(r.body.get("stream") is True for r in fake.requests), "a non-streaming retry"
     # The upstream never saw the client's key or Anthropic headers.
     assert all(DEMO_KEY not in json.dumps(r.headers) for r in fake.requests)
+
+
+def test_claude_code_works_out_of_the_box_on_the_demo_backend(tmp: Path) -> None:
+    """The README's promise: Claude Code against a freshly started demo relay just works."""
+    binary = claude_binary()
+    workdir, home = tmp / "work", tmp / "home"
+    workdir.mkdir()
+    home.mkdir()
+    (tmp / "relay").mkdir()
+    relay = start_relay(tmp / "relay", config_text())  # demo backend, every claude-* name
+    target = workdir / "note.txt"
+    debug = tmp / "debug.log"
+    try:
+        result = run_claude(binary, relay.url, workdir, home, debug,
+                            f"Please use the Write tool to create {target}")
+    finally:
+        relay.stop()
+    log = debug.read_text() if debug.exists() else ""
+    context = f"stdout:\n{result.stdout[-3000:]}\ndebug:\n{log[-3000:]}"
+    assert result.returncode == 0, context
+    final = json.loads(result.stdout.strip().splitlines()[-1])
+    assert final["is_error"] is False and "Write tool returned" in final["result"], context
+    assert target.read_text() == "Hello from the txrelay demo model.\n"
+    assert "falling back to non-streaming" not in log and "API error" not in log, context

@@ -94,9 +94,12 @@ def _value_for(name: str, schema: dict[str, Any], prompt: str) -> Any:
     if kind == "object":
         return _input_for(schema, prompt)
     if "path" in lowered or "file" in lowered:
-        return "demo.txt"
+        # An absolute path named in the prompt, else a relative one.
+        found = re.search(r"(?<![\w.])/[\w.-]+(?:/[\w.-]+)*", prompt)
+        return found.group(0).rstrip(".") if found else "demo.txt"
     if "command" in lowered:
-        return "echo hello from txrelay"
+        quoted = re.search(r"`([^`]+)`", prompt)
+        return quoted.group(1) if quoted else "echo hello from txrelay"
     if "content" in lowered:
         return "Hello from the txrelay demo model.\n"
     if "url" in lowered:
