@@ -147,6 +147,8 @@ class ServerConfig:
     access_log: bool = True
     #: Seconds an idle keep-alive client connection is kept.
     idle_timeout: float = 75.0
+    #: Serve Prometheus metrics at ``GET /metrics`` (no key needed: restrict by network).
+    metrics: bool = True
 
 
 @attrs.frozen

@@ -23,6 +23,7 @@ from txrelay.catalog import ModelCatalog
 from txrelay.config import ConfigError, ProviderConfig, RelayConfig, key_digests
 from txrelay.interfaces import IStageFactory, StageServices
 from txrelay.logs import RelayLogger
+from txrelay.metrics import Metrics
 from txrelay.pipeline import Proceed, Stage, compose
 from txrelay.protocol.events import Event
 from txrelay.protocol.structure import error_lines, make_converter
@@ -150,7 +151,7 @@ class RelayService(MultiService):
         server = app.config.server
         self.resource = RelayResource(
             app.pipeline, app.catalog, reactor, server.ping_interval, server.access_log,
-            self.lifecycle, on_event,
+            self.lifecycle, on_event, Metrics() if server.metrics else None,
         )
         self.site = RelaySite(self.resource, max_request_bytes=server.max_request_bytes,
                               timeout=server.idle_timeout, reactor=reactor)

@@ -289,3 +289,43 @@ def test_access_log_names_client_and_model(relay: Relay, client: anthropic.Anthr
     log = relay.log()
     assert "client=tester model=demo-small provider=demo" in log
     assert DEMO_KEY not in log  # secrets never reach the log
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        head, value = line.rsplit(" ", 1)
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def test_prometheus_metrics(relay: Relay, client: anthropic.Anthropic) -> None:
+    def scrape() -> str:
+        status, headers, body = raw(relay, "GET", "/metrics")
+        assert status == 200 and headers["content-type"].startswith("text/plain")
+        return body.decode()
+
+    before = scrape()
+    with client.messages.stream(model="demo-third", max_tokens=200,
+                                messages=[{"role": "user", "content": "count me"}]) as s:
+        final = s.get_final_message()
+    client.messages.create(model="demo-third", max_tokens=200,
+                           messages=[{"role": "user", "content": "count me too"}])
+    with pytest.raises(anthropic.NotFoundError):
+        client.messages.create(model="nope", max_tokens=5,
+                               messages=[{"role": "user", "content": "x"}])
+    after = scrape()
+    labels = {"operation": "messages", "status": "200", "provider": "demo",
+              "model": "demo-third", "client": "tester"}
+    assert metric(after, "txrelay_requests_total", **labels) - \
+        metric(before, "txrelay_requests_total", **labels) == 2
+    out = {"kind": "output", "model": "demo-third", "client": "tester"}
+    assert metric(after, "txrelay_tokens_total", **out) - \
+        metric(before, "txrelay_tokens_total", **out) >= final.usage.output_tokens
+    assert metric(after, "txrelay_errors_total", type="not_found_error") >= 1
+    assert metric(after, "txrelay_streams_active") == 0
+    assert DEMO_KEY not in after

@@ -19,6 +19,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from txrelay import __version__
 from txrelay.catalog import ModelCatalog
 from txrelay.logs import RelayLogger
+from txrelay.metrics import CONTENT_TYPE, Metrics
 from txrelay.pipeline import Exchange, Operation, Proceed, Reply
 from txrelay.protocol.accumulate import MessageAccumulator
 from txrelay.protocol.errors import RelayError, api_error, invalid_request, not_found
@@ -98,6 +99,8 @@ def _route(method: bytes, path: bytes) -> tuple[Operation | str, str | None]:
         return "health", None
     if path == b"/health/ready":
         return "ready", None
+    if path == b"/metrics" and method in (b"GET", b"HEAD"):
+        return "metrics", None
     return "404", None
 
 
@@ -112,6 +115,7 @@ class RelayResource(Resource):
     access_log: bool = True
     lifecycle: Lifecycle = attrs.Factory(Lifecycle)
     on_event: Callable[[list[Event]], None] | None = None
+    metrics: Metrics | None = None
     isLeaf = True
 
     def __attrs_post_init__(self) -> None:
@@ -122,6 +126,9 @@ class RelayResource(Resource):
         request.setHeader(b"request-id", rid.encode("ascii"))
         assert request.method is not None and request.path is not None
         op, model_id = _route(request.method, request.path)
+        if op == "metrics" and self.metrics is not None:
+            request.setHeader(b"content-type", CONTENT_TYPE)
+            return self.metrics.render()
         if op in ("root", "health", "ready"):
             body = self._simple(request, op)
             request.setHeader(b"content-length", str(len(body)).encode("ascii"))
@@ -154,6 +161,8 @@ class RelayResource(Resource):
         exchange: Exchange | None = None
         status = 200
         streamed = False
+        usage: dict[str, Any] | None = None
+        error_type: str | None = None
         try:
             if self.lifecycle.draining:
                 raise RelayError(
@@ -181,23 +190,32 @@ class RelayResource(Resource):
                 req = exchange.request
                 if req is not None and req.stream:
                     streamed = True
-                    status = await self._stream(request, reply, reply.stream)
+                    status, usage, error_type = await self._stream(request, reply,
+                                                                   reply.stream)
                     return
                 reply = await self._accumulate(reply.stream, reply)
                 status = reply.status
+                usage = reply.body.get("usage")
             self._write_json(request, reply.status, reply.body, reply.headers)
         except CancelledError:
             status = 499
         except RelayError as e:
-            status = e.status
+            status, error_type = e.status, e.type
             self._write_error(request, e, rid)
         except Exception:
-            status = 500
+            status, error_type = 500, "api_error"
             log.failure("unhandled error serving request {request_id}", request_id=rid)
             self._write_error(request, api_error(f"internal relay error (request {rid})"), rid)
         finally:
             if self.access_log:
                 self._log(request, rid, exchange, status, streamed, started)
+            if self.metrics is not None:
+                self.metrics.observe(
+                    operation=op, status=status,
+                    route=exchange.route if exchange is not None else None,
+                    client=exchange.client if exchange is not None else None,
+                    seconds=time.monotonic() - started, stream=streamed, usage=usage,
+                    error_type=error_type)
 
     def _exchange(
         self, request: Request, rid: str, op: Operation, model_id: str | None
@@ -208,22 +226,32 @@ class RelayResource(Resource):
         return Exchange(op, _headers(request), rid, raw_body=raw, query=_query(request),
                         model_id=model_id)
 
-    async def _stream(self, request: Request, reply: Reply, stream: EventStream) -> int:
+    async def _stream(
+        self, request: Request, reply: Reply, stream: EventStream
+    ) -> tuple[int, dict[str, Any] | None, str | None]:
+        """Relay ``stream``; the status to log, the final usage, and the error type."""
         request.setResponseCode(reply.status)
         for name, value in _SSE_HEADERS:
             request.setHeader(name, value)
         for hname, hvalue in reply.headers:
             request.setHeader(hname.encode("latin-1"), hvalue.encode("latin-1"))
         writer = SSEWriter(request, stream, self.reactor, self.ping_interval, self.on_event)
+        if self.metrics is not None:
+            self.metrics.streams.inc()
         try:
             writer.start()
             await writer.done
         except CancelledError:
             writer.stopProducing()
             raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.streams.dec()
         if writer.client_gone:
-            return 499
-        return reply.status if writer.error is None else writer.error.status
+            return 499, writer.usage, None
+        if writer.error is not None:
+            return writer.error.status, writer.usage, writer.error.type
+        return reply.status, writer.usage, None
 
     async def _accumulate(self, stream: EventStream, reply: Reply) -> Reply:
         sink = _FoldingSink()

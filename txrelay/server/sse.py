@@ -46,6 +46,8 @@ class SSEWriter:
     on_event: Callable[[list[Event]], None] | None = None
     done: Deferred[None] = attrs.Factory(Deferred)
     error: RelayError | None = None
+    #: The cumulative usage of the final ``message_delta``, once sent.
+    usage: dict[str, Any] | None = None
     client_gone: bool = False
     _finished: bool = False
     _ping_call: Any = None
@@ -65,6 +67,9 @@ class SSEWriter:
             return
         if self.on_event is not None:
             self.on_event(events)
+        for e in events[-2:]:  # message_delta comes last but for message_stop
+            if e["type"] == "message_delta":
+                self.usage = e.get("usage")
         self.request.write(encode_events(events))
         self._last_write = self.reactor.seconds()
 
