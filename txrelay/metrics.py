@@ -43,6 +43,9 @@ class Metrics:
     streams: Any = None
     tokens: Any = None
     errors: Any = None
+    # Label children by label values: ``labels()`` validates and locks on every call.
+    _request_children: dict[tuple[str, ...], tuple[Any, Any]] = attrs.Factory(dict)
+    _token_children: dict[tuple[str, ...], Any] = attrs.Factory(dict)
 
     def __attrs_post_init__(self) -> None:
         r = self.registry
@@ -71,15 +74,25 @@ class Metrics:
         provider = route.provider if route is not None else "-"
         model = model_label(route)
         who = client or "-"
-        self.requests.labels(operation, str(status), provider, model, who).inc()
-        self.duration.labels(operation, provider, "true" if stream else "false").observe(seconds)
+        key = (operation, str(status), provider, model, who, "true" if stream else "false")
+        children = self._request_children.get(key)
+        if children is None:
+            children = (self.requests.labels(*key[:5]),
+                        self.duration.labels(operation, provider, key[5]))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
         if error_type is not None:
             self.errors.labels(error_type, provider).inc()
         if usage:
             for field, kind in _USAGE_FIELDS:
                 value = usage.get(field)
                 if isinstance(value, int) and value > 0:
-                    self.tokens.labels(kind, provider, model, who).inc(value)
+                    tkey = (kind, provider, model, who)
+                    child = self._token_children.get(tkey)
+                    if child is None:
+                        child = self._token_children[tkey] = self.tokens.labels(*tkey)
+                    child.inc(value)
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -292,12 +293,15 @@ def test_listens_on_several_endpoints_including_a_unix_socket(tmp: Path) -> None
 
 
 def test_txrelay_serve_runs_the_same_relay_with_json_logs(tmp: Path) -> None:
-    cfg = config_text() + '\n[log]\nlevel = "info"\nformat = "json"\n'
+    cfg = config_text(server={"metrics": False}) + '\n[log]\nlevel = "info"\nformat = "json"\n'
     relay = start_relay(tmp, cfg, serve=True)
     try:
         c = anthropic.Anthropic(base_url=relay.url, api_key=DEMO_KEY, max_retries=0)
         assert c.messages.create(model="sonnet", max_tokens=5,
                                  messages=[{"role": "user", "content": "x"}]).content
+        with pytest.raises(urllib.error.HTTPError) as info:  # metrics turned off
+            urllib.request.urlopen(relay.url + "/metrics", timeout=10)
+        assert info.value.code == 404
     finally:
         code = relay.stop()
     assert code == 0

@@ -126,9 +126,12 @@ class RelayResource(Resource):
         request.setHeader(b"request-id", rid.encode("ascii"))
         assert request.method is not None and request.path is not None
         op, model_id = _route(request.method, request.path)
-        if op == "metrics" and self.metrics is not None:
-            request.setHeader(b"content-type", CONTENT_TYPE)
-            return self.metrics.render()
+        if op == "metrics":
+            if self.metrics is None:
+                op = "404"
+            else:
+                request.setHeader(b"content-type", CONTENT_TYPE)
+                return self.metrics.render()
         if op in ("root", "health", "ready"):
             body = self._simple(request, op)
             request.setHeader(b"content-length", str(len(body)).encode("ascii"))
@@ -167,7 +170,7 @@ class RelayResource(Resource):
             if self.lifecycle.draining:
                 raise RelayError(
                     "overloaded_error", "the relay is shutting down; retry shortly",
-                    headers=(("retry-after", "2"),),
+                    status=503, headers=(("retry-after", "2"),),
                 )
             if op == "404":
                 raise not_found(f"no such endpoint: {request.method.decode()} "
