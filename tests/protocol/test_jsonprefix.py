@@ -11,23 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.protocol.strategies import json_objects, json_values
 from txrelay.protocol.jsonprefix import JSONPrefixChecker, json_completion, repair_json_object
-
-json_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(10**15), max_value=10**15)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=8)
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4)
-    ),
-    max_leaves=15,
-)
-json_objects = st.dictionaries(st.text(max_size=5), json_values, max_size=5)
 
 
 @st.composite

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.protocol.strategies import json_objects
 from txrelay.protocol.accumulate import MessageAccumulator
 from txrelay.protocol.events import Event, StreamGrammar
 from txrelay.protocol.openai import PRESETS, ChatStreamTranslator, OpenAIDialect, ToolNameMap
@@ -581,22 +582,6 @@ def test_legacy_function_call_delta() -> None:
 
 
 # --- generated streams ---------------------------------------------------------------------
-
-json_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(10**12), max_value=10**12)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=10)
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
-json_objects = st.dictionaries(st.text(max_size=6), json_values, max_size=5)
 
 
 @st.composite
