@@ -11,7 +11,6 @@ from twisted.logger import (
     Logger,
     LogLevel,
     LogLevelFilterPredicate,
-    formatEventAsClassicLogText,
     jsonFileLogObserver,
     textFileLogObserver,
 )
@@ -29,11 +28,6 @@ def make_observer(cfg: LogConfig, out: IO[Any] | None = None) -> ILogObserver:
     return FilteringLogObserver(
         base, [LogLevelFilterPredicate(defaultLogLevel=_LEVELS[cfg.level])]
     )
-
-
-def format_plain(event: dict[str, Any]) -> str | None:
-    """One event as classic log text (used by tests)."""
-    return formatEventAsClassicLogText(event)
 
 
 _PRIORITY = {LogLevel.debug: 0, LogLevel.info: 1, LogLevel.warn: 2, LogLevel.error: 3,

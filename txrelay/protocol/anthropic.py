@@ -14,7 +14,7 @@ from typing import Any, Literal
 import attrs
 from cattrs.errors import ClassValidationError
 
-from txrelay.protocol.errors import RelayError, invalid_request
+from txrelay.protocol.errors import invalid_request
 from txrelay.protocol.jsoncodec import JSONDecodeError, loads
 from txrelay.protocol.structure import dotted, error_lines, json_type_name, make_converter
 
@@ -168,8 +168,3 @@ def _check_semantics(req: MessagesRequest) -> None:
             problems.append("thinking.budget_tokens: field required")
     if problems:
         raise invalid_request("; ".join(problems))
-
-
-def request_error(message: str) -> RelayError:
-    """A 400 for a request the relay understood but cannot serve."""
-    return invalid_request(message)

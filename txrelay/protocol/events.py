@@ -13,8 +13,6 @@ from typing import Any
 
 import attrs
 
-from txrelay.protocol.errors import RelayError
-
 Event = dict[str, Any]
 
 #: Delta type allowed for each block type.
@@ -210,8 +208,3 @@ class StreamGrammar:
         """Check that the stream ended properly (``message_stop`` or ``error``)."""
         if self.state not in ("stopped", "errored"):
             raise GrammarError("stream ended without message_stop")
-
-
-def error_event(error: RelayError) -> Event:
-    """The ``error`` event for ``error``."""
-    return error.event()

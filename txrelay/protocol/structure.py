@@ -17,15 +17,6 @@ import cattrs
 from cattrs.cols import homogenous_tuple_structure_factory, list_structure_factory
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
-_JSON_NAMES: dict[type, str] = {
-    str: "a string",
-    int: "an integer",
-    float: "a number",
-    bool: "a boolean",
-    dict: "an object",
-    list: "an array",
-}
-
 
 def json_type_name(value: object) -> str:
     """How a JSON/TOML value's type reads in an error message."""
