@@ -71,6 +71,12 @@ def not_found(message: str) -> RelayError:
     return RelayError("not_found_error", message)
 
 
+def connection_error(reason: str, *, upstream: str | None = None) -> RelayError:
+    """Connection refused/reset/TLS failure before a response (502 ``api_error``)."""
+    prefix = f"{upstream}: " if upstream else ""
+    return RelayError("api_error", f"{prefix}upstream connection failed: {reason}", status=502)
+
+
 def api_error(message: str) -> RelayError:
     """A 500 ``api_error``."""
     return RelayError("api_error", message)

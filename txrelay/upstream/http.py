@@ -24,7 +24,7 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from txrelay.config import ProviderConfig
-from txrelay.protocol.errors import RelayError
+from txrelay.protocol.errors import RelayError, connection_error
 
 #: The largest error or non-streaming body read from an upstream.
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024
@@ -120,36 +120,29 @@ class UpstreamClient:
         return self.pool.closeCachedConnections() if self.pool is not None else None
 
 
-def transport_error(failure: Failure, provider: str, first_byte: float) -> RelayError | None:
+def transport_error(failure: Failure, provider: str, first_byte: float) -> RelayError:
     """
-    The Anthropic error for a failed upstream request, or ``None`` for a client cancel.
+    The Anthropic error for an upstream request that failed before its response.
 
     treq's ``timeout`` cancels the request, which fails with ``ResponseNeverReceived``
-    wrapping a ``CancelledError`` (twisted-notes §3.4); a client cancel looks the same, so the
-    caller tells them apart by whether the client is still there.
+    wrapping a ``CancelledError`` (twisted-notes §3.4). A client that went away cancels it
+    the same way, but by then the upstream source has ended and ignores the error.
     """
     value = failure.value
+    no_response = RelayError(
+        "timeout_error", f"{provider}: no response from the upstream within {first_byte:g} s")
     if isinstance(value, ierror.TimeoutError | ierror.ConnectingCancelledError):
         return RelayError("timeout_error", f"{provider}: timed out connecting to the upstream")
     if isinstance(value, CancelledError):
-        return RelayError("timeout_error",
-                          f"{provider}: no response from the upstream within {first_byte:g} s")
+        return no_response
     if isinstance(value, _newclient.ResponseNeverReceived | _newclient.RequestTransmissionFailed):
         reasons = getattr(value, "reasons", []) or []
         if any(r.check(CancelledError) for r in reasons):
-            return RelayError(
-                "timeout_error",
-                f"{provider}: no response from the upstream within {first_byte:g} s",
-            )
+            return no_response
         detail = "; ".join(str(r.value) or type(r.value).__name__ for r in reasons) or str(value)
-        return RelayError("api_error", f"{provider}: upstream connection failed: {detail}",
-                          status=502)
+        return connection_error(detail, upstream=provider)
     if isinstance(value, ierror.ConnectError | ierror.DNSLookupError | OSError):
-        return RelayError(
-            "api_error",
-            f"{provider}: upstream connection failed: {value.__class__.__name__}: {value}",
-            status=502,
-        )
+        return connection_error(f"{value.__class__.__name__}: {value}", upstream=provider)
     return RelayError("api_error", f"{provider}: upstream request failed: {value!r}", status=502)
 
 

@@ -171,10 +171,8 @@ class OpenAIBackend:
             ).addCallbacks(failed, lambda _: failed(b""))
 
         def on_error(failure: Failure) -> None:
-            error = transport_error(failure, self.provider.name,
-                                    self.provider.timeouts.first_byte)
-            if error is not None:
-                source.fail(error)
+            source.fail(transport_error(failure, self.provider.name,
+                                        self.provider.timeouts.first_byte))
 
         d.addCallbacks(on_response, on_error)
 
@@ -188,9 +186,8 @@ class OpenAIBackend:
         except CancelledError:
             raise
         except Exception:
-            error = transport_error(Failure(), self.provider.name,
-                                    self.provider.timeouts.first_byte)
-            raise error or RelayError("api_error", "upstream request failed") from None
+            raise transport_error(Failure(), self.provider.name,
+                                  self.provider.timeouts.first_byte) from None
         headers = response_headers(response)
         raw = await read_body(response, idle=self.provider.timeouts.idle, reactor=self.reactor)
         if not 200 <= response.code < 300:

@@ -5,9 +5,9 @@ response translation (O→A), upstream error mapping, and the per-upstream diale
 
 from __future__ import annotations
 
+from txrelay.protocol.errors import connection_error
 from txrelay.protocol.openai.dialect import PRESETS, OpenAIDialect
 from txrelay.protocol.openai.errors import (
-    connection_error,
     parse_problem,
     stream_error,
     timeout_error,

@@ -367,11 +367,6 @@ def stream_error(payload: Any, *, upstream_name: str = "upstream") -> RelayError
     return RelayError(kind, _prefixed(upstream_name, message, "upstream stream error"))
 
 
-def connection_error(reason: str) -> RelayError:
-    """Connection refused/reset/TLS failure before a response (502 ``api_error``)."""
-    return RelayError("api_error", f"upstream connection failed: {reason}", status=502)
-
-
 def timeout_error(what: str) -> RelayError:
     """A relay-side upstream timeout (504 ``timeout_error``)."""
     return RelayError("timeout_error", f"upstream timed out: {what}")
