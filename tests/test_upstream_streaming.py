@@ -87,6 +87,18 @@ def make(clock: Clock) -> tuple[UpstreamSource, Deferred[Any], list[Any]]:
     return source, request, ready
 
 
+def streaming(clock: Clock, first: bytes = b"t:a\n") -> tuple[UpstreamSource, FakeResponse,
+                                                                CollectingSink]:
+    """A source whose response answered, fed ``first``, and started into a sink."""
+    source, _, _ = make(clock)
+    response = FakeResponse()
+    source.response(response)
+    source.dataReceived(first)
+    sink = CollectingSink()
+    source.start(sink)
+    return source, response, sink
+
+
 def test_commits_at_first_content_not_at_headers() -> None:
     clock = Clock()
     source, _, ready = make(clock)
@@ -131,11 +143,7 @@ def test_commit_deadline_starts_the_stream_before_headers() -> None:
 
 def test_flow_control_reaches_the_upstream_transport() -> None:
     clock = Clock()
-    source, _, _ = make(clock)
-    response = FakeResponse()
-    source.response(response)
-    source.dataReceived(b"t:a\n")
-    source.start(CollectingSink())
+    source, response, _ = streaming(clock)
     source.pause()
     source.pause()
     assert response.transport.paused == 2
@@ -148,12 +156,7 @@ def test_flow_control_reaches_the_upstream_transport() -> None:
 
 def test_idle_timeout_ends_with_timeout_error() -> None:
     clock = Clock()
-    source, _, _ = make(clock)
-    response = FakeResponse()
-    source.response(response)
-    source.dataReceived(b"t:a\n")
-    sink = CollectingSink()
-    source.start(sink)
+    source, response, sink = streaming(clock)
     clock.advance(4.9)
     assert not sink.ended
     source.dataReceived(b"t:b\n")
@@ -166,12 +169,7 @@ def test_idle_timeout_ends_with_timeout_error() -> None:
 
 def test_finish_grace_when_upstream_keeps_the_connection_open() -> None:  # R-S16
     clock = Clock()
-    source, _, _ = make(clock)
-    response = FakeResponse()
-    source.response(response)
-    source.dataReceived(b"t:a\nf\n")
-    sink = CollectingSink()
-    source.start(sink)
+    _, response, sink = streaming(clock, b"t:a\nf\n")
     clock.advance(1)
     assert sink.ended and sink.error is None
     assert sink.events[-1]["type"] == "message_stop"
@@ -187,11 +185,7 @@ def test_client_gone_cancels_request_or_stops_transport() -> None:
     assert cancelled and cancelled[0].check(CancelledError)
     assert ready[0].check(CancelledError)
 
-    source2, _, _ = make(clock)
-    response = FakeResponse()
-    source2.response(response)
-    source2.dataReceived(b"t:a\n")
-    source2.start(CollectingSink())
+    source2, response, _ = streaming(clock)
     source2.stop()
     assert response.transport.stopped
     assert clock.getDelayedCalls() == []
