@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from twisted.application.service import IService
@@ -26,11 +27,15 @@ class Options(usage.Options):
     relay_config: RelayConfig
 
     def postOptions(self) -> None:
-        # A bad configuration stops twistd here with the problems listed, not a traceback.
+        # A bad configuration stops twistd here with the problems listed, not a traceback,
+        # and with a non-zero status: twistd itself exits 0 on a usage error before 26.4,
+        # which systemd would read as a clean stop.
         try:
             cfg = load_checked(self["config"])
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            sys.stderr.write(f"{e}\n")
+            sys.stderr.flush()
+            raise SystemExit(1) from None
         self.relay_config = cfg
 
 

@@ -7,12 +7,12 @@ provider, reading bounded bodies, and turning transport failures into Anthropic 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from http.cookiejar import CookieJar
 from typing import Any
 
 import attrs
 import treq
 from treq.client import HTTPClient
-from treq.cookies import IndexableCookieJar
 from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.protocol import Protocol
@@ -60,7 +60,7 @@ class BytesProducer:
         pass
 
 
-class _NoCookies(IndexableCookieJar):
+class _NoCookies(CookieJar):
     """
     A cookie jar that keeps nothing.
 
