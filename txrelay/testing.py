@@ -241,10 +241,7 @@ def run_stage(
 
     async def proceed(ex: Exchange) -> Reply:
         calls.append(ex)
-        if callable(reply):
-            answer = reply(ex)
-        else:
-            answer = reply if reply is not None else text_reply("ok")
+        answer = text_reply("ok") if reply is None else reply(ex) if callable(reply) else reply
         return answer.with_filter(PingAfterStart(), name="backend")
 
     async def call() -> Reply:
