@@ -119,19 +119,28 @@ class _FilteringSink:
     def write_events(self, events: list[Event]) -> None:
         if self._failed:
             return
+        # Event by event through the whole chain, so that what came before a failing event
+        # still reaches the client.
+        out: list[Event] = []
         i = 0
         try:
-            for i, f in enumerate(self.filters):  # noqa: B007 - i names the culprit
-                out: list[Event] = []
-                for e in events:
-                    out.extend(f.feed(e))
-                events = out
+            for event in events:
+                batch = [event]
+                for i, f in enumerate(self.filters):  # noqa: B007 - i names the culprit
+                    batch = [o for e in batch for o in f.feed(e)]
+                out.extend(batch)
         except RelayError as e:
+            self._flush(out)
             self._abort(e)
             return
         except Exception:
-            self._fail(i, "filtering the stream")
+            failure = Failure()
+            self._flush(out)
+            self._fail(i, "filtering the stream", failure)
             return
+        self._flush(out)
+
+    def _flush(self, events: list[Event]) -> None:
         if events:
             self.sink.write_events(events)
 
@@ -151,14 +160,13 @@ class _FilteringSink:
                     self._abort(e)
                     return
                 except Exception:
-                    self._fail(culprit, "finishing the stream")
+                    self._fail(culprit, "finishing the stream", Failure())
                     return
                 if held:
                     self.sink.write_events(held)
         self.sink.end(error)
 
-    def _fail(self, index: int, what: str) -> None:
-        failure = Failure()
+    def _fail(self, index: int, what: str, failure: Failure) -> None:
         self._failed = True
         owner = self.owners[index] if index < len(self.owners) else None
         owner = owner or _unnamed()
