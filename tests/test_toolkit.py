@@ -17,7 +17,15 @@ from txrelay.protocol.errors import RelayError
 from txrelay.protocol.events import Event, StreamGrammar
 from txrelay.streams import CollectingSink, EventStream, StageContext, StreamEnd, current_stage
 from txrelay.testing import ManualSource, text_events, tool_reply
-from txrelay.toolkit import CallOutcome, Collected, add_usage, collect, splice, stream_of
+from txrelay.toolkit import (
+    CallOutcome,
+    Collected,
+    add_usage,
+    blocks_stream,
+    collect,
+    splice,
+    stream_of,
+)
 
 
 @pytest.fixture()
@@ -341,3 +349,28 @@ def test_splice_keeps_the_grammar_and_every_block(blocks: list[int]) -> None:
     final = next(e for e in sink.events if e["type"] == "message_delta")
     assert final["usage"]["input_tokens"] == sum(n + 1 for n in range(len(blocks)))
     assert final["usage"]["output_tokens"] == sum(range(len(blocks)))
+
+
+def test_a_stage_splices_in_blocks_it_made_itself() -> None:
+    result_block = {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1",
+                    "content": [{"type": "web_search_result", "url": "https://x", "title": "x",
+                                 "encrypted_content": "e"}]}
+    plan = [blocks_stream([result_block]), stream_of(call_events("answer", output=4))]
+    seen: list[CallOutcome] = []
+
+    async def next_call(outcome: CallOutcome) -> EventStream | None:
+        seen.append(outcome)
+        return plan.pop(0) if plan else None
+
+    sink = CollectingSink()
+    splice(stream_of(call_events("q", stop="tool_use", output=3)), next_call,
+           reactor=Clock()).start(sink)
+    assert sink.error is None
+    check_grammar(sink.events)
+    starts = [(e["index"], e["content_block"]["type"]) for e in sink.events
+              if e["type"] == "content_block_start"]
+    assert starts == [(0, "text"), (1, "web_search_tool_result"), (2, "text")]
+    assert seen[1].blocks() == [result_block] and seen[1].usage == {}
+    assert seen[1].stop_reason is None
+    final = next(e for e in sink.events if e["type"] == "message_delta")
+    assert final["usage"]["output_tokens"] == 7 and final["delta"]["stop_reason"] == "end_turn"

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import attrs
+import cattrs
 from twisted.internet.defer import CancelledError
 from twisted.logger import LogLevel
 
@@ -28,18 +29,13 @@ log = RelayLogger()
 Operation = Literal["messages", "count_tokens", "models.list", "models.get"]
 
 
+_unstructure = cattrs.Converter().unstructure
+
+
 def request_body(request: MessagesRequest) -> bytes:
     """``request`` as a JSON body: its fields (absent ones left out) plus ``extra``."""
-    body: dict[str, Any] = {}
-    for field in attrs.fields(MessagesRequest):
-        if field.name == "extra":
-            continue
-        value = getattr(request, field.name)
-        if value is None:
-            continue
-        if field.name == "messages":
-            value = [{"role": m.role, "content": m.content} for m in value]
-        body[field.name] = value
+    body: dict[str, Any] = {k: v for k, v in _unstructure(request).items()
+                            if v is not None and k != "extra"}
     body.update(request.extra)
     return dumps(body)
 

@@ -77,7 +77,11 @@ class StreamFilter(Protocol):
         """Events to send in place of ``event`` (often just ``[event]``)."""
 
     def finish(self) -> list[Event]:
-        """Events held back, flushed when the stream ends normally."""
+        """
+        Events held back, flushed when the stream ends normally: after the source's last
+        event (``message_stop``), so a filter holding text back releases it by the
+        block's ``content_block_stop``.
+        """
 
 
 @attrs.frozen

@@ -14,7 +14,7 @@ The stream types themselves live in :mod:`txrelay.streams` and are re-exported h
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -58,6 +58,7 @@ __all__ = [
     "StreamEnd",
     "StreamFilter",
     "add_usage",
+    "blocks_stream",
     "call_again",
     "collect",
     "splice",
@@ -67,6 +68,8 @@ __all__ = [
 log = RelayLogger()
 
 _BLOCK_EVENTS = frozenset({"content_block_start", "content_block_delta", "content_block_stop"})
+#: Folds a call that sends bare content blocks (see :func:`blocks_stream`).
+_NO_START = ev.message_start("", "", {})
 
 
 def add_usage(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
@@ -197,6 +200,7 @@ def splice(first: EventStream, next_call: NextCall, *, reactor: IReactorTime,
     a ``next_call`` in progress. An error from any call, or raised by ``next_call``, ends
     the client's stream with an ``error`` event; ``next_call`` is called with the
     stage context it was spliced in, so its failures and filters are blamed on that stage.
+    A call may also be a stream of bare content blocks (:func:`blocks_stream`).
     """
     return EventStream(Continuation(first, next_call, reactor, ping_interval,
                                     current_stage.get()))
@@ -296,6 +300,8 @@ class Continuation:
         try:
             for e in events:
                 kind = e["type"]
+                if self._accumulator.message is None and kind != "message_start":
+                    self._accumulator.feed(_NO_START)
                 if kind == "message_start":
                     self._accumulator.feed(e)
                     if not self._sent_start:
@@ -410,6 +416,20 @@ class Continuation:
         if self._ping_call is not None and self._ping_call.active():
             self._ping_call.cancel()
         self._ping_call = None
+
+
+def blocks_stream(blocks: Iterable[Mapping[str, Any]]) -> EventStream:
+    """
+    A stream of complete content blocks only (no ``message_start``, no ``message_delta``),
+    each a ``content_block_start`` carrying the whole block and a ``content_block_stop``:
+    what a ``next_call`` returns to splice in blocks the stage made itself (a
+    ``web_search_tool_result``, a notice). It adds no usage and keeps the previous call's
+    ``stop_reason``; ``next_call`` is called again after it.
+    """
+    events: list[Event] = []
+    for i, block in enumerate(blocks):
+        events += [ev.block_start(i, dict(block)), ev.block_stop(i)]
+    return stream_of(events)
 
 
 async def call_again(proceed: Proceed, exchange: Exchange) -> EventStream:
