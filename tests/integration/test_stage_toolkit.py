@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,9 +22,10 @@ from tests.relayproc import DEMO_KEY, Relay, config_text, start_relay
 pytestmark = pytest.mark.integration
 
 TOOLKIT_PLUGIN = '''
-"""Two operator stages built on txrelay.toolkit."""
+"""Three operator stages built on txrelay.toolkit."""
 import attrs
 from twisted.internet.task import deferLater
+from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
@@ -62,6 +64,23 @@ class Twice:
 
         return reply.with_stream(splice(reply.stream, next_call, reactor=self.reactor,
                                         ping_interval=self.ping_interval))
+
+
+log = Logger()
+
+
+class Ledger:
+    """Logs every stream's end, as a usage ledger would record it."""
+
+    async def __call__(self, exchange, proceed):
+        reply = await proceed(exchange)
+
+        def record(end):
+            log.info("ledger request={rid} outcome={outcome} output_tokens={tokens}",
+                     rid=exchange.request_id, outcome=end.outcome,
+                     tokens=end.usage.get("output_tokens"))
+
+        return reply.on_end(record)
 
 
 class Fragile:
@@ -104,7 +123,18 @@ class FragileFactory:
         return Fragile()
 
 
+@implementer(IPlugin, IStageFactory)
+@attrs.frozen
+class LedgerFactory:
+    type_name: str = "ledger"
+    options_type: type = None
+
+    def build(self, options, services):
+        return Ledger()
+
+
 twice = TwiceFactory()
+ledger = LedgerFactory()
 fragile = FragileFactory()
 '''
 
@@ -141,7 +171,8 @@ def relay(fake: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     plugins.mkdir(parents=True)
     (plugins / "toolkit_stages.py").write_text(textwrap.dedent(TOOLKIT_PLUGIN))
     cfg = fake_config(fake, server={"ping_interval": 0.5}, pipeline=[
-        {"type": "auth"}, {"type": "fragile", "name": "my-fragile-filter"}, {"type": "twice"},
+        {"type": "auth"}, {"type": "ledger"}, {"type": "fragile", "name": "my-fragile-filter"},
+        {"type": "twice"},
         {"type": "model-map"}, {"type": "translate"}])
     r = start_relay(tmp, cfg, env={"PYTHONPATH": str(tmp / "site")})
     yield r
@@ -155,7 +186,7 @@ def client(relay: Relay) -> Iterator[anthropic.Anthropic]:
 
 
 def test_a_plugin_stage_splices_two_calls_into_one_stream(
-        client: anthropic.Anthropic, fake: FakeOpenAI) -> None:
+        client: anthropic.Anthropic, fake: FakeOpenAI, relay: Relay) -> None:
     for streamed in (True, False):
         fake.script.clear()
         if streamed:
@@ -169,9 +200,11 @@ def test_a_plugin_stage_splices_two_calls_into_one_stream(
             with client.messages.stream(**kwargs) as s:  # type: ignore[arg-type]
                 kinds = [e.type for e in s]
                 msg = s.get_final_message()
+                rid = s.response.headers["request-id"]
             assert kinds.count("message_start") == 1 and kinds.count("message_stop") == 1
         else:
-            msg = client.messages.create(**kwargs)  # type: ignore[arg-type]
+            raw = client.messages.with_raw_response.create(**kwargs)  # type: ignore[arg-type]
+            msg, rid = raw.parse(), raw.headers["request-id"]
         assert [b.text for b in msg.content] == ["First part.", "Second part."]  # type: ignore[union-attr]
         assert msg.usage.output_tokens == 14  # 7 per call, summed
         assert msg.stop_reason == "end_turn"
@@ -179,6 +212,34 @@ def test_a_plugin_stage_splices_two_calls_into_one_stream(
         assert second[-2:] == [{"role": "assistant", "content": "First part."},
                                {"role": "user", "content": "go on"}]
         assert len(fake.requests) == before + 2
+        assert ledger_lines(relay, rid) == ["outcome=complete output_tokens=14"]
+
+
+def ledger_lines(relay: Relay, rid: str) -> list[str]:
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [line.split(f"ledger request={rid} ", 1)[1]
+                 for line in relay.log().splitlines() if f"ledger request={rid} " in line]
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
+def test_the_end_hook_sees_a_client_that_leaves(relay: Relay, fake: FakeOpenAI) -> None:
+    fake.script.clear()
+    fake.push(sse(text_stream("word " * 200, pieces=100), delay=0.03))
+    conn = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=10)
+    conn.request("POST", "/v1/messages", body=json.dumps({
+        "model": "claude-sonnet-4-6", "max_tokens": 50, "stream": True,
+        "messages": [{"role": "user", "content": "leave early"}]}),
+        headers={"x-api-key": DEMO_KEY, "content-type": "application/json"})
+    resp = conn.getresponse()
+    rid = resp.getheader("request-id")
+    assert b"message_start" in resp.read1(200)
+    conn.close()
+    assert ledger_lines(relay, rid) == ["outcome=stopped output_tokens=1"]
+    time.sleep(0.3)
+    assert len(ledger_lines(relay, rid)) == 1
 
 
 def test_a_filter_that_fails_mid_stream_ends_the_stream_blaming_its_stage(
@@ -204,6 +265,7 @@ def test_a_filter_that_fails_mid_stream_ends_the_stream_blaming_its_stage(
     assert f"stage 'my-fragile-filter' failed while filtering the stream (request {rid})" in log
     assert "ZeroDivisionError: the filter's own bug" in log  # the traceback, in the log only
     assert "ended unexpectedly" not in body
+    assert ledger_lines(relay, rid) == ["outcome=error output_tokens=1"]
 
 
 SERVER_TOOL = {"type": "web_search_20250305", "name": "web_search"}
