@@ -7,6 +7,8 @@ from typing import Any
 
 import attrs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, LogLevel, globalLogPublisher
@@ -248,3 +250,57 @@ def test_pause_and_resume_pass_through_watched_and_filtered_streams() -> None:
     stream.start(CollectingSink())
     stream.resume()
     assert source.flow == ["pause", "resume"]
+
+
+@attrs.define
+class Splitter:
+    """Splits each text delta in two and holds back the last character until block stop."""
+
+    held: str = ""
+
+    def feed(self, event: Event) -> list[Event]:
+        if event["type"] == "content_block_delta":
+            text = self.held + event["delta"]["text"]
+            self.held = text[-1:]
+            text = text[:-1]
+            half = len(text) // 2
+            return [ev.text_delta(event["index"], part) for part in (text[:half], text[half:])
+                    if part]
+        if event["type"] == "content_block_stop" and self.held:
+            out = [ev.text_delta(event["index"], self.held), event]
+            self.held = ""
+            return out
+        return [event]
+
+    def finish(self) -> list[Event]:
+        return []
+
+
+@given(st.text(min_size=1, max_size=40), st.integers(1, 8),
+       st.lists(st.integers(1, 5), max_size=20))
+def test_filter_chains_do_not_depend_on_how_events_are_batched(
+        text: str, pieces: int, cuts: list[int]) -> None:
+    events = text_events(text, pieces=pieces)
+
+    def run(batches: list[list[Event]]) -> list[Event]:
+        source = ManualSource()
+        stream = source.stream().through(Splitter()).through(Upper()).through(Splitter())
+        sink = CollectingSink()
+        stream.start(sink)
+        for batch in batches:
+            source.send(*batch)
+        source.end()
+        return sink.events
+
+    batches, rest = [], list(events)
+    for cut in cuts:
+        if not rest:
+            break
+        batches.append(rest[:cut])
+        rest = rest[cut:]
+    if rest:
+        batches.append(rest)
+    one_by_one = run([[e] for e in events])
+    assert run(batches) == one_by_one == run([events])
+    assert "".join(e["delta"]["text"] for e in one_by_one
+                   if e["type"] == "content_block_delta") == text.upper()

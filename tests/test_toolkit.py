@@ -280,10 +280,13 @@ def test_next_call_raising_relay_error_or_a_bug(logged: list[LogEvent]) -> None:
         stream = splice(stream_of(call_events("a")), broken, reactor=clock)
     finally:
         current_stage.reset(token)
+    stream, ends = watch(stream)
     sink = CollectingSink()
     stream.start(sink)
     assert sink.error is not None and sink.error.message == (
         "stage 'tool-intercept' failed while preparing its next call (request req_9)")
+    assert [(e.outcome, e.error, e.usage["output_tokens"]) for e in ends] == [
+        ("error", sink.error, 5)]
     assert any(isinstance(e.get("log_failure") and e["log_failure"].value, ZeroDivisionError)
                for e in logged)
     check_grammar([*sink.events, sink.error.event()])
