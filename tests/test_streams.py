@@ -15,7 +15,6 @@ from twisted.logger import LogEvent, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 
-from tests.test_upstream_streaming import FakeResponse, make
 from txrelay.protocol import events as ev
 from txrelay.protocol.errors import RelayError
 from txrelay.protocol.events import Event
@@ -28,6 +27,7 @@ from txrelay.streams import (
     stream_of,
 )
 from txrelay.testing import ManualSource, text_events
+from txrelay.upstream.streaming import UpstreamSource
 
 
 @pytest.fixture()
@@ -101,19 +101,63 @@ def test_a_filter_that_raises_mid_stream_stops_the_source_and_blames_its_stage(
     assert isinstance(failures[0]["log_failure"].value, ValueError)  # the traceback is kept
 
 
+@attrs.define
+class Lines:
+    """A toy translator: every line of the upstream body is one text delta."""
+
+    done: bool = False
+
+    def start(self) -> list[Event]:
+        return [ev.message_start("msg", "m", ev.empty_usage()), ev.ping(),
+                ev.text_block_start(0)]
+
+    def feed(self, data: bytes) -> list[Event]:
+        return [ev.text_delta(0, line) for line in data.decode().splitlines()]
+
+    def finish(self) -> list[Event]:
+        self.done = True
+        return [ev.block_stop(0), ev.message_delta("end_turn", None, {"output_tokens": 1}),
+                ev.message_stop()]
+
+
+@attrs.define
+class BodyTransport:
+    stopped: bool = False
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+
+@attrs.define
+class Response:
+    transport: BodyTransport = attrs.Factory(BodyTransport)
+
+    def deliverBody(self, protocol: Any) -> None:
+        protocol.makeConnection(self.transport)
+
+
 def test_a_failing_filter_inside_the_upstream_read_ends_the_client_stream() -> None:
     """The old tree let Twisted's HTTP client swallow this: the client saw a cut stream."""
     clock = Clock()
-    source, _, _ = make(clock)
-    response = FakeResponse()
+    source = UpstreamSource(Lines(), clock, idle_timeout=5, commit_after=2)
+    source.begin(Deferred(lambda _: None))
+    response = Response()
     source.response(response)
-    source.dataReceived(b"t:a\n")
+    source.dataReceived(b"a\n")
     stream = in_stage("guard", lambda: EventStream(source).through(Boom(at=2)))
     sink = CollectingSink()
     stream.start(sink)
-    source.dataReceived(b"t:b\nt:c\n")  # must not raise into Twisted
+    source.dataReceived(b"b\nc\n")  # must not raise into Twisted
     assert response.transport.stopped
     assert sink.error is not None and "stage 'guard' failed" in sink.error.message
+    assert [e["type"] for e in sink.events] == [
+        "message_start", "ping", "content_block_start", "content_block_delta"]
     assert not clock.getDelayedCalls()  # no idle or commit timer left behind
     source.connectionLost(Failure(ResponseDone()))
     assert sink.error.message.startswith("stage 'guard'")
