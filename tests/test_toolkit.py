@@ -12,6 +12,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, globalLogPublisher
 
+from txrelay.pipeline import Reply
 from txrelay.protocol import events as ev
 from txrelay.protocol.errors import RelayError
 from txrelay.protocol.events import Event, StreamGrammar
@@ -259,6 +260,7 @@ def test_an_error_in_a_later_call_ends_the_client_stream() -> None:
     assert sink.error is error
     check_grammar([*sink.events, error.event()])
     assert [(e.outcome, e.error) for e in ends] == [("error", error)]
+    assert not clock.getDelayedCalls()
     assert ends[0].usage["input_tokens"] == 20
 
 
@@ -287,6 +289,15 @@ def test_next_call_raising_relay_error_or_a_bug(logged: list[LogEvent]) -> None:
         "stage 'tool-intercept' failed while preparing its next call (request req_9)")
     assert [(e.outcome, e.error, e.usage["output_tokens"]) for e in ends] == [
         ("error", sink.error, 5)]
+    assert not clock.getDelayedCalls()
+
+    async def confused(outcome: CallOutcome) -> Any:
+        return Reply(stream=stream_of(call_events("b")))  # a Reply, not its stream
+
+    sink = CollectingSink()
+    splice(stream_of(call_events("a")), confused, reactor=clock).start(sink)
+    assert sink.error is not None and "preparing its next call" in sink.error.message
+    assert not clock.getDelayedCalls()
     assert any(isinstance(e.get("log_failure") and e["log_failure"].value, ZeroDivisionError)
                for e in logged)
     check_grammar([*sink.events, sink.error.event()])

@@ -353,6 +353,12 @@ class Continuation:
             return
         if stream is None:
             self._complete()
+        elif not isinstance(stream, EventStream):
+            context = self.stage or StageContext("(unnamed)")
+            message = context.describe_failure("preparing its next call")
+            log.error("{message}: next_call returned a {kind}, not an EventStream or None",
+                      message=message, kind=type(stream).__name__)
+            self._end(api_error(message))
         else:
             self._begin(stream)
 
