@@ -268,6 +268,21 @@ def test_a_filter_that_fails_mid_stream_ends_the_stream_blaming_its_stage(
     assert ledger_lines(relay, rid) == ["outcome=error output_tokens=1"]
 
 
+def test_a_failing_filter_on_a_non_streaming_request_is_a_500_naming_its_stage(
+        client: anthropic.Anthropic, fake: FakeOpenAI) -> None:
+    fake.script.clear()
+    fake.push(completion("Some text."))
+    with pytest.raises(anthropic.InternalServerError) as info:
+        client.messages.create(model="claude-sonnet-4-6", max_tokens=50,
+                               messages=[{"role": "user", "content": "break it"}])
+    rid = info.value.response.headers["request-id"]
+    assert info.value.body == {  # type: ignore[comparison-overlap]
+        "type": "error", "request_id": rid, "error": {
+            "type": "api_error",
+            "message": f"stage 'my-fragile-filter' failed while filtering the stream "
+                       f"(request {rid})"}}
+
+
 SERVER_TOOL = {"type": "web_search_20250305", "name": "web_search"}
 
 
