@@ -388,3 +388,12 @@ def test_a_stage_splices_in_blocks_it_made_itself() -> None:
     assert seen[1].stop_reason is None
     final = next(e for e in sink.events if e["type"] == "message_delta")
     assert final["usage"]["output_tokens"] == 7 and final["delta"]["stop_reason"] == "end_turn"
+
+
+def test_stopping_a_spliced_stream_that_never_started_releases_the_first_call() -> None:
+    first = ManualSource()
+    calls = Calls()
+    stream, ends = watch(splice(first.stream(), calls, reactor=Clock()))
+    stream.stop()
+    assert first.stopped and not first.started and calls.outcomes == []
+    assert [e.outcome for e in ends] == ["stopped"]

@@ -266,8 +266,11 @@ class Continuation:
         self._finished = True
         self._cancel_ping()
         live, self._live, self._call_sink = self._live, None, None
-        if live is not None:
+        if self._number == 0:
+            live = self.first  # stopped before it started: release the first call anyway
+        elif live is not None:
             self._totals = add_usage(self._totals, self._tracker.usage)
+        if live is not None:
             live.stop()
         waiting, self._waiting = self._waiting, None
         if waiting is not None:
