@@ -45,13 +45,14 @@ def _serve(path: str) -> int:
     from twisted.internet.task import react
     from twisted.logger import globalLogBeginner
 
-    from txrelay.logs import make_observer, set_level
+    from txrelay.logs import bridge_stdlib_logging, make_observer, set_level
     from txrelay.service import RelayService, build_app
 
     cfg = _load(path)
     if cfg is None:
         return 1
     set_level(cfg.log.level)
+    bridge_stdlib_logging(cfg.log.level)
     globalLogBeginner.beginLoggingTo([make_observer(cfg.log)], redirectStandardIO=False)
 
     async def run(r: Any) -> None:

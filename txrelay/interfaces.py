@@ -27,8 +27,8 @@ class IStage(Interface):
         """
         Handle ``exchange``: an ``async`` callable returning a :class:`~txrelay.pipeline.Reply`.
 
-        Call ``await proceed(exchange)`` to run the rest of the chain; wrap the reply's
-        stream with ``reply.stream = reply.stream.through(filter)`` to transform events;
+        Call ``await proceed(exchange)`` to run the rest of the chain; return
+        ``reply.with_filter(filter)`` to transform events (more in :mod:`txrelay.toolkit`);
         raise :class:`~txrelay.protocol.errors.RelayError` to answer with an error.
         """
 

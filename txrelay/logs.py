@@ -1,7 +1,12 @@
-"""Log observers for the relay: human text or JSON lines, filtered by level."""
+# -*- test-case-name: tests.test_logs -*-
+"""
+Logging for the relay: observers for human text or JSON lines, filtered by level, a logger
+that drops events below the level at the source, and the bridge from stdlib ``logging``.
+"""
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import IO, Any
 
@@ -14,6 +19,7 @@ from twisted.logger import (
     jsonFileLogObserver,
     textFileLogObserver,
 )
+from twisted.python.failure import Failure
 
 from txrelay.config import LogConfig
 
@@ -51,3 +57,58 @@ class RelayLogger(Logger):
     def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:
         if _PRIORITY.get(level, 4) >= _threshold:
             super().emit(level, format, **kwargs)
+
+
+_FROM_STDLIB = ((logging.CRITICAL, LogLevel.critical), (logging.ERROR, LogLevel.error),
+                (logging.WARNING, LogLevel.warn), (logging.INFO, LogLevel.info))
+_TO_STDLIB = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+              "error": logging.ERROR}
+
+
+class TwistedLogHandler(logging.Handler):
+    """
+    A stdlib :class:`logging.Handler` that re-emits records into ``twisted.logger``: the
+    sans-IO protocol package logs through stdlib ``logging`` (it imports nothing from
+    Twisted), and without this its lines would be lost. The namespace is the stdlib
+    logger's name and the level maps to the nearest Twisted level; an ``exc_info`` becomes
+    the event's failure, so the traceback is kept.
+    """
+
+    def __init__(self, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self._emitting = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._emitting:  # an observer that logs back through stdlib: do not loop
+            return
+        self._emitting = True
+        try:
+            level = next((tw for std, tw in _FROM_STDLIB if record.levelno >= std),
+                         LogLevel.debug)
+            logger = RelayLogger(namespace=record.name)
+            message = record.getMessage()
+            exc = record.exc_info
+            if exc is not None and exc[1] is not None:
+                logger.failure("{message}", Failure(exc[1], exc[0], exc[2]), level,
+                               message=message)
+            else:
+                logger.emit(level, "{message}", message=message)
+        except Exception:
+            self.handleError(record)
+        finally:
+            self._emitting = False
+
+
+def bridge_stdlib_logging(level: str) -> TwistedLogHandler:
+    """
+    Send stdlib ``logging`` records into ``twisted.logger`` (installed once, at start-up):
+    the ``txrelay`` loggers at ``level`` (the config's ``log.level``), other libraries'
+    at warnings and above. Calling it again replaces the previous bridge.
+    """
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, TwistedLogHandler)]:
+        root.removeHandler(old)
+    handler = TwistedLogHandler(_TO_STDLIB[level])
+    root.addHandler(handler)
+    logging.getLogger("txrelay").setLevel(_TO_STDLIB[level])
+    return handler

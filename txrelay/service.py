@@ -100,6 +100,7 @@ def build_app(cfg: RelayConfig, reactor: Any, source: str = "config") -> App:
     services = StageServices(cfg, catalog, backends, digests, reactor)
     factories = stage_factories()
     stages: list[Stage] = []
+    names: list[str] = []
     for i, st in enumerate(cfg.pipeline):
         where = f"pipeline[{i}]"
         factory = factories.get(st.type)
@@ -113,11 +114,12 @@ def build_app(cfg: RelayConfig, reactor: Any, source: str = "config") -> App:
             continue
         try:
             stages.append(factory.build(opts, services))
+            names.append(st.label)
         except (ValueError, TypeError) as e:
             problems.append(f"{where}.options: {e}")
     if problems:
         raise ConfigError(source, problems)
-    return App(cfg, compose(stages, catalog_terminal(catalog)), catalog, backends)
+    return App(cfg, compose(stages, catalog_terminal(catalog), names), catalog, backends)
 
 
 async def _nothing() -> None:

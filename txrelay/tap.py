@@ -66,11 +66,12 @@ def makeService(options: Options) -> IService:
     """The relay service for twistd."""
     from twisted.internet import reactor
 
-    from txrelay.logs import set_level
+    from txrelay.logs import bridge_stdlib_logging, set_level
     from txrelay.service import RelayService, build_app
 
     cfg = options.relay_config
     set_level(cfg.log.level)
+    bridge_stdlib_logging(cfg.log.level)
     app = build_app(cfg, reactor, options["config"])
     service: Any = RelayService(app, reactor)
     return service  # type: ignore[no-any-return]

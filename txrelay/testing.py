@@ -11,8 +11,12 @@ Everything runs in memory and synchronously: no reactor, no sockets::
                            reply=text_reply("hello"))
         assert result.text == "HELLO"
 
-``run_stage`` checks the events the stage lets through against the Anthropic stream grammar,
-so a filter that breaks the stream fails the test.
+``run_stage`` behaves like the relay: the streams ``proceed`` answers carry the ``ping`` real
+streams carry right after ``message_start``, and it checks the events the stage lets through
+against the Anthropic stream grammar, so a filter that breaks the stream fails the test. A
+stage that waits on time (:func:`txrelay.toolkit.splice` pings, a tool call with a timeout)
+runs with ``clock=``: give the stage a :class:`~twisted.internet.task.Clock` and the same
+clock to ``run_stage``, which advances it until the stage and its stream are done.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 
 from txrelay.catalog import ModelCatalog, Route
 from txrelay.config import RelayConfig, parse_config
@@ -32,9 +37,11 @@ from txrelay.protocol.accumulate import MessageAccumulator
 from txrelay.protocol.errors import RelayError
 from txrelay.protocol.events import Event, StreamGrammar
 from txrelay.protocol.jsoncodec import dumps
-from txrelay.streams import CollectingSink, stream_of
+from txrelay.streams import CollectingSink, EventSink, EventStream, stream_of
 
 __all__ = [
+    "ManualSource",
+    "PingAfterStart",
     "StageResult",
     "build_stage",
     "make_exchange",
@@ -54,7 +61,8 @@ _MINIMAL_CONFIG: dict[str, Any] = {
 def text_events(text: str, *, model: str = "test-model", pieces: int = 3) -> list[Event]:
     """A complete, grammatical stream answering ``text`` in ``pieces`` deltas."""
     step = max(1, -(-len(text) // pieces))
-    out = [ev.message_start("msg_test", model, ev.empty_usage(10)), ev.text_block_start(0)]
+    out = [ev.message_start("msg_test", model, ev.empty_usage(10)), ev.ping(),
+           ev.text_block_start(0)]
     out += [ev.text_delta(0, text[i:i + step]) for i in range(0, len(text), step)]
     out += [ev.block_stop(0), ev.message_delta("end_turn", None, {"output_tokens": 5}),
             ev.message_stop()]
@@ -71,6 +79,7 @@ def tool_reply(name: str, tool_input: dict[str, Any], *, tool_id: str = "toolu_t
     args = dumps(tool_input).decode()
     events = [
         ev.message_start("msg_test", "test-model", ev.empty_usage(10)),
+        ev.ping(),
         ev.tool_use_block_start(0, tool_id, name),
         ev.input_json_delta(0, args[: len(args) // 2]),
         ev.input_json_delta(0, args[len(args) // 2:]),
@@ -79,6 +88,79 @@ def tool_reply(name: str, tool_input: dict[str, Any], *, tool_id: str = "toolu_t
         ev.message_stop(),
     ]
     return Reply(stream=stream_of(events))
+
+
+@attrs.define(eq=False)
+class PingAfterStart:
+    """
+    A filter that makes a stream look like the relay's: one ``ping`` right after
+    ``message_start`` (R-S2), as every backend sends; a ping already there is kept, not
+    doubled.
+    """
+
+    _after_start: bool = False
+
+    def feed(self, event: Event) -> list[Event]:
+        if event["type"] == "message_start":
+            self._after_start = True
+            return [event, ev.ping()]
+        if self._after_start:
+            self._after_start = False
+            if event["type"] == "ping":
+                return []
+        return [event]
+
+    def finish(self) -> list[Event]:
+        return []
+
+
+@attrs.define(eq=False)
+class ManualSource:
+    """
+    An :class:`~txrelay.streams.EventSource` a test drives by hand: :meth:`send` events,
+    :meth:`end` the stream, and look at what the consumer did (``paused``, ``stopped``).
+    """
+
+    sink: EventSink | None = None
+    paused: bool = False
+    stopped: bool = False
+    #: How often pause/resume were called, in order (``"pause"``/``"resume"``).
+    flow: list[str] = attrs.Factory(list)
+
+    @property
+    def started(self) -> bool:
+        """Whether the consumer started the stream."""
+        return self.sink is not None
+
+    def stream(self) -> EventStream:
+        """An :class:`EventStream` over this source."""
+        return EventStream(self)
+
+    def start(self, sink: EventSink) -> None:
+        self.sink = sink
+
+    def pause(self) -> None:
+        self.paused = True
+        self.flow.append("pause")
+
+    def resume(self) -> None:
+        self.paused = False
+        self.flow.append("resume")
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def send(self, *events: Event) -> None:
+        """Deliver ``events`` (the stream must be started and not stopped)."""
+        if self.sink is None or self.stopped:
+            raise AssertionError("send() on a stream that is not started or was stopped")
+        self.sink.write_events(list(events))
+
+    def end(self, error: RelayError | None = None) -> None:
+        """End the stream, normally or with ``error``."""
+        if self.sink is None or self.stopped:
+            raise AssertionError("end() on a stream that is not started or was stopped")
+        self.sink.end(error)
 
 
 def make_exchange(
@@ -136,6 +218,8 @@ def run_stage(
     *,
     reply: Reply | Callable[[Exchange], Reply] | None = None,
     headers: Mapping[str, str] | None = None,
+    clock: Clock | None = None,
+    max_seconds: float = 3600.0,
 ) -> StageResult:
     """
     Run ``stage`` on one exchange with a fake rest-of-chain and collect what comes out.
@@ -143,16 +227,22 @@ def run_stage(
     :param body: a request body (see :func:`make_exchange`) or a ready exchange.
     :param reply: what ``proceed`` answers: a reply, or a function of the exchange.
         Defaults to a short text reply. Replies are rebuilt per call only when a function
-        is given, so give one if the stage calls ``proceed`` more than once.
+        is given, so give one if the stage calls ``proceed`` more than once. Their streams
+        get a ``ping`` after ``message_start`` if they lack one, as real streams have.
+    :param clock: the clock the stage was built with; it is advanced (delayed call by
+        delayed call) until the stage returns and its stream ends, for at most
+        ``max_seconds`` of simulated time. Without it the stage must finish synchronously.
+
+    A filter that raises (other than :class:`RelayError`) is re-raised here with its
+    traceback, where the relay would end the stream with an ``api_error``.
     """
     exchange = body if isinstance(body, Exchange) else make_exchange(body, headers=headers)
     calls: list[Exchange] = []
 
     async def proceed(ex: Exchange) -> Reply:
         calls.append(ex)
-        if callable(reply):
-            return reply(ex)
-        return reply if reply is not None else text_reply("ok")
+        answer = text_reply("ok") if reply is None else reply(ex) if callable(reply) else reply
+        return answer.with_filter(PingAfterStart(), name="backend")
 
     async def call() -> Reply:
         return await stage(exchange, proceed)
@@ -160,8 +250,9 @@ def run_stage(
     d: Deferred[Reply] = Deferred.fromCoroutine(call())
     results: list[Any] = []
     d.addBoth(results.append)
-    if not results:
-        raise AssertionError("the stage did not finish synchronously; did it wait on real I/O?")
+    _pump(clock, lambda: bool(results), max_seconds,
+          "the stage did not finish synchronously; did it wait on real I/O?"
+          if clock is None else "the stage did not return")
     outcome = results[0]
     if not isinstance(outcome, Reply):
         failure = outcome
@@ -174,9 +265,11 @@ def run_stage(
     if outcome.stream is not None:
         sink = CollectingSink()
         outcome.stream.start(sink)
-        if not sink.ended:
-            raise AssertionError("the reply stream did not end")
+        _pump(clock, lambda: sink.ended, max_seconds, "the reply stream did not end")
         events, error = sink.events, sink.error
+        cause = error.__cause__ if error is not None else None
+        if cause is not None and not isinstance(cause, RelayError):
+            raise cause
         grammar = StreamGrammar()
         acc = MessageAccumulator()
         for e in events:
@@ -186,6 +279,21 @@ def run_stage(
             grammar.close()
             message = acc.result()
     return StageResult(outcome, error, calls, events, message)
+
+
+def _pump(clock: Clock | None, done: Callable[[], bool], max_seconds: float,
+          complaint: str) -> None:
+    """Advance ``clock`` one delayed call at a time until ``done()``."""
+    if clock is not None:
+        limit = clock.seconds() + max_seconds
+        while not done():
+            pending = [c.getTime() for c in clock.getDelayedCalls()]
+            if not pending or min(pending) > limit:
+                break
+            clock.advance(max(0.0, min(pending) - clock.seconds()))
+    if not done():
+        where = f" within {max_seconds:g} simulated seconds" if clock is not None else ""
+        raise AssertionError(complaint + where)
 
 
 def build_stage(
