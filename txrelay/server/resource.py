@@ -51,15 +51,29 @@ class _FoldingSink:
     accumulator: MessageAccumulator = attrs.Factory(MessageAccumulator)
     done: Deferred[None] = attrs.Factory(Deferred)
     error: RelayError | None = None
+    #: The source ended the stream (else the fold failed and the source must be stopped).
+    source_ended: bool = False
 
     def write_events(self, events: list[Event]) -> None:
+        if self.done.called:
+            return
         feed = self.accumulator.feed
-        for e in events:
-            feed(e)
+        try:
+            for e in events:
+                feed(e)
+        except RelayError as e:  # the stream broke its grammar: the upstream's fault
+            self._fire(e)
+        except Exception:
+            log.failure("folding the event stream failed")
+            self._fire(api_error("the relay failed while assembling the message"))
 
     def end(self, error: RelayError | None) -> None:
-        self.error = error
+        self.source_ended = True
+        self._fire(error)
+
+    def _fire(self, error: RelayError | None) -> None:
         if not self.done.called:
+            self.error = error
             self.done.callback(None)
 
 
@@ -255,10 +269,13 @@ class RelayResource(Resource):
             reply = await self.pipeline(exchange)
             status = reply.status
             if reply.stream is not None:
-                if call.abort_reason is not None:  # a stage swallowed the cancellation
+                try:
+                    if call.abort_reason is not None:  # a stage swallowed the cancel
+                        raise call.abort_reason
+                    req = exchange.request
+                except BaseException:
                     reply.stream.stop()
-                    raise call.abort_reason
-                req = exchange.request
+                    raise
                 if req is not None and req.stream:
                     streamed = True
                     status, usage, error_type = await self._stream(call, reply,
@@ -350,9 +367,11 @@ class RelayResource(Resource):
             stream.start(sink)
             await sink.done
         except BaseException:
-            if not sink.done.called:
+            if not sink.source_ended:
                 stream.stop()
             raise
+        if not sink.source_ended:
+            stream.stop()
         if sink.error is not None:
             raise sink.error
         return Reply(status=reply.status, body=sink.accumulator.result(), headers=reply.headers)

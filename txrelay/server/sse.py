@@ -63,8 +63,9 @@ class SSEWriter:
     client_gone: bool = False
     #: The response is over (ended, failed, or the client left): write nothing more.
     _finished: bool = False
-    #: The source was started and has not ended by itself: stopping it is ours to do.
-    _source_live: bool = False
+    #: The source has not ended by itself: stopping it is ours to do (a reply's stream may
+    #: hold a live upstream response before it is started).
+    _source_live: bool = True
     _registered: bool = False
     _ping_call: IDelayedCall | None = None
     _last_write: float = 0.0
@@ -75,7 +76,6 @@ class SSEWriter:
         self.request.registerProducer(self, True)
         self._registered = True
         self._arm_ping()
-        self._source_live = True
         self.stream.start(self)
 
     @property
