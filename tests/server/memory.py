@@ -198,10 +198,34 @@ class Harness:
         return connect(self.site)
 
 
-def connect(site: RelaySite) -> Connection:
-    """Open one in-memory client connection to ``site``."""
-    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+class ClosingTransport(StringTransport):
+    """A StringTransport whose close reaches the protocol on the next reactor turn."""
+
+    def __init__(self, reactor: Clock, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.reactor = reactor
+        self.protocol: Any = None
+
+    def loseConnection(self) -> None:
+        if self.disconnecting:
+            return
+        super().loseConnection()
+        self.reactor.callLater(0, self.protocol.connectionLost, Failure(ConnectionDone()))
+
+
+def connect(site: RelaySite, closing_on: Clock | None = None) -> Connection:
+    """
+    Open one in-memory client connection to ``site``; with ``closing_on``, a close
+    requested by the server completes (``connectionLost``) when that clock next runs.
+    """
+    address = IPv4Address("TCP", "127.0.0.1", 40000)
+    channel = site.buildProtocol(address)
     assert channel is not None
-    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    transport: StringTransport
+    if closing_on is not None:
+        transport = ClosingTransport(closing_on, peerAddress=address)
+        transport.protocol = channel
+    else:
+        transport = StringTransport(peerAddress=address)
     channel.makeConnection(transport)
     return Connection(channel, transport)  # type: ignore[arg-type]

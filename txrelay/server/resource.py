@@ -201,6 +201,11 @@ class RelayResource(Resource):
     def render(self, request: Request) -> Any:
         rid = request_id()
         request.setHeader(b"request-id", rid.encode("ascii"))
+        if self.lifecycle.draining:
+            # A request that arrived on a kept-alive connection: close it after the answer
+            # (twisted.web re-decides persistence on each request's headers).
+            request.channel.persistent = False
+            request.setHeader(b"connection", b"close")
         assert request.method is not None and request.path is not None
         op, model_id = _route(request.method, request.path)
         if op == "metrics":
@@ -248,8 +253,6 @@ class RelayResource(Resource):
         error_type: str | None = None
         try:
             if self.lifecycle.draining:
-                # A new request on a kept-alive connection: refuse it, and close after.
-                request.channel.persistent = False
                 raise overloaded("the relay is shutting down; retry shortly")
             if op == "404":
                 raise not_found(f"no such endpoint: {request.method.decode()} "
