@@ -135,15 +135,6 @@ def _sd_notify(message: bytes) -> None:
             log.warn("cannot notify systemd: {error}", error=e)
 
 
-class ListenError(SystemExit):
-    """
-    A listening endpoint could not be set up.
-
-    A :class:`SystemExit` so that twistd and ``txrelay serve`` both stop with this message
-    and a non-zero status, without a traceback.
-    """
-
-
 #: After the drain ceiling, how long the final writes may take to flush before the
 #: remaining connections are aborted.
 FLUSH_GRACE = 2.0
@@ -208,7 +199,9 @@ class RelayService(Service):
         announced.addCallbacks(lambda _: self._announce(), self._late_failure)
 
     def _fail_start(self, description: str, error: BaseException) -> None:
-        raise ListenError(f"txrelay: cannot listen on {description!r}: {error}")
+        # SystemExit itself (Twisted's Failure.check does not match its subclasses): twistd
+        # and ``txrelay serve`` both stop with this message and status 1, no traceback.
+        raise SystemExit(f"txrelay: cannot listen on {description!r}: {error}")
 
     def _late_failure(self, failure: Any) -> None:
         # An endpoint that failed after start-up returned: nothing to raise into any more.
