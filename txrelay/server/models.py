@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.server.test_models -*-
+# -*- test-case-name: tests.server.test_resource -*-
 """The models API: ``GET /v1/models`` (paged) and ``GET /v1/models/{id}``, the chain's end."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_server -*-
+# -*- test-case-name: tests.server.test_resource -*-
 """
 The HTTP surface: one resource that routes every path of the Anthropic API and the health
 endpoints, runs the pipeline, and answers in Anthropic's shape, always with a ``request-id``.

@@ -78,11 +78,6 @@ class SSEWriter:
         self._arm_ping()
         self.stream.start(self)
 
-    @property
-    def ping_pending(self) -> bool:
-        """Whether a ping timer is armed (for tests and introspection)."""
-        return self._ping_call is not None and self._ping_call.active()
-
     def fail(self, error: RelayError) -> None:
         """
         Stop the stream now and end the response with ``error``: as an event when bytes
