@@ -171,3 +171,24 @@ def test_a_client_leaving_before_the_reply_cancels_the_pipeline() -> None:
 def test_text_events_helper_is_grammatical() -> None:
     # Guards the fixtures above: the helper ends with message_stop.
     assert text_events("x")[-1]["type"] == "message_stop"
+
+
+def test_the_resource_serves_treq_clients_through_stub_treq() -> None:
+    import json
+
+    from treq.testing import StubTreq
+
+    h = Harness.over(answering(text_reply("via treq")))
+    client = StubTreq(h.resource)
+    body = json.dumps({"model": "m", "max_tokens": 5, "stream": True,
+                       "messages": [{"role": "user", "content": "hi"}]})
+    d = client.post("http://relay/v1/messages", data=body.encode(),
+                    headers={"content-type": "application/json"})
+    client.flush()
+    response = d.result
+    assert response.code == 200
+    content = client.content(response)
+    client.flush()
+    text = content.result.decode()
+    assert text.startswith("event: message_start") and "content_block_delta" in text
+    assert text.rstrip().endswith('data: {"type":"message_stop"}')

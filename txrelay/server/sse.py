@@ -78,7 +78,7 @@ class SSEWriter:
         self._arm_ping()
         self.stream.start(self)
 
-    def fail(self, error: RelayError) -> None:
+    def _fail(self, error: RelayError) -> None:
         """
         Stop the stream now and end the response with ``error``: as an event when bytes
         were already sent, else left to the caller (nothing was committed yet).
@@ -117,7 +117,7 @@ class SSEWriter:
             self.request.write(encode_events(events))
         except Exception:
             log.failure("writing the event stream failed")
-            self.fail(api_error("the relay failed while writing the stream"))
+            self._fail(api_error("the relay failed while writing the stream"))
             return
         self._last_write = self.reactor.seconds()
 
