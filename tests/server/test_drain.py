@@ -144,6 +144,8 @@ def test_live_streams_keep_their_pings_and_get_an_overloaded_error_at_the_ceilin
     assert resp.types()[-1] == "error"
     assert resp.events()[-1]["error"] == CEILING_ERROR.error_object()
     assert source.stopped
+    assert not [c for c in r.reactor.getDelayedCalls() if "ping" in repr(c.func)]
+    assert stream.channel.requests == []  # finished, its producer unregistered
     folded = pending.response()
     assert folded.status == 529 and folded.complete
     assert folded.json()["error"]["type"] == "overloaded_error"
