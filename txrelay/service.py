@@ -17,6 +17,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.plugin import getPlugins
+from twisted.python.failure import Failure
 
 import txrelay.plugins
 from txrelay.catalog import ModelCatalog
@@ -178,36 +179,48 @@ class RelayService(Service):
         if self._listening:
             return
         self._listening = True
-        pending: list[tuple[str, Deferred[Any]]] = []
+        starting = True
+        waiting = 0
+        failures: list[tuple[str, object]] = []
+
+        def settled(result: Any, description: str) -> None:
+            nonlocal waiting
+            waiting -= 1
+            if isinstance(result, Failure):
+                if starting:
+                    failures.append((description, result.value))
+                    return
+                # An endpoint that failed after start-up returned: stop the relay.
+                log.critical("txrelay: cannot listen on {description!r}: {error}; stopping",
+                             description=description, error=result.value)
+                self.reactor.stop()
+                return
+            self.ports.append(result)
+            if not starting and waiting == 0:
+                self._announce()
+
         for description in self.app.config.server.listen:
             try:
-                endpoint = serverFromString(self.reactor, description)
-                pending.append((description, endpoint.listen(self.site)))
+                d = serverFromString(self.reactor, description).listen(self.site)
             except Exception as e:
-                self._fail_start(description, e)
+                failures.append((description, e))
+                break
+            waiting += 1
+            d.addBoth(settled, description)
+            if failures:
+                break
+        starting = False
         # TCP, unix and systemd endpoints listen at once: a busy port fails start-up here.
-        failures: list[tuple[str, BaseException]] = []
-        for description, d in pending:
-            d.addCallbacks(self.ports.append,
-                           lambda f, where=description: failures.append((where, f.value)))
         if failures:
             for port in self.ports:
                 port.stopListening()
-            self._fail_start(*failures[0])
-        announced = DeferredList([d for _, d in pending], fireOnOneErrback=True,
-                                 consumeErrors=True)
-        announced.addCallbacks(lambda _: self._announce(), self._late_failure)
-
-    def _fail_start(self, description: str, error: BaseException) -> None:
-        # SystemExit itself (Twisted's Failure.check does not match its subclasses): twistd
-        # and ``txrelay serve`` both stop with this message and status 1, no traceback.
-        raise SystemExit(f"txrelay: cannot listen on {description!r}: {error}")
-
-    def _late_failure(self, failure: Any) -> None:
-        # An endpoint that failed after start-up returned: nothing to raise into any more.
-        log.critical("txrelay cannot listen: {error}; stopping",
-                     error=getattr(failure.value, "subFailure", failure).value)
-        self.reactor.stop()
+            self.ports = []
+            description, error = failures[0]
+            # SystemExit itself (Twisted's Failure.check does not match subclasses of it):
+            # twistd and ``txrelay serve`` both stop with this message and status 1.
+            raise SystemExit(f"txrelay: cannot listen on {description!r}: {error}")
+        if waiting == 0:
+            self._announce()
 
     def _announce(self) -> None:
         for port in self.ports:

@@ -99,6 +99,61 @@ def test_a_busy_port_stops_start_up_with_a_clear_message() -> None:
     assert "Address already in use" in message
 
 
+@attrs.define
+class RecordingPort:
+    stopped: bool = False
+
+    def stopListening(self) -> None:
+        self.stopped = True
+
+
+class PartlyBusyReactor(MemoryReactorClock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ports: list[RecordingPort] = []
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50,
+                  interface: str = "") -> Any:
+        if interface == "127.0.0.2":
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+        self.ports.append(RecordingPort())
+        return self.ports[-1]
+
+
+def test_a_port_bound_before_the_failure_is_released() -> None:
+    cfg = demo_config(listen=["tcp:8123:interface=127.0.0.1", "tcp:8123:interface=127.0.0.2"])
+    reactor = PartlyBusyReactor()
+    service = RelayService(App(cfg, never, ModelCatalog.from_config(cfg), {}), reactor)
+    with pytest.raises(SystemExit) as info:
+        service.startService()
+    assert "'tcp:8123:interface=127.0.0.2'" in str(info.value.code)
+    assert [p.stopped for p in reactor.ports] == [True] and service.ports == []
+
+
+@attrs.define
+class LateEndpoint:
+    result: Deferred[Any] = attrs.Factory(Deferred)
+
+    def listen(self, factory: Any) -> Deferred[Any]:
+        return self.result
+
+
+def test_an_endpoint_that_fails_later_stops_the_reactor(
+    monkeypatch: pytest.MonkeyPatch, logged: list[dict[str, Any]],
+) -> None:
+    endpoint = LateEndpoint()
+    monkeypatch.setattr("txrelay.service.serverFromString", lambda reactor, d: endpoint)
+    reactor = MemoryReactorClock()
+    reactor.running = True
+    cfg = demo_config(listen=["later:thing"])
+    service = RelayService(App(cfg, never, ModelCatalog.from_config(cfg), {}), reactor)
+    service.startService()
+    assert not reactor.hasStopped
+    endpoint.result.errback(CannotListenError("", 1, OSError(13, "Permission denied")))
+    assert reactor.hasStopped
+    assert [e["description"] for e in failures(logged)] == ["later:thing"]
+
+
 def test_readiness_and_new_requests_during_the_drain() -> None:
     r = relay()
     idle = r.connect()
