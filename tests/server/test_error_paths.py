@@ -20,7 +20,15 @@ def serving(source: Any, headers: list[tuple[str, str]] | None = None) -> Harnes
     async def pipeline(exchange: Exchange) -> Reply:
         return Reply(stream=EventStream(source), headers=list(headers or []))
 
-    return Harness.over(pipeline)
+    return Harness.over(pipeline, metrics=True)
+
+
+def live_streams(h: Harness) -> float:
+    assert h.resource.metrics is not None
+    for line in h.resource.metrics.render().decode().splitlines():
+        if line.startswith("txrelay_streams_active "):
+            return float(line.split()[1])
+    raise AssertionError("no txrelay_streams_active gauge")
 
 
 def assert_released(h: Harness, conn: Connection, source: FakeSource) -> None:
@@ -28,6 +36,7 @@ def assert_released(h: Harness, conn: Connection, source: FakeSource) -> None:
     assert conn.channel.requests == [] or conn.channel.requests[0].producer is None
     assert h.clock.getDelayedCalls() == [], "a ping timer was left armed"
     assert not h.resource.lifecycle.live
+    assert live_streams(h) == 0
 
 
 @pytest.mark.parametrize("stream", [True, False])
