@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Mapping
-from typing import Any, cast
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 from cattrs.errors import ClassValidationError
-from twisted.application import strports
-from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.endpoints import serverFromString
 from twisted.plugin import getPlugins
+from twisted.python.failure import Failure
 
 import txrelay.plugins
 from txrelay.catalog import ModelCatalog
@@ -25,9 +26,9 @@ from txrelay.interfaces import IStageFactory, StageServices
 from txrelay.logs import RelayLogger
 from txrelay.metrics import Metrics
 from txrelay.pipeline import Proceed, Stage, compose
-from txrelay.protocol.events import Event
 from txrelay.protocol.structure import error_lines, make_converter
-from txrelay.server.resource import Lifecycle, RelayResource, catalog_terminal
+from txrelay.server.models import catalog_terminal
+from txrelay.server.resource import CEILING_ERROR, Lifecycle, RelayResource
 from txrelay.server.site import RelaySite
 
 log = RelayLogger()
@@ -122,10 +123,6 @@ def build_app(cfg: RelayConfig, reactor: Any, source: str = "config") -> App:
     return App(cfg, compose(stages, catalog_terminal(catalog), names), catalog, backends)
 
 
-async def _nothing() -> None:
-    return None
-
-
 def _sd_notify(message: bytes) -> None:
     """Send ``message`` to systemd's notify socket, if there is one (twisted-notes §2.4)."""
     address = os.environ.get("NOTIFY_SOCKET")
@@ -141,42 +138,95 @@ def _sd_notify(message: bytes) -> None:
             log.warn("cannot notify systemd: {error}", error=e)
 
 
-class RelayService(MultiService):
+#: After the drain ceiling, how long the final writes may take to flush before the
+#: remaining connections are aborted.
+FLUSH_GRACE = 2.0
+
+
+def _address(port: Any) -> str:
+    host = port.getHost()
+    if hasattr(host, "port"):
+        return f"{host.host}:{host.port}"
+    return str(getattr(host, "name", host))
+
+
+class RelayService(Service):
     """The relay's listeners, with a drain on stop and systemd notifications."""
 
-    def __init__(self, app: App, reactor: Any,
-                 on_event: Callable[[list[Event]], None] | None = None) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+    def __init__(self, app: App, reactor: Any) -> None:
         self.app = app
         self.reactor = reactor
         self.lifecycle = Lifecycle()
         server = app.config.server
         self.resource = RelayResource(
             app.pipeline, app.catalog, reactor, server.ping_interval, server.access_log,
-            self.lifecycle, on_event, Metrics() if server.metrics else None,
+            self.lifecycle, Metrics() if server.metrics else None,
         )
         self.site = RelaySite(self.resource, max_request_bytes=server.max_request_bytes,
                               timeout=server.idle_timeout, reactor=reactor)
-        self.listeners = []
-        for description in server.listen:
-            svc = strports.service(description, self.site, reactor=reactor)
-            svc._raiseSynchronously = True
-            svc.setServiceParent(self)
-            self.listeners.append(svc)
+        #: The listening ports, once :meth:`privilegedStartService` bound them.
+        self.ports: list[Any] = []
+        self._listening = False
+
+    def privilegedStartService(self) -> None:
+        """Bind every ``server.listen`` endpoint (before twistd drops privileges)."""
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
+        self._listen()
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
-        Deferred.fromCoroutine(self._announce()).addErrback(
-            lambda f: log.failure("start-up failed", f)
-        )
+        self._listen()
 
-    async def _announce(self) -> None:
-        for svc in self.listeners:
-            port = await cast("Deferred[Any]", svc._waitingForPort)
-            host = port.getHost()
-            where = (f"{host.host}:{host.port}" if hasattr(host, "port")
-                     else getattr(host, "name", str(host)))
-            log.info("txrelay listening on {address}", address=where)
+    def _listen(self) -> None:
+        if self._listening:
+            return
+        self._listening = True
+        starting = True
+        waiting = 0
+        failures: list[tuple[str, object]] = []
+
+        def settled(result: Any, description: str) -> None:
+            nonlocal waiting
+            waiting -= 1
+            if isinstance(result, Failure):
+                if starting:
+                    failures.append((description, result.value))
+                    return
+                # An endpoint that failed after start-up returned: stop the relay.
+                log.critical("txrelay: cannot listen on {description!r}: {error}; stopping",
+                             description=description, error=result.value)
+                self.reactor.stop()
+                return
+            self.ports.append(result)
+            if not starting and waiting == 0:
+                self._announce()
+
+        for description in self.app.config.server.listen:
+            try:
+                d = serverFromString(self.reactor, description).listen(self.site)
+            except Exception as e:
+                failures.append((description, e))
+                break
+            waiting += 1
+            d.addBoth(settled, description)
+            if failures:
+                break
+        starting = False
+        # TCP, unix and systemd endpoints listen at once: a busy port fails start-up here.
+        if failures:
+            for port in self.ports:
+                port.stopListening()
+            self.ports = []
+            description, error = failures[0]
+            # SystemExit itself (Twisted's Failure.check does not match subclasses of it):
+            # twistd and ``txrelay serve`` both stop with this message and status 1.
+            raise SystemExit(f"txrelay: cannot listen on {description!r}: {error}")
+        if waiting == 0:
+            self._announce()
+
+    def _announce(self) -> None:
+        for port in self.ports:
+            log.info("txrelay listening on {address}", address=_address(port))
         _sd_notify(b"READY=1\nSTATUS=serving")
 
     def stopService(self) -> Deferred[None]:
@@ -197,26 +247,38 @@ class RelayService(MultiService):
         return True
 
     async def _drain(self) -> None:
+        """
+        Stop accepting, let live requests finish up to ``server.drain_timeout``, then
+        answer what is left with ``overloaded_error`` and return once those answers are
+        flushed (bounded by :data:`FLUSH_GRACE`).
+        """
         self.lifecycle.draining = True
         _sd_notify(b"STOPPING=1\nSTATUS=draining")
-        live = list(self.lifecycle.live)
+        ceiling = self.app.config.server.drain_timeout
         log.info("draining: {count} live request(s), up to {timeout}s",
-                 count=len(live), timeout=self.app.config.server.drain_timeout)
-        await DeferredList([svc.stopService() for svc in self.listeners], consumeErrors=True)
+                 count=len(self.lifecycle.live), timeout=ceiling)
+        ports, self.ports = self.ports, []
+        for port, result in zip(ports, await DeferredList(
+                [maybeDeferred(p.stopListening) for p in ports], consumeErrors=True),
+                strict=True):
+            if not result[0]:
+                log.failure("cannot stop listening on {address}", result[1],
+                            address=_address(port))
         self.site.start_draining()
-        waiting = DeferredList(live, consumeErrors=True)
-        if not await self._within(waiting, self.app.config.server.drain_timeout):
-            log.warn("drain timeout: closing {count} request(s)",
-                     count=len(self.lifecycle.live))
-        for d in list(self.lifecycle.live):
-            d.cancel()
-        # Let finished responses flush before the reactor drops every connection.
-        if not await self._within(self.site.all_closed(), 5):
-            log.warn("closing {count} connection(s) that did not finish",
-                     count=len(self.site.channels))
-        for backend in self.app.backends.values():
+        if not await self._within(self.lifecycle.idle(), ceiling):
+            count = self.lifecycle.abort_all(CEILING_ERROR)
+            log.warn("drain ceiling of {timeout}s reached: answered {count} live "
+                     "request(s) with overloaded_error", timeout=ceiling, count=count)
+        if not await self._within(self.site.all_closed(), FLUSH_GRACE):
+            log.warn("aborting {count} connection(s) that did not flush within {grace}s",
+                     count=len(self.site.channels), grace=FLUSH_GRACE)
+            self.site.abort_all()
+        for name, backend in self.app.backends.items():
             close = getattr(backend, "close", None)
-            if close is not None:
-                await DeferredList([close() or Deferred.fromCoroutine(_nothing())],
-                                   consumeErrors=True)
-        Service.stopService(self)
+            if close is None:
+                continue
+            try:
+                await maybeDeferred(close)
+            except Exception:
+                log.failure("closing provider {name} failed", name=name)
+        super().stopService()  # type: ignore[no-untyped-call]

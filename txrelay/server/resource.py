@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_server -*-
+# -*- test-case-name: tests.server.test_resource -*-
 """
 The HTTP surface: one resource that routes every path of the Anthropic API and the health
 endpoints, runs the pipeline, and answers in Anthropic's shape, always with a ``request-id``.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable
 from typing import Any, cast
 
 import attrs
@@ -22,11 +21,11 @@ from txrelay.logs import RelayLogger
 from txrelay.metrics import CONTENT_TYPE, Metrics
 from txrelay.pipeline import Exchange, Operation, Proceed, Reply
 from txrelay.protocol.accumulate import MessageAccumulator
-from txrelay.protocol.errors import RelayError, api_error, invalid_request, not_found
+from txrelay.protocol.errors import RelayError, api_error, not_found
 from txrelay.protocol.events import Event
 from txrelay.protocol.ids import request_id
 from txrelay.protocol.jsoncodec import dumps
-from txrelay.server.sse import SSEWriter
+from txrelay.server.sse import SSEWriter, end_stream_with
 from txrelay.streams import EventStream
 
 log = RelayLogger()
@@ -37,6 +36,12 @@ _SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+_SSE_ONLY = (b"cache-control", b"x-accel-buffering")
+
+
+def _encoded(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """Reply headers as bytes; a value that is not latin-1 raises before any is set."""
+    return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
 
 
 @attrs.define(eq=False)
@@ -46,16 +51,64 @@ class _FoldingSink:
     accumulator: MessageAccumulator = attrs.Factory(MessageAccumulator)
     done: Deferred[None] = attrs.Factory(Deferred)
     error: RelayError | None = None
+    #: The source ended the stream (else the fold failed and the source must be stopped).
+    source_ended: bool = False
 
     def write_events(self, events: list[Event]) -> None:
+        if self.done.called:
+            return
         feed = self.accumulator.feed
-        for e in events:
-            feed(e)
+        try:
+            for e in events:
+                feed(e)
+        except RelayError as e:  # the stream broke its grammar: the upstream's fault
+            self._fire(e)
+        except Exception:
+            log.failure("folding the event stream failed")
+            self._fire(api_error("the relay failed while assembling the message"))
 
     def end(self, error: RelayError | None) -> None:
-        self.error = error
+        self.source_ended = True
+        self._fire(error)
+
+    def _fire(self, error: RelayError | None) -> None:
         if not self.done.called:
+            self.error = error
             self.done.callback(None)
+
+
+def overloaded(message: str, retry_after: int = 2) -> RelayError:
+    """A 529 ``overloaded_error`` with ``retry-after``: the relay cannot serve this now."""
+    return RelayError("overloaded_error", message, headers=(("retry-after", str(retry_after)),))
+
+
+#: What a request still waiting at the drain ceiling is answered (the README promises 529).
+CEILING_ERROR = overloaded("the relay is shutting down and could not finish this request; "
+                           "retry it")
+
+
+@attrs.define(eq=False)
+class InFlight:
+    """
+    One request the resource is answering.
+
+    :ivar done: the Deferred of its handling; cancelling it abandons the request.
+    :ivar client_gone: the client disconnected before the response finished (set from
+        ``notifyFinish``).
+    :ivar abort_reason: set when the relay itself gave up on the request (the drain
+        ceiling): the client is answered with this error instead of being dropped.
+    """
+
+    request: Request
+    done: Deferred[None] | None = None
+    client_gone: bool = False
+    abort_reason: RelayError | None = None
+
+    def abort(self, reason: RelayError) -> None:
+        """Give up on this request now, answering ``reason``."""
+        if self.done is not None and not self.done.called:
+            self.abort_reason = reason
+            self.done.cancel()
 
 
 @attrs.define(eq=False)
@@ -63,7 +116,32 @@ class Lifecycle:
     """Shared state between the service and the resource: readiness and live requests."""
 
     draining: bool = False
-    live: set[Deferred[None]] = attrs.Factory(set)
+    live: set[InFlight] = attrs.Factory(set)
+    _idle_waiters: list[Deferred[None]] = attrs.Factory(list)
+
+    def forget(self, call: InFlight) -> None:
+        """``call`` is over; fire :meth:`idle` waiters once nothing is live."""
+        self.live.discard(call)
+        if not self.live:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def idle(self) -> Deferred[None]:
+        """Fires once no request is live (cancelling it affects no request)."""
+        d: Deferred[None] = Deferred()
+        if self.live:
+            self._idle_waiters.append(d)
+        else:
+            d.callback(None)
+        return d
+
+    def abort_all(self, reason: RelayError) -> int:
+        """Answer every live request with ``reason`` now; how many there were."""
+        calls = list(self.live)
+        for call in calls:
+            call.abort(reason)
+        return len(calls)
 
 
 def _headers(request: Request) -> dict[str, str]:
@@ -114,7 +192,6 @@ class RelayResource(Resource):
     ping_interval: float = 10.0
     access_log: bool = True
     lifecycle: Lifecycle = attrs.Factory(Lifecycle)
-    on_event: Callable[[list[Event]], None] | None = None
     metrics: Metrics | None = None
     isLeaf = True
 
@@ -124,6 +201,11 @@ class RelayResource(Resource):
     def render(self, request: Request) -> Any:
         rid = request_id()
         request.setHeader(b"request-id", rid.encode("ascii"))
+        if self.lifecycle.draining:
+            # A request that arrived on a kept-alive connection: close it after the answer
+            # (twisted.web re-decides persistence on each request's headers).
+            request.channel.persistent = False
+            request.setHeader(b"connection", b"close")
         assert request.method is not None and request.path is not None
         op, model_id = _route(request.method, request.path)
         if op == "metrics":
@@ -136,15 +218,19 @@ class RelayResource(Resource):
             body = self._simple(request, op)
             request.setHeader(b"content-length", str(len(body)).encode("ascii"))
             return b"" if request.method == b"HEAD" else body
-        d = Deferred.fromCoroutine(self._handle(request, rid, op, model_id))
-        self.lifecycle.live.add(d)
+        call = InFlight(request)
 
-        def forget(_: object) -> None:
-            self.lifecycle.live.discard(d)
+        def client_lost(_: object) -> None:
+            # A client that leaves before the reply cancels the pipeline (and the upstream
+            # call); the flag stops every later write to the dead request.
+            call.client_gone = True
+            if call.done is not None and not call.done.called:
+                call.done.cancel()
 
-        d.addBoth(forget)
-        # A client that leaves before the reply cancels the pipeline (and the upstream call).
-        request.notifyFinish().addErrback(lambda _: d.cancel() if not d.called else None)
+        request.notifyFinish().addErrback(client_lost)
+        self.lifecycle.live.add(call)
+        call.done = Deferred.fromCoroutine(self._handle(call, rid, op, model_id))
+        call.done.addBoth(lambda _: self.lifecycle.forget(call))
         return NOT_DONE_YET
 
     def _simple(self, request: Request, op: str) -> bytes:
@@ -157,9 +243,8 @@ class RelayResource(Resource):
             return dumps({"name": "txrelay", "version": __version__, "api": "/v1/messages"})
         return dumps({"status": "ok"})
 
-    async def _handle(
-        self, request: Request, rid: str, op: str, model_id: str | None
-    ) -> None:
+    async def _handle(self, call: InFlight, rid: str, op: str, model_id: str | None) -> None:
+        request = call.request
         started = time.monotonic()
         exchange: Exchange | None = None
         status = 200
@@ -168,10 +253,7 @@ class RelayResource(Resource):
         error_type: str | None = None
         try:
             if self.lifecycle.draining:
-                raise RelayError(
-                    "overloaded_error", "the relay is shutting down; retry shortly",
-                    status=503, headers=(("retry-after", "2"),),
-                )
+                raise overloaded("the relay is shutting down; retry shortly")
             if op == "404":
                 raise not_found(f"no such endpoint: {request.method.decode()} "
                                 f"{request.path.decode('utf-8', 'replace')}")
@@ -190,25 +272,42 @@ class RelayResource(Resource):
             reply = await self.pipeline(exchange)
             status = reply.status
             if reply.stream is not None:
-                req = exchange.request
+                try:
+                    if call.abort_reason is not None:  # a stage swallowed the cancel
+                        raise call.abort_reason
+                    req = exchange.request
+                except BaseException:
+                    reply.stream.stop()
+                    raise
                 if req is not None and req.stream:
                     streamed = True
-                    status, usage, error_type = await self._stream(request, reply,
+                    status, usage, error_type = await self._stream(call, reply,
                                                                    reply.stream)
                     return
                 reply = await self._accumulate(reply.stream, reply)
                 status = reply.status
                 usage = reply.body.get("usage")
-            self._write_json(request, reply.status, reply.body, reply.headers)
+            self._write_json(call, reply.status, reply.body, reply.headers)
         except CancelledError:
-            status = 499
+            if call.abort_reason is not None and not call.client_gone:
+                status, error_type = call.abort_reason.status, call.abort_reason.type
+                self._write_error(call, call.abort_reason, rid)
+            else:
+                status = 499
         except RelayError as e:
-            status, error_type = e.status, e.type
-            self._write_error(request, e, rid)
+            # A cancel for the ceiling that surfaced as an upstream error is the ceiling's.
+            answer = call.abort_reason or e
+            status, error_type = answer.status, answer.type
+            self._write_error(call, answer, rid)
         except Exception:
             status, error_type = 500, "api_error"
-            log.failure("unhandled error serving request {request_id}", request_id=rid)
-            self._write_error(request, api_error(f"internal relay error (request {rid})"), rid)
+            if call.abort_reason is not None:
+                status, error_type = call.abort_reason.status, call.abort_reason.type
+                self._write_error(call, call.abort_reason, rid)
+            else:
+                log.failure("unhandled error serving request {request_id}", request_id=rid)
+                self._write_error(call, api_error(f"internal relay error (request {rid})"),
+                                  rid)
         finally:
             if self.access_log:
                 self._log(request, rid, exchange, status, streamed, started)
@@ -230,29 +329,38 @@ class RelayResource(Resource):
                         model_id=model_id)
 
     async def _stream(
-        self, request: Request, reply: Reply, stream: EventStream
+        self, call: InFlight, reply: Reply, stream: EventStream
     ) -> tuple[int, dict[str, Any] | None, str | None]:
         """Relay ``stream``; the status to log, the final usage, and the error type."""
-        request.setResponseCode(reply.status)
-        for name, value in _SSE_HEADERS:
-            request.setHeader(name, value)
-        for hname, hvalue in reply.headers:
-            request.setHeader(hname.encode("latin-1"), hvalue.encode("latin-1"))
-        writer = SSEWriter(request, stream, self.reactor, self.ping_interval, self.on_event)
-        if self.metrics is not None:
-            self.metrics.streams.inc()
+        request = call.request
+        writer = SSEWriter(request, stream, self.reactor, self.ping_interval)
+        counted = False
         try:
+            # Encode every header before setting any, so a bad one leaves a clean response
+            # for the JSON error.
+            headers = [*_SSE_HEADERS, *_encoded(reply.headers)]
+            request.setResponseCode(reply.status)
+            for name, value in headers:
+                request.setHeader(name, value)
+            if self.metrics is not None:
+                self.metrics.streams.inc()
+                counted = True
             writer.start()
             await writer.done
-        except CancelledError:
-            writer.stopProducing()
+        except BaseException:
+            # Whatever went wrong (cancel, client gone, a bug), nothing may keep streaming.
+            writer.release()
             raise
         finally:
-            if self.metrics is not None:
+            if counted:
+                assert self.metrics is not None
                 self.metrics.streams.dec()
         if writer.client_gone:
             return 499, writer.usage, None
         if writer.error is not None:
+            if not request.finished and not call.client_gone:
+                # The writer failed before committing anything: answer it as JSON.
+                raise writer.error
             return writer.error.status, writer.usage, writer.error.type
         return reply.status, writer.usage, None
 
@@ -261,31 +369,50 @@ class RelayResource(Resource):
         try:
             stream.start(sink)
             await sink.done
-        except CancelledError:
-            stream.stop()
+        except BaseException:
+            if not sink.source_ended:
+                stream.stop()
             raise
+        if not sink.source_ended:
+            stream.stop()
         if sink.error is not None:
             raise sink.error
         return Reply(status=reply.status, body=sink.accumulator.result(), headers=reply.headers)
 
     def _write_json(
-        self, request: Request, status: int, body: Any, headers: list[tuple[str, str]]
+        self, call: InFlight, status: int, body: Any, headers: list[tuple[str, str]]
     ) -> None:
-        if request.finished or request._disconnected:
+        request = call.request
+        if request.finished or call.client_gone:
             return
         data = dumps(body)
+        extra = _encoded(headers)
         request.setResponseCode(status)
         request.setHeader(b"content-type", _JSON)
-        for name, value in headers:
-            request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+        for name, value in extra:
+            request.setHeader(name, value)
         request.setHeader(b"content-length", str(len(data)).encode("ascii"))
         request.write(data)
         request.finish()
 
-    def _write_error(self, request: Request, error: RelayError, rid: str) -> None:
-        if request.startedWriting:
+    def _write_error(self, call: InFlight, error: RelayError, rid: str) -> None:
+        """Answer ``error``: a JSON error, or an error event if the stream was committed."""
+        request = call.request
+        if request.finished or call.client_gone:
             return
-        self._write_json(request, error.status, error.body(rid), list(error.headers))
+        try:
+            if request.startedWriting:
+                end_stream_with(request, error)
+                return
+            for name in _SSE_ONLY:
+                request.responseHeaders.removeHeader(name)
+            self._write_json(call, error.status, error.body(rid), list(error.headers))
+        except Exception:
+            log.failure("cannot send the error answer of request {request_id}",
+                        request_id=rid)
+            request.channel.persistent = False
+            if request.channel.transport is not None:
+                request.channel.transport.loseConnection()
 
     def _log(
         self, request: Request, rid: str, exchange: Exchange | None, status: int,
@@ -305,57 +432,3 @@ class RelayResource(Resource):
             provider=route.provider if route else None,
             stream=streamed,
         )
-
-
-def models_page(catalog: ModelCatalog, query: dict[str, str]) -> dict[str, Any]:
-    """``GET /v1/models`` with ``limit``/``after_id``/``before_id`` paging."""
-    raw_limit = query.get("limit", "20")
-    try:
-        limit = int(raw_limit)
-    except ValueError:
-        raise invalid_request(f"limit: expected an integer, got {raw_limit!r}") from None
-    if not 1 <= limit <= 1000:
-        raise invalid_request("limit: must be between 1 and 1000")
-    models = catalog.listed()
-    ids = [m["id"] for m in models]
-    after, before = query.get("after_id"), query.get("before_id")
-    if after is not None and before is not None:
-        raise invalid_request("give at most one of after_id and before_id")
-    if after is not None:
-        if after not in ids:
-            raise invalid_request(f"after_id: unknown model id {after!r}")
-        start = ids.index(after) + 1
-        page = models[start:start + limit]
-        has_more = start + limit < len(models)
-    elif before is not None:
-        if before not in ids:
-            raise invalid_request(f"before_id: unknown model id {before!r}")
-        end = ids.index(before)
-        page = models[max(0, end - limit):end]
-        has_more = end - limit > 0
-    else:
-        page = models[:limit]
-        has_more = limit < len(models)
-    return {
-        "data": page,
-        "has_more": has_more,
-        "first_id": page[0]["id"] if page else None,
-        "last_id": page[-1]["id"] if page else None,
-    }
-
-
-def catalog_terminal(catalog: ModelCatalog) -> Proceed:
-    """The end of the chain: answers the models endpoints; anything else is a stage bug."""
-
-    async def terminal(exchange: Exchange) -> Reply:
-        if exchange.operation == "models.list":
-            return Reply.json(models_page(catalog, dict(exchange.query)))
-        if exchange.operation == "models.get":
-            assert exchange.model_id is not None
-            found = catalog.get(exchange.model_id)
-            if found is None:
-                raise not_found(f"model: {exchange.model_id!r} is not served by this relay")
-            return Reply.json(found)
-        raise api_error("the pipeline ended without an answer: is 'translate' configured?")
-
-    return terminal

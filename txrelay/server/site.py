@@ -94,12 +94,28 @@ class RelaySite(Site):
                 d.callback(None)
 
     def start_draining(self) -> None:
-        """Close idle keep-alive connections now, busy ones after their response."""
+        """
+        Close idle keep-alive connections now; mark busy ones to close after their
+        response (with ``Connection: close`` when it has not started yet).
+        """
         self.draining = True
         for channel in list(self.channels):
             channel.persistent = False
+            for request in channel.requests:
+                if not request.startedWriting:
+                    request.responseHeaders.setRawHeaders(b"connection", [b"close"])
             if not channel.requests and channel.transport is not None:
                 channel.transport.loseConnection()
+
+    def abort_all(self) -> None:
+        """Drop every connection now, without waiting for buffered writes."""
+        for channel in list(self.channels):
+            transport = channel.transport
+            if transport is None:
+                continue
+            # TCP, unix and TLS transports can abort (ITCPTransport); others can only close.
+            abort = getattr(transport, "abortConnection", transport.loseConnection)
+            abort()
 
     def all_closed(self) -> Deferred[None]:
         """Fires once every connection is closed (responses flushed)."""

@@ -1,25 +1,28 @@
-# -*- test-case-name: tests.test_server -*-
+# -*- test-case-name: tests.server.test_sse_writer -*-
 """
 The SSE writer: delivers a reply's event stream to a streaming client with flow control.
 
 It registers itself as the client request's streaming producer, so when the client's socket
 buffer fills, Twisted pauses it and it pauses the event stream, which pauses the upstream
 read. When nothing was written for ``ping_interval`` seconds it sends a ``ping`` (R-S17).
+
+Whatever way the stream ends (normally, with an error, the client leaving, the relay
+failing or giving up), :meth:`SSEWriter.release` leaves nothing behind: the source is
+stopped unless it ended by itself, the producer is unregistered and the ping timer cancelled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.web.server import Request
 from zope.interface import implementer
 
 from txrelay.logs import RelayLogger
-from txrelay.protocol.errors import RelayError
+from txrelay.protocol.errors import RelayError, api_error
 from txrelay.protocol.events import Event, ping
 from txrelay.protocol.sse import encode_event, encode_events
 from txrelay.streams import EventStream
@@ -29,6 +32,16 @@ log = RelayLogger()
 _PING = encode_event(ping())
 
 
+def end_stream_with(request: Request, error: RelayError) -> None:
+    """
+    End a committed event-stream response with ``error`` as an ``event: error`` (R-E4),
+    then finish it (the chunked terminator) and close the connection after the flush.
+    """
+    request.write(encode_event(error.event()))
+    request.channel.persistent = False
+    request.finish()
+
+
 @implementer(IPushProducer)
 @attrs.define(eq=False)
 class SSEWriter:
@@ -36,58 +49,83 @@ class SSEWriter:
     Writes one event stream to one client request.
 
     :ivar done: fires with ``None`` once the stream ended and the response finished, or the
-        client went away.
+        client went away, or the writer failed.
     """
 
     request: Request
     stream: EventStream
     reactor: Any
     ping_interval: float
-    on_event: Callable[[list[Event]], None] | None = None
     done: Deferred[None] = attrs.Factory(Deferred)
     error: RelayError | None = None
     #: The cumulative usage of the final ``message_delta``, once sent.
     usage: dict[str, Any] | None = None
     client_gone: bool = False
+    #: The response is over (ended, failed, or the client left): write nothing more.
     _finished: bool = False
-    _ping_call: Any = None
+    #: The source has not ended by itself: stopping it is ours to do (a reply's stream may
+    #: hold a live upstream response before it is started).
+    _source_live: bool = True
+    _registered: bool = False
+    _ping_call: IDelayedCall | None = None
     _last_write: float = 0.0
 
     def start(self) -> None:
         """Register as the request's producer and start the stream."""
         self.request.notifyFinish().addErrback(self._client_lost)
         self.request.registerProducer(self, True)
+        self._registered = True
         self._arm_ping()
         self.stream.start(self)
+
+    def _fail(self, error: RelayError) -> None:
+        """
+        Stop the stream now and end the response with ``error``: as an event when bytes
+        were already sent, else left to the caller (nothing was committed yet).
+        """
+        self.release()
+        if self._finished:
+            return
+        if not self.request.startedWriting:
+            # Nothing committed: the resource answers with a JSON error instead.
+            self._finished = True
+            self.error = error
+            self._fire()
+            return
+        self._finish(error)
+
+    def release(self) -> None:
+        """Give back what the writer holds: the source, the producer and the ping timer."""
+        self._cancel_ping()
+        if self._source_live:
+            self._source_live = False
+            try:
+                self.stream.stop()
+            except Exception:
+                log.failure("stopping the event stream failed")
+        self._unregister()
 
     # EventSink
 
     def write_events(self, events: list[Event]) -> None:
         if self._finished:
             return
-        if self.on_event is not None:
-            self.on_event(events)
-        for e in events[-2:]:  # message_delta comes last but for message_stop
-            if e["type"] == "message_delta":
-                self.usage = e.get("usage")
-        self.request.write(encode_events(events))
+        try:
+            for e in events[-2:]:  # message_delta comes last but for message_stop
+                if e["type"] == "message_delta":
+                    self.usage = e.get("usage")
+            self.request.write(encode_events(events))
+        except Exception:
+            log.failure("writing the event stream failed")
+            self._fail(api_error("the relay failed while writing the stream"))
+            return
         self._last_write = self.reactor.seconds()
 
     def end(self, error: RelayError | None) -> None:
+        self._source_live = False
         if self._finished:
             return
-        self._finished = True
-        self.error = error
-        self._cancel_ping()
-        if self.client_gone:
-            return
-        if error is not None:
-            # R-E4: after the commit an error is an event, then the connection closes.
-            self.request.write(encode_event(error.event()))
-            self.request.channel.persistent = False
-        self.request.unregisterProducer()
-        self.request.finish()
-        self._fire()
+        self._finish(error)
 
     # IPushProducer (the client's socket)
 
@@ -102,14 +140,37 @@ class SSEWriter:
 
     # internals
 
+    def _finish(self, error: RelayError | None) -> None:
+        self._finished = True
+        self.error = error
+        self._cancel_ping()
+        try:
+            if not self.client_gone:
+                self._unregister()
+                if error is not None:
+                    end_stream_with(self.request, error)
+                else:
+                    self.request.finish()
+        except Exception:
+            log.failure("ending the event stream failed")
+            self.release()
+        finally:
+            self._fire()
+
+    def _unregister(self) -> None:
+        # After a disconnect the request has no channel and unregisterProducer would raise.
+        if self._registered:
+            self._registered = False
+            # (the flag from notifyFinish may not be set yet when the relay reacts first)
+            if not self.client_gone and self.request.channel is not None:
+                self.request.unregisterProducer()
+
     def _client_lost(self, _reason: object) -> None:
         if self.client_gone:
             return
         self.client_gone = True
-        self._cancel_ping()
-        if not self._finished:
-            self._finished = True
-            self.stream.stop()
+        self._finished = True
+        self.release()
         self._fire()
 
     def _fire(self) -> None:
@@ -128,7 +189,7 @@ class SSEWriter:
 
     def _send_ping(self) -> None:
         self._ping_call = None
-        if self._finished or self.client_gone:
+        if self._finished:
             return
         now = self.reactor.seconds()
         due = self._last_write + self.ping_interval
