@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from http.cookiejar import CookieJar
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import treq
@@ -104,7 +104,7 @@ class UpstreamClient:
         pool.retryAutomatically = False
         self.pool = pool
         agent = Agent(self.reactor, connectTimeout=self.provider.timeouts.connect, pool=pool)
-        self.http = HTTPClient(agent, cookiejar=_NoCookies())
+        self.http = HTTPClient(agent, cookiejar=cast("Any", _NoCookies()))
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Deferred[Any]:
         """POST ``body``; the Deferred fires with the (unbuffered) response headers."""
