@@ -21,12 +21,13 @@ from twisted.plugin import getPlugins
 import txrelay.plugins
 from txrelay.catalog import ModelCatalog
 from txrelay.config import ConfigError, ProviderConfig, RelayConfig, key_digests
-from txrelay.interfaces import IStageFactory, StageServices
+from txrelay.interfaces import IHeaderCheck, IStageFactory, StageServices
 from txrelay.logs import RelayLogger
 from txrelay.metrics import Metrics
 from txrelay.pipeline import Proceed, Stage, compose
 from txrelay.protocol.events import Event
 from txrelay.protocol.structure import error_lines, make_converter
+from txrelay.server.frontdoor import FrontDoorPolicy
 from txrelay.server.resource import Lifecycle, RelayResource, catalog_terminal
 from txrelay.server.site import RelaySite
 
@@ -81,6 +82,8 @@ class App:
     pipeline: Proceed
     catalog: ModelCatalog
     backends: Mapping[str, Any]
+    #: The pipeline's stages that also check request headers before the body is read.
+    header_checks: tuple[Any, ...] = ()
 
 
 def build_app(cfg: RelayConfig, reactor: Any, source: str = "config") -> App:
@@ -117,7 +120,8 @@ def build_app(cfg: RelayConfig, reactor: Any, source: str = "config") -> App:
             problems.append(f"{where}.options: {e}")
     if problems:
         raise ConfigError(source, problems)
-    return App(cfg, compose(stages, catalog_terminal(catalog)), catalog, backends)
+    checks = tuple(s for s in stages if IHeaderCheck.providedBy(s))
+    return App(cfg, compose(stages, catalog_terminal(catalog)), catalog, backends, checks)
 
 
 async def _nothing() -> None:
@@ -153,8 +157,14 @@ class RelayService(MultiService):
             app.pipeline, app.catalog, reactor, server.ping_interval, server.access_log,
             self.lifecycle, on_event, Metrics() if server.metrics else None,
         )
+        front_door = FrontDoorPolicy(
+            max_request_bytes=server.max_request_bytes,
+            max_buffered_bytes=server.max_buffered_bytes,
+            header_timeout=server.header_timeout, min_body_rate=server.min_body_rate,
+            body_grace=server.body_grace, header_checks=app.header_checks)
         self.site = RelaySite(self.resource, max_request_bytes=server.max_request_bytes,
-                              timeout=server.idle_timeout, reactor=reactor)
+                              timeout=server.idle_timeout, reactor=reactor,
+                              front_door=front_door)
         self.listeners = []
         for description in server.listen:
             svc = strports.service(description, self.site, reactor=reactor)
