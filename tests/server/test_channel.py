@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import Resource
 
+from tests.relayproc import DEMO_KEY
 from txrelay.config import hash_key
 from txrelay.protocol.errors import RelayError
 from txrelay.server.channel import FrontDoorChannel
@@ -95,7 +96,9 @@ def failures() -> Iterator[list[dict[str, Any]]]:
     globalLogPublisher.removeObserver(observe)
 
 
-POST = b"POST /v1/messages HTTP/1.1\r\nHost: relay\r\n"
+HEAD = b"POST /v1/messages HTTP/1.1\r\nHost: relay\r\n"
+# With the integration relay's key, so that body framing is what the relay objects to.
+POST = HEAD + b"x-api-key: " + DEMO_KEY.encode() + b"\r\n"
 
 MALFORMED: list[tuple[str, bytes, int]] = [
     ("garbage request line", b"GARBAGE\r\n\r\n", 400),
@@ -245,7 +248,7 @@ def auth_site() -> tuple[RelaySite, Echo, MemoryReactorClock]:
 def test_expect_continue_with_an_oversized_length_gets_413_not_100() -> None:
     site, _, _ = make_site()
     channel, transport = connect(site)
-    channel.dataReceived(POST + b"Expect: 100-continue\r\nContent-Length: 99999\r\n\r\n")
+    channel.dataReceived(HEAD + b"Expect: 100-continue\r\nContent-Length: 99999\r\n\r\n")
     assert b"100 Continue" not in transport.value()
     assert_error(transport.value(), 413, "request_too_large")
 
@@ -253,7 +256,7 @@ def test_expect_continue_with_an_oversized_length_gets_413_not_100() -> None:
 def test_missing_key_is_401_before_the_body() -> None:
     site, resource, _ = auth_site()
     channel, transport = connect(site)
-    channel.dataReceived(POST + b"Expect: 100-continue\r\nContent-Length: 3000\r\n\r\n")
+    channel.dataReceived(HEAD + b"Expect: 100-continue\r\nContent-Length: 3000\r\n\r\n")
     assert b"100 Continue" not in transport.value()
     body = assert_error(transport.value(), 401, "authentication_error")
     assert "x-api-key" in body["error"]["message"]
@@ -265,7 +268,7 @@ def test_missing_key_is_401_before_the_body() -> None:
 def test_bad_key_is_401_before_the_body(header: bytes) -> None:
     site, resource, _ = auth_site()
     channel, transport = connect(site)
-    channel.dataReceived(POST + header + b"\r\nContent-Length: 3000\r\n\r\n")
+    channel.dataReceived(HEAD + header + b"\r\nContent-Length: 3000\r\n\r\n")
     assert_error(transport.value(), 401, "authentication_error")
     assert resource.rendered == 0
 
@@ -273,7 +276,7 @@ def test_bad_key_is_401_before_the_body(header: bytes) -> None:
 def test_valid_key_gets_100_continue_and_is_served() -> None:
     site, resource, _ = auth_site()
     channel, transport = connect(site)
-    channel.dataReceived(POST + b"x-api-key: " + KEY.encode()
+    channel.dataReceived(HEAD + b"x-api-key: " + KEY.encode()
                          + b"\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
     assert transport.value() == b"HTTP/1.1 100 Continue\r\n\r\n"
     channel.dataReceived(b"hi")
