@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import Resource
@@ -80,20 +79,6 @@ def assert_error(raw: bytes, status: int, error_type: str) -> dict[str, Any]:
     assert payload["request_id"] == headers["request-id"]
     assert headers["connection"] == "close"
     return payload
-
-
-@pytest.fixture()
-def failures() -> Iterator[list[dict[str, Any]]]:
-    """Every logged failure (traceback) while the test runs."""
-    found: list[dict[str, Any]] = []
-
-    def observe(event: Mapping[str, Any]) -> None:
-        if "log_failure" in event:
-            found.append(dict(event))
-
-    globalLogPublisher.addObserver(observe)
-    yield found
-    globalLogPublisher.removeObserver(observe)
 
 
 HEAD = b"POST /v1/messages HTTP/1.1\r\nHost: relay\r\n"
