@@ -63,6 +63,7 @@ if TYPE_CHECKING:
 log = RelayLogger()
 
 _DEFAULT_POLICY = FrontDoorPolicy()
+_CONTROL = bytes(range(0x20)) + b"\x7f"
 
 
 class _ReportingChunkedDecoder(_ChunkedTransferDecoder):
@@ -158,7 +159,7 @@ class FrontDoorChannel(HTTPChannel):
             return
         if not self._seen_request_line and line != b"":
             self._seen_request_line = True
-            if any(b < 0x20 or b > 0x7E for b in line):
+            if not line.isascii() or len(line.translate(None, _CONTROL)) != len(line):
                 self.reject(malformed("the request line must be printable ASCII"))
                 return
             parts = line.split(b" ")
@@ -245,15 +246,15 @@ class FrontDoorChannel(HTTPChannel):
         limit = self.policy.max_request_bytes
         if length is not None and length > limit:
             return too_large(limit)
-        request = self.requests[-1]
-        try:
-            error = self.policy.check_headers(self._method, self._target.split(b"?", 1)[0],
-                                              _headers(request.requestHeaders))
-        except Exception:
-            log.failure("a header check failed")
-            return api_error("internal relay error while checking the request headers")
-        if error is not None:
-            return error
+        policy = self.policy
+        if policy.checks_headers_of(self._method, self._target.split(b"?", 1)[0]):
+            try:
+                error = policy.check_headers(_headers(self.requests[-1].requestHeaders))
+            except Exception:
+                log.failure("a header check failed")
+                return api_error("internal relay error while checking the request headers")
+            if error is not None:
+                return error
         decoder = self._transferDecoder
         self._chunked = length is None
         if isinstance(decoder, _ChunkedTransferDecoder):

@@ -70,11 +70,12 @@ class FrontDoorPolicy:
     #: Checks run on the headers of every request the pipeline serves, before its body.
     header_checks: tuple[HeaderCheck, ...] = ()
 
-    def check_headers(self, method: bytes, path: bytes,
-                      headers: Mapping[str, str]) -> RelayError | None:
-        """The first error a header check reports for ``method path``, if any."""
-        if not self.header_checks or not reaches_pipeline(method, path):
-            return None
+    def checks_headers_of(self, method: bytes, path: bytes) -> bool:
+        """Whether :meth:`check_headers` applies to ``method path`` (no query string)."""
+        return bool(self.header_checks) and reaches_pipeline(method, path)
+
+    def check_headers(self, headers: Mapping[str, str]) -> RelayError | None:
+        """The first error a header check reports, if any."""
         for check in self.header_checks:
             error = check.check_headers(headers)
             if error is not None:
