@@ -126,6 +126,15 @@ MALFORMED: list[tuple[str, bytes, int]] = [
     ("bad chunk extension", POST + b"Transfer-Encoding: chunked\r\n\r\n5;\x00\r\nhello", 400),
     ("chunk-size line too long", POST + b"Transfer-Encoding: chunked\r\n\r\n"
                                  + b"0" * 2000, 400),
+    ("CR in request line", b"GET / HTTP/1.1\r\r\n\r\n", 400),
+    ("trailing space in request line", b"GET / HTTP/1.1 \r\n\r\n", 400),
+    ("continuation before any header", b"GET / HTTP/1.1\r\n folded\r\n\r\n", 400),
+    ("empty Content-Length", POST + b"Content-Length: \r\n\r\n", 400),
+    ("spaced Content-Length", POST + b"Content-Length: 1 0\r\n\r\n", 400),
+    ("non-ASCII digits in Content-Length", POST + b"Content-Length: \xd9\xa5\r\n\r\n", 400),
+    ("TE chunked, identity", POST + b"Transfer-Encoding: chunked, identity\r\n\r\n", 400),
+    ("oversized chunk trailer", POST + b"Transfer-Encoding: chunked\r\n\r\n0\r\nX: "
+                                + b"a" * 70_000 + b"\r\n\r\n", 400),
     ("long request line", b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n", 414),
     ("long unterminated request line", b"GET /" + b"a" * 100_000, 414),
     ("long header line", b"GET / HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n", 431),
