@@ -174,3 +174,14 @@ def test_a_trickling_body_is_dropped(strict_relay: Relay) -> None:
         assert_answer(read_all(s), 408, "timeout_error")
         assert time.monotonic() - started < 6
 
+
+
+def test_the_sdk_sees_the_early_401_while_uploading_a_big_body(relay: Relay) -> None:
+    import anthropic
+
+    rss_before = relay.rss_kib()
+    with (anthropic.Anthropic(base_url=relay.url, api_key="wrong", max_retries=0) as bad,
+          pytest.raises(anthropic.AuthenticationError)):
+        bad.messages.create(model="sonnet", max_tokens=5,
+                            messages=[{"role": "user", "content": "x" * 20_000_000}])
+    assert relay.rss_kib() - rss_before < 10_000  # the body was not buffered
