@@ -485,3 +485,18 @@ def test_twisted_private_contract() -> None:
     with pytest.raises(http._MalformedChunkedDataError):
         http._ChunkedTransferDecoder(lambda _: None, lambda _: None).dataReceived(b"zz\r\n")
     assert callable(getattr(http._ChunkedTransferDecoder, "_dataReceived_CHUNK_LENGTH", None))
+
+    # 3. allHeadersReceived sends 100 Continue; nothing before it does.
+    seen: list[bytes] = []
+
+    class Watch(http.HTTPChannel):
+        def allHeadersReceived(self) -> None:
+            seen.append(self.transport.value())
+            super().allHeadersReceived()
+            seen.append(self.transport.value())
+
+    watch = Watch()
+    transport = StringTransport()
+    watch.makeConnection(transport)
+    watch.dataReceived(POST + b"Expect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+    assert seen == [b"", b"HTTP/1.1 100 Continue\r\n\r\n"]

@@ -31,7 +31,10 @@ which fails loudly when an upgrade changes them):
    header is parsed, and is a ``_ChunkedTransferDecoder`` whose ``_dataReceived_CHUNK_LENGTH``
    step sets ``self.length`` and ``self.state == "BODY"`` after reading a chunk-size line, and
    which raises ``_MalformedChunkedDataError`` for framing errors; we replace it by a subclass
-   that reports each chunk size.
+   that reports each chunk size;
+3. ``allHeadersReceived`` is where ``HTTPChannel`` sends ``100 Continue`` and creates the body
+   buffer (``gotLength``), and it is called before any body byte reaches the decoder: answering
+   without calling it is what makes our answers early.
 """
 
 from __future__ import annotations
