@@ -25,6 +25,7 @@ from txrelay.interfaces import IHeaderCheck, IStageFactory, StageServices
 from txrelay.logs import RelayLogger
 from txrelay.metrics import Metrics
 from txrelay.pipeline import Proceed, Stage, compose
+from txrelay.protocol.errors import RelayError
 from txrelay.protocol.events import Event
 from txrelay.protocol.structure import error_lines, make_converter
 from txrelay.server.frontdoor import FrontDoorPolicy
@@ -143,6 +144,16 @@ def _sd_notify(message: bytes) -> None:
             log.warn("cannot notify systemd: {error}", error=e)
 
 
+def _metrics_observer(metrics: Metrics) -> Callable[[str, RelayError], None]:
+    """Counts the front door's own answers like the resource's."""
+
+    def observe(operation: str, error: RelayError) -> None:
+        metrics.observe(operation=operation, status=error.status, route=None, client=None,
+                        seconds=0.0, stream=False, usage=None, error_type=error.type)
+
+    return observe
+
+
 class RelayService(MultiService):
     """The relay's listeners, with a drain on stop and systemd notifications."""
 
@@ -153,15 +164,17 @@ class RelayService(MultiService):
         self.reactor = reactor
         self.lifecycle = Lifecycle()
         server = app.config.server
+        metrics = Metrics() if server.metrics else None
         self.resource = RelayResource(
             app.pipeline, app.catalog, reactor, server.ping_interval, server.access_log,
-            self.lifecycle, on_event, Metrics() if server.metrics else None,
+            self.lifecycle, on_event, metrics,
         )
         front_door = FrontDoorPolicy(
             max_request_bytes=server.max_request_bytes,
             max_buffered_bytes=server.max_buffered_bytes,
             header_timeout=server.header_timeout, min_body_rate=server.min_body_rate,
-            body_grace=server.body_grace, header_checks=app.header_checks)
+            body_grace=server.body_grace, header_checks=app.header_checks,
+            on_reject=_metrics_observer(metrics) if metrics is not None else None)
         self.site = RelaySite(self.resource, max_request_bytes=server.max_request_bytes,
                               timeout=server.idle_timeout, reactor=reactor,
                               front_door=front_door)

@@ -7,9 +7,13 @@ from typing import Any
 
 import pytest
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.web.resource import Resource
 
 from tests.relayproc import SECOND_KEY, config_text
 from txrelay.config import ConfigError, parse_config
+from txrelay.protocol.errors import RelayError
+from txrelay.server.frontdoor import FrontDoorPolicy
+from txrelay.server.site import RelaySite
 from txrelay.service import RelayService, build_app
 from txrelay.stages.auth import AuthStage
 
@@ -65,3 +69,35 @@ def test_bad_values_are_reported(server: dict[str, Any], problem: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(tomllib.loads(config_text(server=server)), env={})
     assert any(p.startswith(problem) for p in info.value.problems), info.value.problems
+
+
+def test_front_door_answers_are_counted_in_metrics() -> None:
+    svc = service()
+    for data in (b"POST /v1/messages HTTP/1.1\r\nContent-Length: 10\r\n\r\n", b"GARBAGE\r\n\r\n"):
+        channel = svc.site.buildProtocol(None)
+        channel.makeConnection(StringTransport())
+        channel.dataReceived(data)
+    assert svc.resource.metrics is not None
+    text = svc.resource.metrics.render().decode()
+    assert ('txrelay_requests_total{client="-",model="-",operation="messages",provider="-",'
+            'status="401"} 1.0') in text
+    assert ('txrelay_requests_total{client="-",model="-",operation="http",provider="-",'
+            'status="400"} 1.0') in text
+    assert 'txrelay_errors_total{provider="-",type="authentication_error"} 1.0' in text
+
+
+def test_a_failing_reject_observer_is_logged_not_raised(
+    failures: list[dict[str, Any]],
+) -> None:
+    def broken(operation: str, error: RelayError) -> None:
+        raise RuntimeError("metrics down")
+
+    site = RelaySite(Resource(), max_request_bytes=4096, timeout=75,
+                     reactor=MemoryReactorClock(),
+                     front_door=FrontDoorPolicy(on_reject=broken))
+    channel = site.buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GARBAGE\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 400 ")
+    assert len(failures) == 1

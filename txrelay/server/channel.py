@@ -55,6 +55,7 @@ from txrelay.server.frontdoor import (
     FrontDoorPolicy,
     error_response,
     malformed,
+    operation_of,
     overloaded,
     too_large,
     too_slow,
@@ -360,9 +361,18 @@ class FrontDoorChannel(HTTPChannel):
         self.persistent = False
         self.setTimeout(None)  # type: ignore[no-untyped-call]
         rid = request_id()
-        log.info("rejected request: {status} {error_type} ({message}) request_id={request_id}",
-                 status=error.status, error_type=error.type, message=error.message,
-                 request_id=rid)
+        path = self._target.split(b"?", 1)[0]
+        log.info("{method} {path} {status} rejected at the front door: {message} "
+                 "request_id={request_id}",
+                 method=self._method.decode("ascii", "replace") or "-",
+                 path=path[:200].decode("ascii", "replace") or "-",
+                 status=error.status, message=error.message, request_id=rid)
+        on_reject = self.policy.on_reject
+        if on_reject is not None:
+            try:
+                on_reject(operation_of(self._method, path), error)
+            except Exception:
+                log.failure("recording a front-door answer failed")
         transport = self.transport
         if transport is None or getattr(transport, "disconnecting", False):
             return

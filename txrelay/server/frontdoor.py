@@ -7,7 +7,7 @@ answered by the connection itself (:func:`error_response`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import attrs
@@ -69,6 +69,9 @@ class FrontDoorPolicy:
     max_head_bytes: int = 16384
     #: Checks run on the headers of every request the pipeline serves, before its body.
     header_checks: tuple[HeaderCheck, ...] = ()
+    #: Told of every answer the front door gives itself: the operation (``messages``…, or
+    #: ``http`` outside the pipeline's routes) and the error. For metrics.
+    on_reject: Callable[[str, RelayError], None] | None = None
 
     def checks_headers_of(self, method: bytes, path: bytes) -> bool:
         """Whether :meth:`check_headers` applies to ``method path`` (no query string)."""
@@ -83,19 +86,29 @@ class FrontDoorPolicy:
         return None
 
 
-def reaches_pipeline(method: bytes, path: bytes) -> bool:
+def operation_of(method: bytes, path: bytes) -> str:
     """
-    Whether the resource serves ``method path`` (no query) through the pipeline.
+    The pipeline operation the resource serves ``method path`` (no query) with, or ``http``.
 
     Mirrors the resource's routing: other requests (health, metrics, 404, 405) are answered
     without the pipeline, so they are not header-checked either.
     """
     path = path.rstrip(b"/")
-    if path in (b"/v1/messages", b"/v1/messages/count_tokens"):
-        return method == b"POST"
-    if path == b"/v1/models" or path.startswith(b"/v1/models/"):
-        return method in (b"GET", b"HEAD")
-    return False
+    if path == b"/v1/messages" and method == b"POST":
+        return "messages"
+    if path == b"/v1/messages/count_tokens" and method == b"POST":
+        return "count_tokens"
+    if method in (b"GET", b"HEAD"):
+        if path == b"/v1/models":
+            return "models.list"
+        if path.startswith(b"/v1/models/"):
+            return "models.get"
+    return "http"
+
+
+def reaches_pipeline(method: bytes, path: bytes) -> bool:
+    """Whether the resource serves ``method path`` through the pipeline."""
+    return operation_of(method, path) != "http"
 
 
 def too_large(limit: int) -> RelayError:
