@@ -25,6 +25,7 @@ from cattrs.errors import ClassValidationError
 from txrelay.protocol.structure import error_lines, make_converter
 
 DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_BUFFERED_BYTES = 256 * 1024 * 1024
 
 _converter = make_converter(forbid_extra_keys=True)
 
@@ -149,6 +150,13 @@ class ServerConfig:
     idle_timeout: float = 75.0
     #: Serve Prometheus metrics at ``GET /metrics`` (no key needed: restrict by network).
     metrics: bool = True
+    #: Request bodies buffered at once across all connections; past it uploads get 529.
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES
+    #: Seconds a client has to send a request's head (request line and headers).
+    header_timeout: float = 10.0
+    #: Bytes/s a request body must average after ``body_grace`` seconds (0: no minimum).
+    min_body_rate: int = 4096
+    body_grace: float = 10.0
 
 
 @attrs.frozen
@@ -278,6 +286,14 @@ def _check(cfg: RelayConfig, env: Mapping[str, str], problems: list[str]) -> Rel
         problems.append("server.ping_interval: must be between 0.5 and 60 seconds")
     if s.drain_timeout < 0:
         problems.append("server.drain_timeout: must not be negative")
+    if s.max_buffered_bytes < s.max_request_bytes:
+        problems.append("server.max_buffered_bytes: must be at least server.max_request_bytes")
+    if not 0 < s.header_timeout <= 3600:
+        problems.append("server.header_timeout: must be between 0 and 3600 seconds")
+    if s.min_body_rate < 0:
+        problems.append("server.min_body_rate: must not be negative (0 turns it off)")
+    if s.body_grace < 0:
+        problems.append("server.body_grace: must not be negative")
 
     providers: list[ProviderConfig] = []
     names: set[str] = set()

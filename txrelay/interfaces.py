@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from txrelay.catalog import ModelCatalog
     from txrelay.config import RelayConfig
     from txrelay.pipeline import Exchange, Proceed, Reply
+    from txrelay.protocol.errors import RelayError
 
 
 class IStage(Interface):
@@ -30,6 +31,23 @@ class IStage(Interface):
         Call ``await proceed(exchange)`` to run the rest of the chain; return
         ``reply.with_filter(filter)`` to transform events (more in :mod:`txrelay.toolkit`);
         raise :class:`~txrelay.protocol.errors.RelayError` to answer with an error.
+        """
+
+
+class IHeaderCheck(Interface):
+    """
+    Optionally provided by a stage: a check of the request headers alone.
+
+    The site runs the checks of the configured pipeline's stages when a ``/v1/`` request's
+    headers are complete, before reading its body (and before ``100 Continue``), and answers
+    the first error at once. The stage itself still runs on the whole exchange later.
+    """
+
+    def check_headers(headers: Mapping[str, str]) -> RelayError | None:
+        """
+        The error to answer for these headers (lower-case names), or None to go on.
+
+        Called on the reactor thread for every request: it must be quick and not block.
         """
 
 

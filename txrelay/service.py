@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -22,11 +22,13 @@ from twisted.python.failure import Failure
 import txrelay.plugins
 from txrelay.catalog import ModelCatalog
 from txrelay.config import ConfigError, ProviderConfig, RelayConfig, key_digests
-from txrelay.interfaces import IStageFactory, StageServices
+from txrelay.interfaces import IHeaderCheck, IStageFactory, StageServices
 from txrelay.logs import RelayLogger
 from txrelay.metrics import Metrics
 from txrelay.pipeline import Proceed, Stage, compose
+from txrelay.protocol.errors import RelayError
 from txrelay.protocol.structure import error_lines, make_converter
+from txrelay.server.frontdoor import FrontDoorPolicy
 from txrelay.server.models import catalog_terminal
 from txrelay.server.resource import CEILING_ERROR, Lifecycle, RelayResource
 from txrelay.server.site import RelaySite
@@ -82,6 +84,8 @@ class App:
     pipeline: Proceed
     catalog: ModelCatalog
     backends: Mapping[str, Any]
+    #: The pipeline's stages that also check request headers before the body is read.
+    header_checks: tuple[Any, ...] = ()
 
 
 def build_app(cfg: RelayConfig, reactor: Any, source: str = "config") -> App:
@@ -120,7 +124,9 @@ def build_app(cfg: RelayConfig, reactor: Any, source: str = "config") -> App:
             problems.append(f"{where}.options: {e}")
     if problems:
         raise ConfigError(source, problems)
-    return App(cfg, compose(stages, catalog_terminal(catalog), names), catalog, backends)
+    checks = tuple(s for s in stages if IHeaderCheck.providedBy(s))
+    return App(cfg, compose(stages, catalog_terminal(catalog), names), catalog, backends,
+               checks)
 
 
 def _sd_notify(message: bytes) -> None:
@@ -150,6 +156,16 @@ def _address(port: Any) -> str:
     return str(getattr(host, "name", host))
 
 
+def _metrics_observer(metrics: Metrics) -> Callable[[str, RelayError], None]:
+    """Counts the front door's own answers like the resource's."""
+
+    def observe(operation: str, error: RelayError) -> None:
+        metrics.observe(operation=operation, status=error.status, route=None, client=None,
+                        seconds=0.0, stream=False, usage=None, error_type=error.type)
+
+    return observe
+
+
 class RelayService(Service):
     """The relay's listeners, with a drain on stop and systemd notifications."""
 
@@ -158,12 +174,20 @@ class RelayService(Service):
         self.reactor = reactor
         self.lifecycle = Lifecycle()
         server = app.config.server
+        metrics = Metrics() if server.metrics else None
         self.resource = RelayResource(
             app.pipeline, app.catalog, reactor, server.ping_interval, server.access_log,
-            self.lifecycle, Metrics() if server.metrics else None,
+            self.lifecycle, metrics,
         )
+        front_door = FrontDoorPolicy(
+            max_request_bytes=server.max_request_bytes,
+            max_buffered_bytes=server.max_buffered_bytes,
+            header_timeout=server.header_timeout, min_body_rate=server.min_body_rate,
+            body_grace=server.body_grace, header_checks=app.header_checks,
+            on_reject=_metrics_observer(metrics) if metrics is not None else None)
         self.site = RelaySite(self.resource, max_request_bytes=server.max_request_bytes,
-                              timeout=server.idle_timeout, reactor=reactor)
+                              timeout=server.idle_timeout, reactor=reactor,
+                              front_door=front_door)
         #: The listening ports, once :meth:`privilegedStartService` bound them.
         self.ports: list[Any] = []
         self._listening = False

@@ -21,3 +21,17 @@ def logged() -> Iterator[list[dict[str, Any]]]:
 def failures(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The logged events that carry a traceback or are critical."""
     return [e for e in events if "log_failure" in e or e.get("log_level") is LogLevel.critical]
+
+
+@pytest.fixture()
+def logged_failures() -> Iterator[list[dict[str, Any]]]:
+    """Every logged failure (traceback) while the test runs."""
+    found: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if "log_failure" in event:
+            found.append(dict(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield found
+    globalLogPublisher.removeObserver(observe)

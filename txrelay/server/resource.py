@@ -261,13 +261,6 @@ class RelayResource(Resource):
                 raise RelayError("invalid_request_error",
                                  f"method {request.method.decode()} is not allowed here; "
                                  f"use {op[4:]}", status=405)
-            if getattr(request, "too_large", False):
-                limit = getattr(getattr(request, "site", None), "max_request_bytes", 0)
-                request.channel.persistent = False
-                raise RelayError(
-                    "request_too_large",
-                    f"request body is larger than the relay's limit of {limit} bytes",
-                )
             exchange = self._exchange(request, rid, cast(Operation, op), model_id)
             reply = await self.pipeline(exchange)
             status = reply.status

@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.test_server -*-
-"""The twisted.web site: a request class that enforces the body limit, and the access log."""
+"""The twisted.web site: the relay's request and connection classes, and connection tracking."""
 
 from __future__ import annotations
 
@@ -9,21 +9,20 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
+
+from txrelay.server.channel import FrontDoorChannel
+from txrelay.server.frontdoor import BufferBudget, FrontDoorPolicy
 
 
 class RelayRequest(Request):
     """
-    A request whose body is kept in memory up to the site's limit.
+    A request whose body is kept in memory, within the limits its channel enforces.
 
     twisted.web has no body limit of its own and spills bodies over 100 kB to temporary
-    files; the relay keeps at most ``max_request_bytes`` in memory and discards the rest,
-    then answers 413.
+    files; the relay's :class:`~txrelay.server.channel.FrontDoorChannel` answers 413 as soon
+    as a body passes ``max_request_bytes`` and stops reading, so what is kept stays small.
     """
-
-    too_large: bool = False
-    _received: int = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # The relay never reads form submissions: skip twisted.web's per-POST content-type
@@ -31,40 +30,30 @@ class RelayRequest(Request):
         kwargs.setdefault("parsePOSTFormSubmission", False)
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
 
-    def _limit(self) -> int:
-        site = getattr(self.channel, "site", None)
-        return int(getattr(site, "max_request_bytes", 32 * 1024 * 1024))
-
     def gotLength(self, length: int | None) -> None:
         self.content = io.BytesIO()
-        self._received = 0
-        self.too_large = length is not None and length > self._limit()
 
     def handleContentChunk(self, data: bytes) -> None:
-        if self.too_large:
-            return
-        self._received += len(data)
-        if self._received > self._limit():
-            self.too_large = True
-            self.content = io.BytesIO()
+        accept = getattr(self.channel, "accept_body", None)
+        if accept is not None and not accept(len(data)):
             return
         assert self.content is not None
         self.content.write(data)
 
 
-class RelayChannel(HTTPChannel):
+class RelayChannel(FrontDoorChannel):
     """An HTTP/1.1 connection the site keeps track of, so a drain can close it gracefully."""
 
     site: RelaySite
 
     def connectionMade(self) -> None:
-        super().connectionMade()  # type: ignore[no-untyped-call]
+        super().connectionMade()
         self.site.channels.add(self)
         if self.site.draining:
             self.persistent = False
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        super().connectionLost(reason)
         self.site.channel_closed(self)
 
 
@@ -79,9 +68,13 @@ class RelaySite(Site):
     draining = False
 
     def __init__(self, resource: Any, *, max_request_bytes: int, timeout: float,
-                 reactor: Any) -> None:
+                 reactor: Any, front_door: FrontDoorPolicy | None = None) -> None:
         super().__init__(resource, timeout=timeout, reactor=reactor)  # type: ignore[no-untyped-call]
         self.max_request_bytes = max_request_bytes
+        #: The limits and deadlines every connection enforces before the resource runs.
+        self.front_door = front_door or FrontDoorPolicy(max_request_bytes=max_request_bytes)
+        #: Request bodies buffered at once, across all connections.
+        self.buffer_budget = BufferBudget(self.front_door.max_buffered_bytes)
         self.channels: set[RelayChannel] = set()
         self._all_closed: list[Deferred[None]] = []
 

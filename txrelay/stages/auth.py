@@ -8,7 +8,9 @@ import hmac
 from collections.abc import Mapping
 
 import attrs
+from zope.interface import implementer
 
+from txrelay.interfaces import IHeaderCheck
 from txrelay.pipeline import Exchange, Proceed, Reply
 from txrelay.protocol.errors import RelayError
 
@@ -33,14 +35,21 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
     return None
 
 
+@implementer(IHeaderCheck)
 @attrs.frozen
 class AuthStage:
-    """Rejects requests without a configured key; records the key's name on the exchange."""
+    """
+    Rejects requests without a configured key; records the key's name on the exchange.
+
+    As an :class:`~txrelay.interfaces.IHeaderCheck` it also rejects them when their headers
+    arrive, before the body is read.
+    """
 
     digests: Mapping[str, bytes]
 
-    async def __call__(self, exchange: Exchange, proceed: Proceed) -> Reply:
-        key = presented_key(exchange.headers)
+    def identify(self, headers: Mapping[str, str]) -> str:
+        """The name of the key presented in ``headers``; raise the 401 if there is none."""
+        key = presented_key(headers)
         if key is None:
             raise RelayError(
                 "authentication_error",
@@ -54,5 +63,16 @@ class AuthStage:
                 found = name
         if found is None:
             raise RelayError("authentication_error", "invalid x-api-key")
-        exchange.client = found
+        return found
+
+    def check_headers(self, headers: Mapping[str, str]) -> RelayError | None:
+        """The 401 for headers without a valid key, else None."""
+        try:
+            self.identify(headers)
+        except RelayError as e:
+            return e
+        return None
+
+    async def __call__(self, exchange: Exchange, proceed: Proceed) -> Reply:
+        exchange.client = self.identify(exchange.headers)
         return await proceed(exchange)
