@@ -26,6 +26,7 @@ from txrelay.protocol.errors import RelayError, api_error, invalid_request, not_
 from txrelay.protocol.events import Event
 from txrelay.protocol.ids import request_id
 from txrelay.protocol.jsoncodec import dumps
+from txrelay.redact import redact_error
 from txrelay.server.sse import SSEWriter
 from txrelay.streams import EventStream
 
@@ -285,6 +286,7 @@ class RelayResource(Resource):
     def _write_error(self, request: Request, error: RelayError, rid: str) -> None:
         if request.startedWriting:
             return
+        error = redact_error(error)  # no configured secret reaches a client (issue 8.5)
         self._write_json(request, error.status, error.body(rid), list(error.headers))
 
     def _log(

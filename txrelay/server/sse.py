@@ -22,6 +22,7 @@ from txrelay.logs import RelayLogger
 from txrelay.protocol.errors import RelayError
 from txrelay.protocol.events import Event, ping
 from txrelay.protocol.sse import encode_event, encode_events
+from txrelay.redact import redact_error
 from txrelay.streams import EventStream
 
 log = RelayLogger()
@@ -83,7 +84,7 @@ class SSEWriter:
             return
         if error is not None:
             # R-E4: after the commit an error is an event, then the connection closes.
-            self.request.write(encode_event(error.event()))
+            self.request.write(encode_event(redact_error(error).event()))
             self.request.channel.persistent = False
         self.request.unregisterProducer()
         self.request.finish()

@@ -11,6 +11,7 @@ import attrs
 
 from txrelay.pipeline import Exchange, Proceed, Reply
 from txrelay.protocol.errors import RelayError
+from txrelay.redact import register_secret
 
 
 @attrs.frozen
@@ -55,4 +56,5 @@ class AuthStage:
         if found is None:
             raise RelayError("authentication_error", "invalid x-api-key")
         exchange.client = found
+        register_secret(key)  # a key configured by its hash is known once used (issue 8.5)
         return await proceed(exchange)
