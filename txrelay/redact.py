@@ -254,13 +254,17 @@ class _Scrubbed:
         return self._redactor.scrub(getattr(self._wrapped, name))
 
 
+def _default() -> Redactor:
+    return default_redactor
+
+
 @implementer(ILogObserver)
 @attrs.frozen
 class RedactingObserver:
     """Passes each event, redacted (a copy), to ``observer``."""
 
     observer: ILogObserver
-    redactor: Redactor = attrs.field(factory=lambda: default_redactor)
+    redactor: Redactor = attrs.field(factory=_default)
 
     def __call__(self, event: LogEvent) -> None:
         copied = dict(event)

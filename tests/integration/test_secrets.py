@@ -64,8 +64,8 @@ def quoted_text(rec: Recorded) -> str:
     token = auth.partition(" ")[2]
     model = rec.body.get("model", "") if isinstance(rec.body, dict) else ""
     basic = base64.b64encode(f"user:{token}".encode()).decode()
-    return (f"Incorrect API key provided: {auth}. Key {token}; as a query key={quote(token, safe='')};"
-            f" Basic {basic}; model {model}")
+    return (f"Incorrect API key provided: {auth}. Key {token}; "
+            f"as a query key={quote(token, safe='')}; Basic {basic}; model {model}")
 
 
 def quoting(status: int, form: str = "json") -> Callable[[Handler, Recorded], None]:
