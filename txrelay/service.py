@@ -20,13 +20,20 @@ from twisted.plugin import getPlugins
 
 import txrelay.plugins
 from txrelay.catalog import ModelCatalog
-from txrelay.config import ConfigError, ProviderConfig, RelayConfig, key_digests
+from txrelay.config import (
+    ConfigError,
+    ProviderConfig,
+    RelayConfig,
+    admin_key_digests,
+    key_digests,
+)
 from txrelay.interfaces import IStageFactory, StageServices
 from txrelay.logs import RelayLogger
 from txrelay.metrics import Metrics
 from txrelay.pipeline import Proceed, Stage, compose
 from txrelay.protocol.events import Event
 from txrelay.protocol.structure import error_lines, make_converter
+from txrelay.server.metrics_access import MetricsAccess, MetricsSite
 from txrelay.server.resource import Lifecycle, RelayResource, catalog_terminal
 from txrelay.server.site import RelaySite
 
@@ -149,9 +156,11 @@ class RelayService(MultiService):
         self.reactor = reactor
         self.lifecycle = Lifecycle()
         server = app.config.server
+        metrics = Metrics() if server.metrics else None
         self.resource = RelayResource(
             app.pipeline, app.catalog, reactor, server.ping_interval, server.access_log,
-            self.lifecycle, on_event, Metrics() if server.metrics else None,
+            self.lifecycle, on_event, metrics,
+            MetricsAccess(admin_key_digests(app.config)[0], loopback=not server.metrics_listen),
         )
         self.site = RelaySite(self.resource, max_request_bytes=server.max_request_bytes,
                               timeout=server.idle_timeout, reactor=reactor)
@@ -161,6 +170,15 @@ class RelayService(MultiService):
             svc._raiseSynchronously = True
             svc.setServiceParent(self)
             self.listeners.append(svc)
+        #: ``server.metrics_listen``: endpoints serving ``/metrics`` alone.
+        self.metrics_listeners = []
+        if metrics is not None:
+            for description in server.metrics_listen:
+                msvc = strports.service(description, MetricsSite(metrics, reactor),
+                                        reactor=reactor)
+                msvc._raiseSynchronously = True
+                msvc.setServiceParent(self)
+                self.metrics_listeners.append(msvc)
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
@@ -175,6 +193,11 @@ class RelayService(MultiService):
             where = (f"{host.host}:{host.port}" if hasattr(host, "port")
                      else getattr(host, "name", str(host)))
             log.info("txrelay listening on {address}", address=where)
+        for svc in self.metrics_listeners:
+            port = await cast("Deferred[Any]", svc._waitingForPort)
+            host = port.getHost()
+            log.info("serving /metrics on {address}", address=f"{host.host}:{host.port}"
+                     if hasattr(host, "port") else getattr(host, "name", str(host)))
         _sd_notify(b"READY=1\nSTATUS=serving")
 
     def stopService(self) -> Deferred[None]:
@@ -200,7 +223,9 @@ class RelayService(MultiService):
         live = list(self.lifecycle.live)
         log.info("draining: {count} live request(s), up to {timeout}s",
                  count=len(live), timeout=self.app.config.server.drain_timeout)
-        await DeferredList([svc.stopService() for svc in self.listeners], consumeErrors=True)
+        await DeferredList([svc.stopService()
+                            for svc in [*self.listeners, *self.metrics_listeners]],
+                           consumeErrors=True)
         self.site.start_draining()
         waiting = DeferredList(live, consumeErrors=True)
         if not await self._within(waiting, self.app.config.server.drain_timeout):

@@ -27,6 +27,7 @@ from txrelay.protocol.events import Event
 from txrelay.protocol.ids import request_id
 from txrelay.protocol.jsoncodec import dumps
 from txrelay.redact import redact_error
+from txrelay.server.metrics_access import MetricsAccess
 from txrelay.server.sse import SSEWriter
 from txrelay.streams import EventStream
 
@@ -117,6 +118,8 @@ class RelayResource(Resource):
     lifecycle: Lifecycle = attrs.Factory(Lifecycle)
     on_event: Callable[[list[Event]], None] | None = None
     metrics: Metrics | None = None
+    #: Who may read ``/metrics`` here (default: loopback peers only).
+    metrics_access: MetricsAccess = attrs.Factory(MetricsAccess)
     isLeaf = True
 
     def __attrs_post_init__(self) -> None:
@@ -130,6 +133,9 @@ class RelayResource(Resource):
         if op == "metrics":
             if self.metrics is None:
                 op = "404"
+            elif (denied := self.metrics_access.denied(request)) is not None:
+                self._write_error(request, denied, rid)
+                return NOT_DONE_YET
             else:
                 request.setHeader(b"content-type", CONTENT_TYPE)
                 return self.metrics.render()
