@@ -241,3 +241,23 @@ def test_client_keys_echoed_in_model_names(relay: Relay, fake: FakeOpenAI) -> No
     log = relay.log()
     assert "model=any-[redacted]" in log
     assert_clean("relay log", log)
+
+
+def test_txrelay_serve_logs_are_redacted_too(tmp_path: Any) -> None:
+    # ``txrelay serve`` picks its own observer (JSON here); the key is a client key's value.
+    key = CLIENT_KEYS[1]
+    text = config_text(
+        keys=[{"name": "only", "env": "TXRELAY_SECRET_SERVE"}],
+        models=[{"id": "claude-sonnet-4-6", "provider": "demo", "patterns": ["any-*"]}],
+    ) + '\n[log]\nlevel = "debug"\nformat = "json"\n'
+    relay = start_relay(tmp_path, text, env={"TXRELAY_SECRET_SERVE": key}, serve=True)
+    try:
+        with anthropic.Anthropic(base_url=relay.url, api_key=key, max_retries=0) as client:
+            reply = client.messages.create(model=f"any-{key}", max_tokens=20,
+                                           messages=[{"role": "user", "content": "hi"}])
+        assert reply.model == f"any-{key}"  # a success body is the client's own, unchanged
+    finally:
+        relay.stop()
+    log = relay.log()
+    assert '"model": "any-[redacted]"' in log
+    assert_clean("txrelay serve log", log)
