@@ -6,7 +6,7 @@ import base64
 import io
 import json
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -193,3 +193,28 @@ def test_secret_values_of_a_configuration(tmp_path: Any) -> None:
     assert {"env-client-key", "file-client-key-77", "admin-key", "upstream-key",
             "Bearer hdr-token-9", "hdr-token-9", "u:pw-in-url", "pw-in-url"} <= values
     assert "https://x" not in values
+
+
+@given(_TEXT.filter(lambda s: len(s) >= 6), _TEXT, _TEXT)
+def test_quoted_forms_never_decode_back_to_the_secret(secret: str, user: str, rest: str) -> None:
+    r = Redactor()
+    r.add(secret)
+    # JSON (ASCII-escaped or not): what is left decodes to text without the secret.
+    for ascii_only in (True, False):
+        out = r.redact(json.dumps({"message": f"{user}{secret}{rest}"}, ensure_ascii=ascii_only))
+        assert secret not in out
+        try:
+            decoded = json.loads(out)["message"]
+        except ValueError:
+            continue  # the match took a digit of a \uXXXX escape: broken, not leaking
+        assert secret not in decoded
+    # Percent-encoded in a URL.
+    assert secret not in unquote(r.redact(quote(f"{user}{secret}{rest}", safe="")))
+    # HTTP Basic: base64 of "user:secret", whatever the user name's length.
+    encoded = base64.b64encode(f"{user}:{secret}".encode()).decode()
+    out = r.redact(encoded)
+    assert PLACEHOLDER in out
+    for piece in out.split(PLACEHOLDER):
+        for offset in range(4):  # what is left, decoded at each alignment
+            usable = piece[offset:][: (len(piece) - offset) // 4 * 4]
+            assert secret.encode() not in base64.b64decode(usable, validate=False)

@@ -66,7 +66,7 @@ def _base64_cores(raw: bytes) -> set[str]:
         total = pad + len(raw)
         end = 4 * (total // 3) + (0, 1, 2)[total % 3]
         core = encoded[skip:end]
-        if len(core) >= 8:
+        if len(core) >= 6:
             out.add(core)
             out.add(core.replace("+", "-").replace("/", "_"))
     return out
@@ -342,6 +342,12 @@ def register_secret(*values: str) -> None:
 def redact_error(error: RelayError) -> RelayError:
     """``error`` redacted by the process's redactor: call on every error a client gets."""
     return default_redactor.redact_error(error)
+
+
+def redact_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Response headers (from a backend, maybe copied from an upstream) with values redacted."""
+    redact = default_redactor.redact
+    return [(name, redact(value)) for name, value in headers]
 
 
 def install_log_redaction(publisher: Any = None, redactor: Redactor | None = None) -> None:

@@ -26,7 +26,7 @@ from txrelay.protocol.errors import RelayError, api_error, invalid_request, not_
 from txrelay.protocol.events import Event
 from txrelay.protocol.ids import request_id
 from txrelay.protocol.jsoncodec import dumps
-from txrelay.redact import redact_error
+from txrelay.redact import redact_error, redact_headers
 from txrelay.server.metrics_access import MetricsAccess
 from txrelay.server.sse import SSEWriter
 from txrelay.streams import EventStream
@@ -243,7 +243,7 @@ class RelayResource(Resource):
         request.setResponseCode(reply.status)
         for name, value in _SSE_HEADERS:
             request.setHeader(name, value)
-        for hname, hvalue in reply.headers:
+        for hname, hvalue in redact_headers(reply.headers):
             request.setHeader(hname.encode("latin-1"), hvalue.encode("latin-1"))
         writer = SSEWriter(request, stream, self.reactor, self.ping_interval, self.on_event)
         if self.metrics is not None:
@@ -283,7 +283,7 @@ class RelayResource(Resource):
         data = dumps(body)
         request.setResponseCode(status)
         request.setHeader(b"content-type", _JSON)
-        for name, value in headers:
+        for name, value in redact_headers(headers):
             request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
         request.setHeader(b"content-length", str(len(data)).encode("ascii"))
         request.write(data)
