@@ -66,3 +66,27 @@ def test_metrics_only_resource() -> None:
     error = json.loads(resource.render(other))
     assert other.responseCode == 404 and error["error"]["type"] == "not_found_error"
     assert other.responseHeaders.getRawHeaders(b"request-id")
+
+
+def test_metrics_settings_are_checked() -> None:
+    from txrelay.config import ConfigError, admin_key_digests, parse_config
+
+    raw = {"providers": [{"name": "d", "kind": "demo"}], "models": [{"id": "m", "provider": "d"}],
+           "pipeline": [{"type": "translate"}],
+           "server": {"metrics": False, "metrics_listen": ["tcp:9464:interface=127.0.0.1"],
+                      "admin_keys": [{"name": "ops", "env": "NOT_SET_ANYWHERE"},
+                                     {"name": "x", "sha256": "zz"}]}}
+    try:
+        parse_config(raw, env={})
+    except ConfigError as e:
+        problems = e.problems
+    else:
+        raise AssertionError("accepted")
+    assert problems == [
+        "server.admin_keys[0].env: environment variable NOT_SET_ANYWHERE is not set",
+        "server.admin_keys[1].sha256: not a SHA-256 hex digest (64 hex characters)",
+        "server.metrics_listen: set, but server.metrics is false",
+    ]
+    raw["server"] = {"admin_keys": [{"name": "ops", "env": "ADMIN"}]}
+    cfg = parse_config(raw, env={"ADMIN": ADMIN})
+    assert admin_key_digests(cfg, {"ADMIN": ADMIN})[0] == {"ops": bytes.fromhex(hash_key(ADMIN))}
