@@ -27,6 +27,13 @@ def test_readme_toml_block_is_a_valid_provider_config(block: str, tmp_path: Path
     for provider in raw.get("providers", []):
         if "file" in provider.get("api_key", {}):
             provider["api_key"]["file"] = str(secrets)
+        if "tls" in provider:  # the README's paths, made here
+            from tests.tlsfixtures import issue, make_ca
+
+            ca = make_ca(tmp_path)
+            client = issue(tmp_path, "client", ca, cn="relay", client=True)
+            provider["tls"] |= {"ca_file": str(ca.cert), "client_cert": str(client.cert),
+                                "client_key": str(client.key)}
     raw.setdefault("pipeline", [{"type": "model-map"}, {"type": "translate"}])
     env = {"OPENAI_API_KEY": "k", "DEEPSEEK_API_KEY": "k"}
     cfg = parse_config(raw, "README", env=env)

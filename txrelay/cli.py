@@ -45,7 +45,9 @@ def _serve(path: str) -> int:
     from twisted.internet.task import react
     from twisted.logger import globalLogBeginner
 
+    from txrelay.config import secret_values
     from txrelay.logs import bridge_stdlib_logging, make_observer, set_level
+    from txrelay.redact import RedactingObserver, register_secret
     from txrelay.service import RelayService, build_app
 
     cfg = _load(path)
@@ -53,7 +55,9 @@ def _serve(path: str) -> int:
         return 1
     set_level(cfg.log.level)
     bridge_stdlib_logging(cfg.log.level)
-    globalLogBeginner.beginLoggingTo([make_observer(cfg.log)], redirectStandardIO=False)
+    register_secret(*secret_values(cfg))
+    globalLogBeginner.beginLoggingTo([RedactingObserver(make_observer(cfg.log))],
+                                     redirectStandardIO=False)
 
     async def run(r: Any) -> None:
         service = RelayService(build_app(cfg, r, path), r)

@@ -81,6 +81,24 @@ class Timeouts:
 
 
 @attrs.frozen
+class TLSConfig:
+    """
+    TLS for an ``https://`` upstream. The certificate is always verified, and its host name
+    (or IP address) must be in its subjectAltName.
+    """
+
+    #: PEM file of the CA certificates to trust for this upstream. It replaces the system
+    #: trust store unless ``system_trust`` is also set.
+    ca_file: str | None = None
+    #: With ``ca_file``: trust the system's CAs as well.
+    system_trust: bool = False
+    #: PEM client certificate (with any intermediates) for mutual TLS; needs ``client_key``.
+    client_cert: str | None = None
+    #: PEM private key of ``client_cert`` (unencrypted).
+    client_key: str | None = None
+
+
+@attrs.frozen
 class ProviderConfig:
     """One backend the relay can send requests to."""
 
@@ -95,6 +113,7 @@ class ProviderConfig:
     max_idle_connections: int = 32
     #: Kind-specific options (for ``openai-chat``: a dialect preset and overrides).
     options: dict[str, Any] = attrs.field(factory=dict)
+    tls: TLSConfig = TLSConfig()
 
 
 @attrs.frozen
@@ -148,7 +167,7 @@ class ServerConfig:
     access_log: bool = True
     #: Seconds an idle keep-alive client connection is kept.
     idle_timeout: float = 75.0
-    #: Serve Prometheus metrics at ``GET /metrics`` (no key needed: restrict by network).
+    #: Serve Prometheus metrics at ``GET /metrics`` (see ``metrics_listen``, ``admin_keys``).
     metrics: bool = True
     #: Request bodies buffered at once across all connections; past it uploads get 529.
     max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES
@@ -157,6 +176,13 @@ class ServerConfig:
     #: Bytes/s a request body must average after ``body_grace`` seconds (0: no minimum).
     min_body_rate: int = 4096
     body_grace: float = 10.0
+    #: Endpoints serving ``/metrics`` alone, to whoever can connect. When set, the main
+    #: listeners serve ``/metrics`` only with an admin key; otherwise to loopback peers (and
+    #: Unix sockets) or with an admin key.
+    metrics_listen: tuple[str, ...] = ()
+    #: Keys (``Authorization: Bearer`` or ``x-api-key``) that unlock ``/metrics`` on the main
+    #: listeners from any peer; given like client keys.
+    admin_keys: tuple[ClientKey, ...] = ()
 
 
 @attrs.frozen
@@ -228,11 +254,69 @@ def key_digests(
     cfg: RelayConfig, env: Mapping[str, str] | None = None
 ) -> tuple[dict[str, bytes], list[str]]:
     """Each client key's name → SHA-256 digest, and the problems found resolving them."""
+    return _digests(cfg.keys, "keys", os.environ if env is None else env)
+
+
+def admin_key_digests(
+    cfg: RelayConfig, env: Mapping[str, str] | None = None
+) -> tuple[dict[str, bytes], list[str]]:
+    """Each ``server.admin_keys`` name → SHA-256 digest, and the problems resolving them."""
+    return _digests(cfg.server.admin_keys, "server.admin_keys",
+                    os.environ if env is None else env)
+
+
+def _key_value(key: ClientKey, env: Mapping[str, str]) -> str | None:
+    if key.env is not None:
+        return env.get(key.env) or None
+    if key.file is not None:
+        try:
+            return Path(key.file).read_text("utf-8").strip() or None
+        except OSError:
+            return None
+    return None
+
+
+#: Words in a provider header's name that make its value a credential.
+_CREDENTIAL_WORDS = ("auth", "key", "token", "secret", "password", "cookie")
+
+
+def secret_values(cfg: RelayConfig, env: Mapping[str, str] | None = None) -> list[str]:
+    """
+    Every secret value the configuration gives the relay: client and admin keys given by
+    environment variable or file, upstream API keys, credential-like provider headers (and
+    the token of an ``Authorization`` value), and passwords in ``base_url``. These are what
+    :mod:`txrelay.redact` removes from client responses and logs.
+    """
     env = os.environ if env is None else env
+    out: list[str] = []
+    for key in (*cfg.keys, *cfg.server.admin_keys):
+        value = _key_value(key, env)
+        if value:
+            out.append(value)
+    for p in cfg.providers:
+        if p.api_key is not None and p.api_key.value:
+            out.append(p.api_key.value)
+        for name, value in p.headers.items():
+            if any(word in name.lower() for word in _CREDENTIAL_WORDS) and value:
+                out.append(value)
+                scheme, _, token = value.partition(" ")
+                if token.strip() and scheme.isalpha():
+                    out.append(token.strip())
+        if p.base_url and "@" in p.base_url.split("/", 3)[2]:
+            userinfo = p.base_url.split("/", 3)[2].rsplit("@", 1)[0]
+            out.append(userinfo)
+            if ":" in userinfo:
+                out.append(userinfo.split(":", 1)[1])
+    return [v for v in out if v]
+
+
+def _digests(
+    keys: tuple[ClientKey, ...], prefix: str, env: Mapping[str, str]
+) -> tuple[dict[str, bytes], list[str]]:
     problems: list[str] = []
     digests: dict[str, bytes] = {}
-    for i, key in enumerate(cfg.keys):
-        where = f"keys[{i}]"
+    for i, key in enumerate(keys):
+        where = f"{prefix}[{i}]"
         given = [k for k in ("sha256", "env", "file") if getattr(key, k) is not None]
         if len(given) != 1:
             problems.append(f"{where}: give exactly one of sha256, env or file")
@@ -294,6 +378,9 @@ def _check(cfg: RelayConfig, env: Mapping[str, str], problems: list[str]) -> Rel
         problems.append("server.min_body_rate: must not be negative (0 turns it off)")
     if s.body_grace < 0:
         problems.append("server.body_grace: must not be negative")
+    problems.extend(admin_key_digests(cfg, env)[1])
+    if s.metrics_listen and not s.metrics:
+        problems.append("server.metrics_listen: set, but server.metrics is false")
 
     providers: list[ProviderConfig] = []
     names: set[str] = set()
@@ -312,6 +399,10 @@ def _check(cfg: RelayConfig, env: Mapping[str, str], problems: list[str]) -> Rel
                 problems.append(f"{where}.timeouts.{field}: must be greater than 0")
         if p.max_idle_connections < 0:
             problems.append(f"{where}.max_idle_connections: must not be negative")
+        if p.tls != TLSConfig():
+            from txrelay.upstream.tls import tls_problems
+
+            problems.extend(tls_problems(p.tls, p.base_url, f"{where}.tls"))
         if p.api_key is not None:
             secret = _resolve_secret(p.api_key, f"{where}.api_key", env, problems)
             providers.append(attrs.evolve(p, api_key=secret))

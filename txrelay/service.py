@@ -21,7 +21,13 @@ from twisted.python.failure import Failure
 
 import txrelay.plugins
 from txrelay.catalog import ModelCatalog
-from txrelay.config import ConfigError, ProviderConfig, RelayConfig, key_digests
+from txrelay.config import (
+    ConfigError,
+    ProviderConfig,
+    RelayConfig,
+    admin_key_digests,
+    key_digests,
+)
 from txrelay.interfaces import IHeaderCheck, IStageFactory, StageServices
 from txrelay.logs import RelayLogger
 from txrelay.metrics import Metrics
@@ -29,6 +35,7 @@ from txrelay.pipeline import Proceed, Stage, compose
 from txrelay.protocol.errors import RelayError
 from txrelay.protocol.structure import error_lines, make_converter
 from txrelay.server.frontdoor import FrontDoorPolicy
+from txrelay.server.metrics_access import MetricsAccess, MetricsSite
 from txrelay.server.models import catalog_terminal
 from txrelay.server.resource import CEILING_ERROR, Lifecycle, RelayResource
 from txrelay.server.site import RelaySite
@@ -178,6 +185,7 @@ class RelayService(Service):
         self.resource = RelayResource(
             app.pipeline, app.catalog, reactor, server.ping_interval, server.access_log,
             self.lifecycle, metrics,
+            MetricsAccess(admin_key_digests(app.config)[0], loopback=not server.metrics_listen),
         )
         front_door = FrontDoorPolicy(
             max_request_bytes=server.max_request_bytes,
@@ -191,6 +199,10 @@ class RelayService(Service):
         #: The listening ports, once :meth:`privilegedStartService` bound them.
         self.ports: list[Any] = []
         self._listening = False
+        #: ``server.metrics_listen``: a site serving ``/metrics`` alone, and its ports.
+        self.metrics_site = (MetricsSite(metrics, reactor)
+                             if metrics is not None and server.metrics_listen else None)
+        self.metrics_ports: list[Any] = []
 
     def privilegedStartService(self) -> None:
         """Bind every ``server.listen`` endpoint (before twistd drops privileges)."""
@@ -209,7 +221,7 @@ class RelayService(Service):
         waiting = 0
         failures: list[tuple[str, object]] = []
 
-        def settled(result: Any, description: str) -> None:
+        def settled(result: Any, description: str, factory: Any) -> None:
             nonlocal waiting
             waiting -= 1
             if isinstance(result, Failure):
@@ -222,17 +234,23 @@ class RelayService(Service):
                 self.reactor.stop()
                 return
             self.ports.append(result)
+            if factory is self.metrics_site:
+                self.metrics_ports.append(result)
             if not starting and waiting == 0:
                 self._announce()
 
-        for description in self.app.config.server.listen:
+        server = self.app.config.server
+        endpoints: list[tuple[str, Any]] = [(d, self.site) for d in server.listen]
+        if self.metrics_site is not None:
+            endpoints += [(d, self.metrics_site) for d in server.metrics_listen]
+        for description, factory in endpoints:
             try:
-                d = serverFromString(self.reactor, description).listen(self.site)
+                d = serverFromString(self.reactor, description).listen(factory)
             except Exception as e:
                 failures.append((description, e))
                 break
             waiting += 1
-            d.addBoth(settled, description)
+            d.addBoth(settled, description, factory)
             if failures:
                 break
         starting = False
@@ -250,7 +268,10 @@ class RelayService(Service):
 
     def _announce(self) -> None:
         for port in self.ports:
-            log.info("txrelay listening on {address}", address=_address(port))
+            if port in self.metrics_ports:
+                log.info("serving /metrics on {address}", address=_address(port))
+            else:
+                log.info("txrelay listening on {address}", address=_address(port))
         _sd_notify(b"READY=1\nSTATUS=serving")
 
     def stopService(self) -> Deferred[None]:
@@ -281,7 +302,7 @@ class RelayService(Service):
         ceiling = self.app.config.server.drain_timeout
         log.info("draining: {count} live request(s), up to {timeout}s",
                  count=len(self.lifecycle.live), timeout=ceiling)
-        ports, self.ports = self.ports, []
+        ports, self.ports, self.metrics_ports = self.ports, [], []
         for port, result in zip(ports, await DeferredList(
                 [maybeDeferred(p.stopListening) for p in ports], consumeErrors=True),
                 strict=True):

@@ -66,12 +66,17 @@ def makeService(options: Options) -> IService:
     """The relay service for twistd."""
     from twisted.internet import reactor
 
+    from txrelay.config import secret_values
     from txrelay.logs import bridge_stdlib_logging, set_level
+    from txrelay.redact import install_log_redaction, register_secret
     from txrelay.service import RelayService, build_app
 
     cfg = options.relay_config
     set_level(cfg.log.level)
     bridge_stdlib_logging(cfg.log.level)
+    # twistd chooses the log observers: redact each event before they see it.
+    register_secret(*secret_values(cfg))
+    install_log_redaction()
     app = build_app(cfg, reactor, options["config"])
     service: Any = RelayService(app, reactor)
     return service  # type: ignore[no-any-return]

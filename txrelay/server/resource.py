@@ -25,6 +25,8 @@ from txrelay.protocol.errors import RelayError, api_error, not_found
 from txrelay.protocol.events import Event
 from txrelay.protocol.ids import request_id
 from txrelay.protocol.jsoncodec import dumps
+from txrelay.redact import redact_error, redact_headers
+from txrelay.server.metrics_access import MetricsAccess
 from txrelay.server.sse import SSEWriter, end_stream_with
 from txrelay.streams import EventStream
 
@@ -193,6 +195,8 @@ class RelayResource(Resource):
     access_log: bool = True
     lifecycle: Lifecycle = attrs.Factory(Lifecycle)
     metrics: Metrics | None = None
+    #: Who may read ``/metrics`` here (default: loopback peers only).
+    metrics_access: MetricsAccess = attrs.Factory(MetricsAccess)
     isLeaf = True
 
     def __attrs_post_init__(self) -> None:
@@ -211,6 +215,9 @@ class RelayResource(Resource):
         if op == "metrics":
             if self.metrics is None:
                 op = "404"
+            elif (denied := self.metrics_access.denied(request)) is not None:
+                self._write_error(InFlight(request), denied, rid)
+                return NOT_DONE_YET
             else:
                 request.setHeader(b"content-type", CONTENT_TYPE)
                 return self.metrics.render()
@@ -331,7 +338,7 @@ class RelayResource(Resource):
         try:
             # Encode every header before setting any, so a bad one leaves a clean response
             # for the JSON error.
-            headers = [*_SSE_HEADERS, *_encoded(reply.headers)]
+            headers = [*_SSE_HEADERS, *_encoded(redact_headers(reply.headers))]
             request.setResponseCode(reply.status)
             for name, value in headers:
                 request.setHeader(name, value)
@@ -379,7 +386,7 @@ class RelayResource(Resource):
         if request.finished or call.client_gone:
             return
         data = dumps(body)
-        extra = _encoded(headers)
+        extra = _encoded(redact_headers(headers))
         request.setResponseCode(status)
         request.setHeader(b"content-type", _JSON)
         for name, value in extra:
@@ -393,6 +400,7 @@ class RelayResource(Resource):
         request = call.request
         if request.finished or call.client_gone:
             return
+        error = redact_error(error)  # no configured secret reaches a client (issue 8.5)
         try:
             if request.startedWriting:
                 end_stream_with(request, error)

@@ -25,6 +25,7 @@ from txrelay.logs import RelayLogger
 from txrelay.protocol.errors import RelayError, api_error
 from txrelay.protocol.events import Event, ping
 from txrelay.protocol.sse import encode_event, encode_events
+from txrelay.redact import redact_error
 from txrelay.streams import EventStream
 
 log = RelayLogger()
@@ -37,7 +38,7 @@ def end_stream_with(request: Request, error: RelayError) -> None:
     End a committed event-stream response with ``error`` as an ``event: error`` (R-E4),
     then finish it (the chunked terminator) and close the connection after the flush.
     """
-    request.write(encode_event(error.event()))
+    request.write(encode_event(redact_error(error).event()))
     request.channel.persistent = False
     request.finish()
 

@@ -13,6 +13,7 @@ from zope.interface import implementer
 from txrelay.interfaces import IHeaderCheck
 from txrelay.pipeline import Exchange, Proceed, Reply
 from txrelay.protocol.errors import RelayError
+from txrelay.redact import register_secret
 
 
 @attrs.frozen
@@ -63,6 +64,7 @@ class AuthStage:
                 found = name
         if found is None:
             raise RelayError("authentication_error", "invalid x-api-key")
+        register_secret(key)  # a key configured by its hash is known once used (issue 8.5)
         return found
 
     def check_headers(self, headers: Mapping[str, str]) -> RelayError | None:

@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from txrelay.config import ProviderConfig
 from txrelay.protocol.errors import RelayError, connection_error
+from txrelay.upstream.tls import StrictPolicyForHTTPS
 
 #: The largest error or non-streaming body read from an upstream.
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024
@@ -103,7 +104,8 @@ class UpstreamClient:
         pool.cachedConnectionTimeout = 50
         pool.retryAutomatically = False
         self.pool = pool
-        agent = Agent(self.reactor, connectTimeout=self.provider.timeouts.connect, pool=pool)
+        agent = Agent(self.reactor, connectTimeout=self.provider.timeouts.connect, pool=pool,
+                      contextFactory=StrictPolicyForHTTPS(self.provider.tls))
         self.http = HTTPClient(agent, cookiejar=cast("Any", _NoCookies()))
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Deferred[Any]:
