@@ -99,6 +99,9 @@ class OpenAIDialect:
     tool_streaming: Literal["live", "complete"] = "live"
     #: Argument fragments repeat everything sent so far (Q5).
     cumulative_args: bool = False
+    #: Largest streamed event accepted, in bytes; a bigger one ends the stream with an
+    #: ``api_error`` (502 before the client stream is committed) instead of growing a buffer.
+    max_event_size: int = 16 * 1024 * 1024
 
 
 #: Tuned starting points, by name.

@@ -43,7 +43,7 @@ from txrelay.protocol.openai.toolcalls import (
 )
 from txrelay.protocol.openai.toolnames import ToolNameMap
 from txrelay.protocol.openai.usage import anthropic_usage
-from txrelay.protocol.sse import SSEEvent, SSEParser
+from txrelay.protocol.sse import SSEEvent, SSEEventTooLarge, SSEParser
 
 if TYPE_CHECKING:
     from txrelay.protocol.translator import StreamTranslator
@@ -94,7 +94,7 @@ class ChatStreamTranslator:
         self._complete_mode = dialect.tool_streaming == "complete"
         self._cumulative = dialect.cumulative_args
 
-        self._parser = SSEParser()
+        self._parser = SSEParser(max_event_size=dialect.max_event_size)
         self._started = False
         self._held: list[Event] = []
         self._done = False
@@ -166,10 +166,17 @@ class ChatStreamTranslator:
         if self._done:
             return []
         out: list[Event] = []
-        for sse in self._parser.feed(data):
+        too_large: SSEEventTooLarge | None = None
+        try:
+            events = self._parser.feed(data)
+        except SSEEventTooLarge as e:
+            events, too_large = e.events, e
+        for sse in events:
             self._sse(sse, out)
             if self._done:
                 break
+        if too_large is not None and not self._done:
+            self._fail(self._too_large(too_large.limit), out)
         return self._emit(out)
 
     def finish(self) -> list[Event]:
@@ -216,6 +223,14 @@ class ChatStreamTranslator:
             return out
         self._held.extend(out)
         return []
+
+    def _too_large(self, limit: int) -> RelayError:
+        return RelayError(
+            "api_error",
+            f"{self._upstream}: upstream sent a stream event larger than the relay's limit of "
+            f"{limit} bytes (dialect setting max_event_size)",
+            status=502,
+        )
 
     def _fail(self, error: RelayError, out: list[Event]) -> None:
         """R-E4: one ``error`` event, nothing after it; open blocks stay open."""
