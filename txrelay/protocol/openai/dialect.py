@@ -99,6 +99,10 @@ class OpenAIDialect:
     tool_streaming: Literal["live", "complete"] = "live"
     #: Argument fragments repeat everything sent so far (Q5).
     cumulative_args: bool = False
+    #: Accept a stream that ends without a ``finish_reason`` as a normal end, but only when
+    #: the final usage chunk arrived and no tool-call arguments are left open (issue 7.11).
+    #: Off by default: such a stream is usually one the upstream cut short.
+    finish_reason_optional: bool = False
     #: Largest streamed event accepted, in bytes; a bigger one ends the stream with an
     #: ``api_error`` (502 before the client stream is committed) instead of growing a buffer.
     max_event_size: int = 16 * 1024 * 1024

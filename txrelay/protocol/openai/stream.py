@@ -183,8 +183,11 @@ class ChatStreamTranslator:
         """
         End of the upstream body (or the end of the R-S16 grace period).
 
-        ``[DONE]`` or a ``finish_reason`` seen → a normal end; otherwise the stream was cut and
-        an ``error`` event reports it (R-S13).
+        A ``finish_reason`` seen → a normal end. Otherwise the stream was cut and an ``error``
+        event reports it: EOF without ``[DONE]`` (R-S13), and also ``[DONE]`` without a
+        ``finish_reason`` (a deliberate deviation from Q9, issue 7.11), unless the dialect's
+        ``finish_reason_optional`` is set and the final usage chunk arrived — and never when
+        tool-call arguments are still open.
         """
         if self._done:
             return []
@@ -195,8 +198,12 @@ class ChatStreamTranslator:
             self._sse(sse, out)
             if self._done:
                 return self._emit(out)
-        if self._saw_done_marker or self._finish is not None:
+        if self._finish is not None:
             self._finalize(out)
+        elif self._saw_done_marker or (
+            self._dialect.finish_reason_optional and self._usage is not None
+        ):
+            self._end_without_finish(out)
         else:
             what = "ended unexpectedly" if self._received else "returned an empty stream"
             self._fail(RelayError("api_error", f"{self._upstream}: upstream stream {what}"), out)
@@ -261,7 +268,10 @@ class ChatStreamTranslator:
             return
         if data[:6] == b"[DONE]":
             self._saw_done_marker = True
-            self._finalize(out)
+            if self._finish is not None:
+                self._finalize(out)
+            else:
+                self._end_without_finish(out)
             return
         try:
             chunk = loads(data)
@@ -620,6 +630,37 @@ class ChatStreamTranslator:
         self._flush_queue(out, final=True)
 
     # --- end -------------------------------------------------------------------------------
+
+    def _end_without_finish(self, out: list[Event]) -> None:
+        """The upstream ended (``[DONE]`` or EOF) but never said why (issue 7.11)."""
+        if any(not self._arguments_closed(call) for call in self._tools.calls):
+            what = "in the middle of a tool call's arguments"
+        elif self._dialect.finish_reason_optional and self._usage is not None:
+            self._finalize(out)
+            return
+        else:
+            what = "without a finish reason"
+        self._fail(
+            RelayError(
+                "api_error",
+                f"{self._upstream}: the upstream ended the stream {what}; "
+                "the answer may be incomplete",
+                status=502,
+            ),
+            out,
+        )
+
+    def _arguments_closed(self, call: ToolCall) -> bool:
+        """Whether a call's argument text is a whole JSON value (no repair needed)."""
+        if call.state == CLOSED:
+            return True
+        if not call.broken and not self._complete_mode:
+            return call.checker.complete
+        try:
+            loads("".join(call.parts))
+        except (ValueError, RecursionError):
+            return False
+        return True
 
     def _finalize(self, out: list[Event]) -> None:
         """R-S13..R-S15: close everything, one ``message_delta``, ``message_stop``."""
