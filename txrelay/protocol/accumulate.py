@@ -15,7 +15,7 @@ import attrs
 
 from txrelay.protocol.errors import RelayError, api_error
 from txrelay.protocol.events import Event
-from txrelay.protocol.jsoncodec import JSONDecodeError, loads
+from txrelay.protocol.jsoncodec import loads
 
 
 @attrs.define
@@ -48,7 +48,7 @@ class MessageAccumulator:
                 text = "".join(parts)
                 try:
                     block["input"] = loads(text) if text else {}
-                except JSONDecodeError:
+                except (ValueError, RecursionError):  # JSONDecodeError, huge ints, deep nesting
                     raise api_error("the model produced tool input that is not JSON") from None
         elif kind == "message_delta":
             msg = self._msg()

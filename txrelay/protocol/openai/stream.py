@@ -27,7 +27,7 @@ from txrelay.protocol import events as ev
 from txrelay.protocol.errors import RelayError
 from txrelay.protocol.events import Event
 from txrelay.protocol.ids import message_id, tool_use_id
-from txrelay.protocol.jsoncodec import JSONDecodeError, dumps_str, loads
+from txrelay.protocol.jsoncodec import dumps_str, loads
 from txrelay.protocol.jsonprefix import repair_json_object
 from txrelay.protocol.openai.dialect import OpenAIDialect
 from txrelay.protocol.openai.errors import stream_error
@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _ORX_KEYS = ("signature", "format", "id")
+#: Tool-call arguments nested deeper than this end the stream (hostile or broken upstream).
+MAX_ARGUMENT_DEPTH = 256
 
 __all__ = ["ChatStreamTranslator", "oai_signature"]
 
@@ -171,10 +173,13 @@ class ChatStreamTranslator:
             events = self._parser.feed(data)
         except SSEEventTooLarge as e:
             events, too_large = e.events, e
-        for sse in events:
-            self._sse(sse, out)
-            if self._done:
-                break
+        try:
+            for sse in events:
+                self._sse(sse, out)
+                if self._done:
+                    break
+        except Exception as e:  # a shape nobody foresaw must not escape into the I/O layer
+            self._untranslatable(e, out)
         if too_large is not None and not self._done:
             self._fail(self._too_large(too_large.limit), out)
         return self._emit(out)
@@ -192,12 +197,19 @@ class ChatStreamTranslator:
         if self._done:
             return []
         out: list[Event] = []
+        try:
+            self._finish_stream(out)
+        except Exception as e:
+            self._untranslatable(e, out)
+        return self._emit(out)
+
+    def _finish_stream(self, out: list[Event]) -> None:
         # After finish_reason a cut-off trailing line is harmless (R-S16 grace period).
         self._lenient_tail = self._finish is not None
         for sse in self._parser.finish():
             self._sse(sse, out)
             if self._done:
-                return self._emit(out)
+                return
         if self._finish is not None:
             self._finalize(out)
         elif self._saw_done_marker or (
@@ -207,20 +219,25 @@ class ChatStreamTranslator:
         else:
             what = "ended unexpectedly" if self._received else "returned an empty stream"
             self._fail(RelayError("api_error", f"{self._upstream}: upstream stream {what}"), out)
-        return self._emit(out)
 
     def process_chunk(self, chunk: dict[str, Any]) -> list[Event]:
         """Translate one decoded chunk (used for non-streaming responses)."""
         out: list[Event] = []
         if not self._done:
-            self._chunk(chunk, out)
+            try:
+                self._chunk(chunk, out)
+            except Exception as e:
+                self._untranslatable(e, out)
         return self._emit(out)
 
     def finalize(self) -> list[Event]:
         """End normally, as on ``[DONE]``."""
         out: list[Event] = []
         if not self._done:
-            self._finalize(out)
+            try:
+                self._finalize(out)
+            except Exception as e:
+                self._untranslatable(e, out)
         return self._emit(out)
 
     # --- plumbing --------------------------------------------------------------------------
@@ -237,6 +254,34 @@ class ChatStreamTranslator:
             f"{self._upstream}: upstream sent a stream event larger than the relay's limit of "
             f"{limit} bytes (dialect setting max_event_size)",
             status=502,
+        )
+
+    def _malformed(self, what: str, out: list[Event]) -> None:
+        """End with a 502 naming what was wrong with the upstream's chunk."""
+        self._fail(
+            RelayError(
+                "api_error",
+                f"{self._upstream}: upstream sent a malformed stream chunk: {what}",
+                status=502,
+            ),
+            out,
+        )
+
+    def _untranslatable(self, exc: Exception, out: list[Event]) -> None:
+        """Last line of defence: an upstream shape the translator did not foresee."""
+        if self._done:
+            return
+        log.warning("could not translate the upstream stream of %s", self._upstream, exc_info=exc)
+        what = (
+            "data nested too deeply" if isinstance(exc, RecursionError) else "an unexpected shape"
+        )
+        self._fail(
+            RelayError(
+                "api_error",
+                f"{self._upstream}: upstream sent a stream the relay could not translate ({what})",
+                status=502,
+            ),
+            out,
         )
 
     def _fail(self, error: RelayError, out: list[Event]) -> None:
@@ -275,7 +320,10 @@ class ChatStreamTranslator:
             return
         try:
             chunk = loads(data)
-        except JSONDecodeError:
+        except RecursionError:
+            self._malformed("JSON nested too deeply", out)
+            return
+        except ValueError:  # JSONDecodeError, or an integer too long to convert
             if self._lenient_tail:
                 return
             self._fail(
@@ -305,17 +353,29 @@ class ChatStreamTranslator:
         choices = chunk.get("choices")
         if not choices:
             return
+        if not isinstance(choices, list):
+            self._malformed("'choices' is not a list", out)
+            return
         for choice in choices:
-            if not isinstance(choice, dict) or choice.get("index", 0) not in (0, None):
+            if not isinstance(choice, dict):
+                self._malformed("an entry of 'choices' is not an object", out)
+                return
+            if choice.get("index", 0) not in (0, None):
                 continue
             delta = choice.get("delta")
-            if delta and isinstance(delta, dict):
+            if delta:
+                if not isinstance(delta, dict):
+                    self._malformed("'delta' is not an object", out)
+                    return
                 self._delta(delta, out)
                 if self._done:
                     return
             reason = choice.get("finish_reason")
             if reason:
-                self._on_finish(str(reason), choice, chunk, out)
+                if not isinstance(reason, str):
+                    self._malformed("'finish_reason' is not a string", out)
+                    return
+                self._on_finish(reason, choice, chunk, out)
                 if self._done:
                     return
 
@@ -363,6 +423,9 @@ class ChatStreamTranslator:
         content = delta.get("content")
         if content:
             if not isinstance(content, str):
+                if not isinstance(content, list):
+                    self._malformed("'content' is neither a string nor a list of parts", out)
+                    return
                 content = _parts_text(content)
             if content:
                 if self._think is not None:
@@ -374,7 +437,10 @@ class ChatStreamTranslator:
             self._refusal = True
             self._text(refusal, out)
         calls = delta.get("tool_calls")
-        if calls and isinstance(calls, list):
+        if calls:
+            if not isinstance(calls, list):
+                self._malformed("'tool_calls' is not a list", out)
+                return
             self._tool_calls(calls, out)
         elif isinstance(delta.get("function_call"), dict):  # legacy single call
             self._tool_calls([{"index": 0, "function": delta["function_call"]}], out)
@@ -493,10 +559,14 @@ class ChatStreamTranslator:
     def _tool_calls(self, frags: list[Any], out: list[Event]) -> None:
         for position, frag in enumerate(frags):
             if not isinstance(frag, dict):
-                continue
+                self._malformed("an entry of 'tool_calls' is not an object", out)
+                return
             function = frag.get("function")
-            if not isinstance(function, dict):
+            if function is None:
                 function = {}
+            elif not isinstance(function, dict):
+                self._malformed("a tool call's 'function' is not an object", out)
+                return
             name = function.get("name")
             call = self._tools.call_for(frag, position, name)
             if call.state == CLOSED:
@@ -533,6 +603,11 @@ class ChatStreamTranslator:
             return
         checker = call.checker
         fwd = checker.feed(text)
+        if checker.depth > MAX_ARGUMENT_DEPTH:  # no client parser should be handed this
+            self._malformed(
+                f"tool-call arguments nested more than {MAX_ARGUMENT_DEPTH} levels deep", out
+            )
+            return
         if not checker.valid:
             call.broken = True  # stop forwarding; repaired at close (R-S10)
         if fwd:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from txrelay.protocol.ids import TOOL_ID_PATTERN
-from txrelay.protocol.jsoncodec import JSONDecodeError, loads
+from txrelay.protocol.jsoncodec import loads
 from txrelay.protocol.jsonprefix import JSONPrefixChecker, json_completion, repair_json_object
 
 PENDING, OPEN, CLOSED = 0, 1, 2
@@ -151,7 +151,7 @@ def arguments_remainder(call: ToolCall) -> str | None:
         try:
             if isinstance(loads("".join(call.fwd) + suffix), dict):
                 return suffix
-        except JSONDecodeError:
+        except (ValueError, RecursionError):  # JSONDecodeError, huge integers, deep nesting
             pass
     value = repair_json_object("".join(call.parts))
     return json_completion("".join(call.fwd), value)

@@ -59,10 +59,14 @@ def anthropic_usage(
     return out
 
 
+#: Token counts above this are not believed (an upstream sending 5,000-digit integers).
+_MAX_COUNT = 2**53
+
+
 def as_int(value: Any) -> int | None:
-    """``value`` as an int when it is a whole number (not a bool), else ``None``."""
+    """``value`` as a token count: a whole number (not a bool) in 0..2**53, else ``None``."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, float) and value.is_integer():
+        return value if 0 <= value <= _MAX_COUNT else None
+    if isinstance(value, float) and value.is_integer() and 0 <= value <= _MAX_COUNT:
         return int(value)
     return None
