@@ -1037,7 +1037,15 @@ def test_dialect_structures_from_toml_shaped_config() -> None:
 
 
 def test_presets() -> None:
-    assert set(PRESETS) == {"openai", "deepseek", "vllm", "llamacpp", "openrouter", "generic"}
+    assert set(PRESETS) == {
+        "openai",
+        "deepseek",
+        "vllm",
+        "llamacpp",
+        "llama-cpp-python",
+        "openrouter",
+        "generic",
+    }
     assert PRESETS["generic"] == OpenAIDialect()
     assert PRESETS["openai"].max_tokens_field == "max_completion_tokens"
     assert not PRESETS["openai"].supports_top_k

@@ -137,10 +137,19 @@ def _tool_choice(
         if not dialect.supports_tool_choice_none:
             return []
         body["tool_choice"] = "none"
-    elif kind == "auto":
+    elif kind == "auto" or (kind is None and dialect.explicit_tool_choice_auto):
         body["tool_choice"] = "auto"
     elif kind == "any":
-        body["tool_choice"] = "required"
+        if dialect.supports_tool_choice_required:
+            body["tool_choice"] = "required"
+        elif len(tools) == 1:  # one tool: "any" means that tool, which can be forced
+            body["tool_choice"] = {
+                "type": "function",
+                "function": {"name": tools[0]["function"]["name"]},
+            }
+        else:
+            log.info("tool_choice any sent as auto: this upstream ignores \"required\"")
+            body["tool_choice"] = "auto"
     elif kind == "tool" and choice is not None:
         name = names.upstream(str(choice.get("name") or ""))
         if dialect.forced_tool_as_required:
