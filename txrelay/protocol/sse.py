@@ -35,7 +35,7 @@ class SSEEvent:
     other: tuple[tuple[str, str], ...] = ()
 
 
-#: Default bound on one event (its ``data`` lines plus any line still incomplete).
+#: Default bound on one event (its lines with their line ends, plus a line still incomplete).
 DEFAULT_MAX_EVENT_SIZE = 16 * 1024 * 1024
 
 
@@ -73,6 +73,7 @@ class SSEParser:
         "_line",
         "_line_len",
         "_max",
+        "_more",
         "_other",
         "_size",
         "_started",
@@ -81,7 +82,10 @@ class SSEParser:
     def __init__(self, *, max_event_size: int = DEFAULT_MAX_EVENT_SIZE) -> None:
         self._max = max_event_size
         self._head = b""  # the first bytes while a byte-order mark may still be arriving
-        self._line: list[bytes] = []  # pieces of the incomplete last line
+        # The incomplete last line: its first piece, the pieces after it (so a long line
+        # costs no re-joining per read), and its length (meaningful while _line is not empty).
+        self._line = b""
+        self._more: list[bytes] = []
         self._line_len = 0
         self._held_cr = False
         self._started = False
@@ -89,7 +93,7 @@ class SSEParser:
         self._event: str | None = None
         self._data: list[bytes] = []
         self._other: list[tuple[str, str]] = []
-        self._size = 0  # bytes in _data and _other of the event being built
+        self._size = 0  # bytes of the lines of the event being built, line ends included
 
     @property
     def max_event_size(self) -> int:
@@ -121,25 +125,27 @@ class SSEParser:
                 chunk = chunk[:-1]
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         out: list[SSEEvent] = []
-        pending = self._line
-        if pending:
+        line = self._line
+        if line:
             # Only the new bytes can hold the end of the line.
             if b"\n" not in chunk:
-                pending.append(chunk)
+                self._more.append(chunk)
                 self._line_len += len(chunk)
                 if self._size + self._line_len > self._max:
                     self._fail(out)
                 return out
             # The line is complete: rejoin it (each byte is copied once) and parse as usual.
-            pending.append(chunk)
-            chunk = b"".join(pending)
-            pending.clear()
-            self._line_len = 0
+            if self._more:
+                chunk = b"".join([line, *self._more, chunk])
+                self._more = []
+            else:
+                chunk = line + chunk
+            self._line = b""
         # Whole events at a time: the common one-line ``data:`` event skips the line machinery.
         parts = chunk.split(b"\n\n")
         tail = parts.pop()
         if parts:
-            if self._size or self._event is not None:  # the first part ends an event
+            if self._size:  # lines of an event came before: the first part ends it
                 for line in parts[0].split(b"\n"):
                     self._line_(line, out)
                 self._dispatch(out)
@@ -162,9 +168,9 @@ class SSEParser:
             else:
                 last = tail
             if last:
-                pending.append(last)
-                self._line_len = len(last)
-                if self._size + self._line_len > self._max:
+                self._line = last
+                size = self._line_len = len(last)
+                if size + self._size > self._max:
                     self._fail(out)
         return out
 
@@ -175,21 +181,19 @@ class SSEParser:
             return out
         # A CR held back at the very end only ended the last line, which ends here anyway.
         self._held_cr = False
-        if self._head:  # the whole input was a prefix of a byte-order mark
-            self._line.append(self._head)
-            self._head = b""
-        if self._line:
-            line = b"".join(self._line)
-            self._line = []
-            self._line_len = 0
+        # The whole input may have been a prefix of a byte-order mark.
+        line = self._head + self._line + b"".join(self._more)
+        self._head = self._line = b""
+        self._more = []
+        if line:
             self._line_(line, out)
         self._dispatch(out)
         return out
 
     def _fail(self, out: list[SSEEvent]) -> NoReturn:
         self._failed = True
-        self._line = []
-        self._line_len = 0
+        self._line = b""
+        self._more = []
         self._data = []
         self._other = []
         raise SSEEventTooLarge(self._max, out)
