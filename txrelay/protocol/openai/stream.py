@@ -301,6 +301,7 @@ class ChatStreamTranslator:
                     RelayError(
                         "api_error",
                         f"{self._upstream}: upstream sent a malformed stream line: {line[:200]}",
+                        status=502,
                     ),
                     out,
                 )
@@ -331,6 +332,7 @@ class ChatStreamTranslator:
                     "api_error",
                     f"{self._upstream}: upstream sent invalid JSON in the stream: "
                     f"{data[:200].decode('utf-8', 'replace')}",
+                    status=502,
                 ),
                 out,
             )
