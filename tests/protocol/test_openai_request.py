@@ -638,7 +638,7 @@ def test_r_o20_r_o21_server_tools_dropped_and_tool_fields_omitted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     tools = [{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]
-    with caplog.at_level(logging.INFO, logger="txrelay.protocol.openai.request"):
+    with caplog.at_level(logging.INFO, logger="txrelay.protocol.openai"):
         body = build(
             req(tools=tools, tool_choice={"type": "any", "disable_parallel_tool_use": True})
         )
@@ -1037,7 +1037,15 @@ def test_dialect_structures_from_toml_shaped_config() -> None:
 
 
 def test_presets() -> None:
-    assert set(PRESETS) == {"openai", "deepseek", "vllm", "llamacpp", "openrouter", "generic"}
+    assert set(PRESETS) == {
+        "openai",
+        "deepseek",
+        "vllm",
+        "llamacpp",
+        "llama-cpp-python",
+        "openrouter",
+        "generic",
+    }
     assert PRESETS["generic"] == OpenAIDialect()
     assert PRESETS["openai"].max_tokens_field == "max_completion_tokens"
     assert not PRESETS["openai"].supports_top_k

@@ -322,11 +322,53 @@ def test_r_s13_empty_body_is_an_error() -> None:
     assert "empty stream" in events[-1]["error"]["message"]
 
 
-def test_q9_done_without_anything_is_an_empty_message() -> None:
-    msg = check_stream(run(b"data: [DONE]\n\n"))
+def test_7_11_done_without_anything_is_an_error_not_an_empty_message() -> None:
+    """Q9 used to make this an empty end_turn; issue 7.11 makes it a cut stream."""
+    t = make()
+    events = run(b"data: [DONE]\n\n")
+    assert check_stream(events) is None
+    assert events[-1]["error"]["message"] == (
+        "upstream: the upstream ended the stream without a finish reason; "
+        "the answer may be incomplete"
+    )
+    t.feed(b"data: [DONE]\n\n")
+    assert t.error is not None
+    assert t.error.status == 502  # what a client sees when the stream was not committed yet
+
+
+def test_7_11_finish_reason_optional_needs_the_usage_chunk() -> None:
+    dialect = OpenAIDialect(finish_reason_optional=True)
+    cut = run(sse(delta(content="hi")), dialect=dialect)
+    assert "without a finish reason" in cut[-1]["error"]["message"]
+    usage = {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1}}
+    for done in (True, False):  # [DONE] or EOF after the usage chunk
+        msg = check_stream(run(sse(delta(content="hi"), usage, done=done), dialect=dialect))
+        assert msg is not None
+        assert msg["stop_reason"] == "end_turn"
+        assert msg["usage"]["output_tokens"] == 1
+
+
+@pytest.mark.parametrize("mode", ["live", "complete"])
+@pytest.mark.parametrize("optional", [False, True])
+def test_7_11_open_tool_arguments_at_the_end_are_always_an_error(mode: str, optional: bool) -> None:
+    dialect = OpenAIDialect(finish_reason_optional=optional, tool_streaming=mode)  # type: ignore[arg-type]
+    usage = {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1}}
+    call = {"index": 0, "id": "c", "function": {"name": "Write", "arguments": '{"path": "/tm'}}
+    events = run(sse(delta(tool_calls=[call]), usage), dialect=dialect)
+    assert check_stream(events) is None
+    assert "in the middle of a tool call's arguments" in events[-1]["error"]["message"]
+    assert not any(e["type"] == "message_delta" for e in events)
+
+
+def test_7_11_complete_tool_arguments_without_finish_reason() -> None:
+    usage = {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1}}
+    call = {"index": 0, "id": "c", "function": {"name": "Read", "arguments": '{"path": "a"}'}}
+    data = sse(delta(tool_calls=[call]), usage)
+    assert "without a finish reason" in run(data)[-1]["error"]["message"]
+    msg = check_stream(run(data, dialect=OpenAIDialect(finish_reason_optional=True)))
     assert msg is not None
-    assert msg["content"] == []
-    assert msg["stop_reason"] == "end_turn"
+    assert summary(msg) == (("tool_use", "Read", {"path": "a"}),)
+    assert msg["stop_reason"] == "tool_use"
 
 
 def test_q15_eof_after_finish_reason_is_a_normal_end() -> None:
@@ -645,6 +687,10 @@ def upstream_streams(draw: st.DrawFn) -> tuple[bytes, dict[str, Any]]:
     expected = {
         "blocks": tuple(expected_blocks),
         "stop_reason": "tool_use" if calls else "end_turn",
+        # Issue 7.11: no finish_reason is a cut stream unless the dialect allows it and the
+        # usage chunk arrived.
+        "cut": reason is None,
+        "optional_ok": with_usage,
     }
     return sse(*chunks), expected
 
@@ -654,6 +700,17 @@ def upstream_streams(draw: st.DrawFn) -> tuple[bytes, dict[str, Any]]:
 def test_generated_streams(stream: tuple[bytes, dict[str, Any]], points: list[int]) -> None:
     data, expected = stream
     events = run(data)
+    if expected["cut"]:
+        assert check_stream(events) is None
+        assert "without a finish reason" in events[-1]["error"]["message"]
+        lenient = run(data, dialect=OpenAIDialect(finish_reason_optional=True))
+        msg = check_stream(lenient)
+        if not expected["optional_ok"]:
+            assert msg is None
+            return
+        assert msg is not None
+        assert summary(msg) == expected["blocks"]
+        return
     msg = check_stream(events)
     assert msg is not None
     assert summary(msg) == expected["blocks"]

@@ -2,7 +2,9 @@
 Build one Anthropic ``Message`` from a stream of events.
 
 A non-streaming request is served by the same event stream as a streaming one and folded here,
-so the two can never disagree (DESIGN.md, "one internal representation").
+so the two can never disagree (DESIGN.md, "one internal representation"). Deltas are kept as
+lists of pieces and joined once when their block stops, so the work is linear in the message
+length however small the deltas are.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import attrs
 
 from txrelay.protocol.errors import RelayError, api_error
 from txrelay.protocol.events import Event
-from txrelay.protocol.jsoncodec import JSONDecodeError, loads
+from txrelay.protocol.jsoncodec import loads
 
 
 @attrs.define
@@ -22,6 +24,8 @@ class MessageAccumulator:
 
     message: dict[str, Any] | None = None
     _json_parts: dict[int, list[str]] = attrs.Factory(dict)
+    #: index → (field, pieces) for text and thinking blocks still receiving deltas.
+    _text_parts: dict[int, tuple[str, list[str]]] = attrs.Factory(dict)
     error: RelayError | None = None
     stopped: bool = False
 
@@ -37,13 +41,14 @@ class MessageAccumulator:
         elif kind == "content_block_delta":
             self._delta(event["index"], event["delta"])
         elif kind == "content_block_stop":
+            self._join_text(event["index"])
             parts = self._json_parts.pop(event["index"], None)
             if parts is not None:
                 block = self._msg()["content"][event["index"]]
                 text = "".join(parts)
                 try:
                     block["input"] = loads(text) if text else {}
-                except JSONDecodeError:
+                except (ValueError, RecursionError):  # JSONDecodeError, huge ints, deep nesting
                     raise api_error("the model produced tool input that is not JSON") from None
         elif kind == "message_delta":
             msg = self._msg()
@@ -64,9 +69,9 @@ class MessageAccumulator:
         block = self._msg()["content"][index]
         kind = delta["type"]
         if kind == "text_delta":
-            block["text"] = block.get("text", "") + delta["text"]
+            self._pieces(index, block, "text").append(delta["text"])
         elif kind == "thinking_delta":
-            block["thinking"] = block.get("thinking", "") + delta["thinking"]
+            self._pieces(index, block, "thinking").append(delta["thinking"])
         elif kind == "signature_delta":
             block["signature"] = delta["signature"]
         elif kind == "input_json_delta":
@@ -74,8 +79,22 @@ class MessageAccumulator:
         elif kind == "citations_delta":
             block.setdefault("citations", []).append(delta["citation"])
 
+    def _pieces(self, index: int, block: dict[str, Any], field: str) -> list[str]:
+        entry = self._text_parts.get(index)
+        if entry is None:
+            entry = self._text_parts[index] = (field, [block.get(field, "")])
+        return entry[1]
+
+    def _join_text(self, index: int) -> None:
+        entry = self._text_parts.pop(index, None)
+        if entry is not None:
+            field, pieces = entry
+            self._msg()["content"][index][field] = "".join(pieces)
+
     def result(self) -> dict[str, Any]:
         """The finished message; raises the stream's error if it ended with one."""
         if self.error is not None:
             raise self.error
+        for index in list(self._text_parts):  # blocks the stream never stopped
+            self._join_text(index)
         return self._msg()

@@ -109,6 +109,11 @@ class JSONPrefixChecker:
         return state == _NUMBER and not self._stack and _TERMINABLE[self._num]
 
     @property
+    def depth(self) -> int:
+        """How many arrays and objects are open."""
+        return len(self._stack)
+
+    @property
     def started(self) -> bool:
         """Whether the top-level value has begun (a non-whitespace character was accepted)."""
         return self._state != _VALUE or bool(self._stack) or bool(self._pending)

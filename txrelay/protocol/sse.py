@@ -11,6 +11,7 @@ so a multi-byte character split across reads is harmless.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NoReturn
 
 import attrs
 
@@ -34,19 +35,75 @@ class SSEEvent:
     other: tuple[tuple[str, str], ...] = ()
 
 
-@attrs.define
-class SSEParser:
-    """Feed it bytes as they arrive; it returns the events completed so far."""
+#: Default bound on one event (its lines with their line ends, plus a line still incomplete).
+DEFAULT_MAX_EVENT_SIZE = 16 * 1024 * 1024
 
-    _buffer: bytes = b""
-    _held_cr: bool = False
-    _started: bool = False
-    _event: str | None = None
-    _data: list[bytes] = attrs.Factory(list)
-    _other: list[tuple[str, str]] = attrs.Factory(list)
+
+class SSEEventTooLarge(Exception):
+    """An event grew past the parser's ``max_event_size``."""
+
+    def __init__(self, limit: int, events: list[SSEEvent] | None = None) -> None:
+        super().__init__(f"a stream event is larger than the {limit}-byte limit")
+        #: The limit that was exceeded, in bytes.
+        self.limit = limit
+        #: The events completed before the oversized one (in the same :meth:`SSEParser.feed`).
+        self.events: list[SSEEvent] = events or []
+
+
+class SSEParser:
+    """
+    Feed it bytes as they arrive; it returns the events completed so far.
+
+    The work is linear in the input, however the reads split it (the receive-buffer design of
+    h11): complete lines are consumed as soon as they arrive, only the last incomplete line is
+    kept, and only newly arrived bytes are searched for its end.
+
+    :param max_event_size: the largest event accepted, in bytes: its lines (comments
+        included) with their line ends, plus the line still incomplete;
+        beyond it :meth:`feed` raises :class:`SSEEventTooLarge` (carrying the events completed
+        before it), and keeps raising it.
+    """
+
+    __slots__ = (
+        "_data",
+        "_event",
+        "_failed",
+        "_head",
+        "_held_cr",
+        "_line",
+        "_line_len",
+        "_max",
+        "_more",
+        "_other",
+        "_size",
+        "_started",
+    )
+
+    def __init__(self, *, max_event_size: int = DEFAULT_MAX_EVENT_SIZE) -> None:
+        self._max = max_event_size
+        self._head = b""  # the first bytes while a byte-order mark may still be arriving
+        # The incomplete last line: its first piece, the pieces after it (so a long line
+        # costs no re-joining per read), and its length (meaningful while _line is not empty).
+        self._line = b""
+        self._more: list[bytes] = []
+        self._line_len = 0
+        self._held_cr = False
+        self._started = False
+        self._failed = False
+        self._event: str | None = None
+        self._data: list[bytes] = []
+        self._other: list[tuple[str, str]] = []
+        self._size = 0  # bytes of the lines of the event being built, line ends included
+
+    @property
+    def max_event_size(self) -> int:
+        """The largest event accepted, in bytes."""
+        return self._max
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Parse ``chunk`` and return every event it completes."""
+        if self._failed:
+            raise SSEEventTooLarge(self._max)
         if not chunk:
             return []
         if self._held_cr:
@@ -54,12 +111,12 @@ class SSEParser:
             self._held_cr = False
         if not self._started:
             # A UTF-8 byte-order mark may start the stream, possibly split across reads.
-            head = self._buffer + chunk
+            head = self._head + chunk
             if len(head) < 3 and b"\xef\xbb\xbf".startswith(head):
-                self._buffer = head
+                self._head = head
                 return []
             self._started = True
-            self._buffer = b""
+            self._head = b""
             chunk = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
         if b"\r" in chunk:
             if chunk.endswith(b"\r"):
@@ -67,37 +124,87 @@ class SSEParser:
                 self._held_cr = True
                 chunk = chunk[:-1]
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        buffer = self._buffer + chunk if self._buffer else chunk
-        # Whole events at a time: the tail after the last blank line stays raw until its
-        # event is complete, so the common one-line ``data:`` event skips the line machinery.
-        parts = buffer.split(b"\n\n")
-        self._buffer = parts.pop()
         out: list[SSEEvent] = []
-        for part in parts:
-            if part[:6] == b"data: " and b"\n" not in part:
-                out.append(SSEEvent(None, part[6:]))
-                continue
-            for line in part.split(b"\n"):
-                self._line(line, out)
-            self._dispatch(out)
+        line = self._line
+        if line:
+            # Only the new bytes can hold the end of the line.
+            if b"\n" not in chunk:
+                self._more.append(chunk)
+                self._line_len += len(chunk)
+                if self._size + self._line_len > self._max:
+                    self._fail(out)
+                return out
+            # The line is complete: rejoin it (each byte is copied once) and parse as usual.
+            if self._more:
+                chunk = b"".join([line, *self._more, chunk])
+                self._more = []
+            else:
+                chunk = line + chunk
+            self._line = b""
+        # Whole events at a time: the common one-line ``data:`` event skips the line machinery.
+        parts = chunk.split(b"\n\n")
+        tail = parts.pop()
+        if parts:
+            if self._size:  # lines of an event came before: the first part ends it
+                for line in parts[0].split(b"\n"):
+                    self._line_(line, out)
+                self._dispatch(out)
+                del parts[0]
+            # No part of a chunk within the limit can exceed it.
+            fast = len(chunk) < self._max
+            for part in parts:
+                if fast and part[:6] == b"data: " and b"\n" not in part:
+                    out.append(SSEEvent(None, part[6:]))
+                    continue
+                for line in part.split(b"\n"):
+                    self._line_(line, out)
+                self._dispatch(out)
+        if tail:
+            if b"\n" in tail:
+                lines = tail.split(b"\n")
+                last = lines.pop()
+                for line in lines:
+                    self._line_(line, out)
+            else:
+                last = tail
+            if last:
+                self._line = last
+                size = self._line_len = len(last)
+                if size + self._size > self._max:
+                    self._fail(out)
         return out
 
     def finish(self) -> list[SSEEvent]:
         """End of input: deliver a pending line and a final event without its blank line."""
         out: list[SSEEvent] = []
+        if self._failed:
+            return out
         # A CR held back at the very end only ended the last line, which ends here anyway.
         self._held_cr = False
-        if self._buffer:
-            for line in self._buffer.split(b"\n"):
-                self._line(line, out)
-            self._buffer = b""
+        # The whole input may have been a prefix of a byte-order mark.
+        line = self._head + self._line + b"".join(self._more)
+        self._head = self._line = b""
+        self._more = []
+        if line:
+            self._line_(line, out)
         self._dispatch(out)
         return out
 
-    def _line(self, line: bytes, out: list[SSEEvent]) -> None:
+    def _fail(self, out: list[SSEEvent]) -> NoReturn:
+        self._failed = True
+        self._line = b""
+        self._more = []
+        self._data = []
+        self._other = []
+        raise SSEEventTooLarge(self._max, out)
+
+    def _line_(self, line: bytes, out: list[SSEEvent]) -> None:
         if not line:
             self._dispatch(out)
             return
+        self._size += len(line) + 1
+        if self._size > self._max:
+            self._fail(out)
         if line[0] == 0x3A:  # ":" comment / keep-alive
             return
         name, colon, value = line.partition(b":")
@@ -120,6 +227,7 @@ class SSEParser:
             out.append(SSEEvent(self._event, data, tuple(self._other)))
             self._data = []
             self._other = []
+        self._size = 0
         self._event = None
 
 

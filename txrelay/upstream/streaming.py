@@ -183,7 +183,10 @@ class UpstreamSource(Protocol):
         error: RelayError | None = None
         if events[-1].get("type") == "error":
             err = events.pop()["error"]
-            error = RelayError(err.get("type", "api_error"), err.get("message", ""))
+            # The translator's own error keeps its HTTP status (502 for upstream faults).
+            error = getattr(self.translator, "error", None)
+            if not isinstance(error, RelayError):
+                error = RelayError(err.get("type", "api_error"), err.get("message", ""))
         if events:
             if self._sink is not None:
                 self._sink.write_events(events)

@@ -187,7 +187,20 @@ FIXTURES: dict[str, Expect] = {
         stop_reason="tool_use",
         mode_sensitive=True,
     ),
-    "done_without_finish": Expect(blocks=(("text", "Short answer."),)),
+    # Issue 7.11: [DONE] without a finish_reason is a cut stream, not an end_turn (was Q9).
+    "done_without_finish": Expect(error="api_error", error_message="without a finish reason"),
+    # ... unless the dialect says finish reasons are optional and the usage chunk arrived,
+    "finish_optional_usage": Expect(
+        blocks=(("text", "All done."),),
+        usage={"input_tokens": 30, "output_tokens": 3},
+        dialect=OpenAIDialect(finish_reason_optional=True),
+    ),
+    # ... and never with tool-call arguments still open (they used to be "repaired").
+    "cut_tool_args": Expect(
+        error="api_error",
+        error_message="in the middle of a tool call's arguments",
+        dialect=OpenAIDialect(finish_reason_optional=True),
+    ),
     "whitespace_before_tool": Expect(blocks=(tool("Read", {"path": "x"}),), stop_reason="tool_use"),
     "garbage_line": Expect(error="api_error", error_message="malformed stream line"),
     "data_error": Expect(

@@ -53,6 +53,14 @@ class OpenAIDialect:
     #: Send a forced tool as ``"required"`` with only that tool offered (llama-server ignores
     #: a forced ``tool_choice`` object).
     forced_tool_as_required: bool = False
+    #: The upstream enforces ``tool_choice:"required"``. When it does not (llama-cpp-python
+    #: accepts the value and ignores it), Anthropic ``any`` becomes the named tool when only
+    #: one tool is offered (a forced tool is grammar-constrained there) and ``"auto"``
+    #: otherwise: the model is then free not to call a tool.
+    supports_tool_choice_required: bool = True
+    #: Send ``tool_choice:"auto"`` when tools go out and the client set no ``tool_choice``
+    #: (llama-cpp-python's ``chatml-function-calling`` format ignores tools without it).
+    explicit_tool_choice_auto: bool = False
     #: The upstream accepts ``parallel_tool_calls`` (R-O22).
     supports_parallel_tool_calls: bool = True
     #: Remove ``$schema`` from the root of tool schemas (R-O17).
@@ -99,6 +107,13 @@ class OpenAIDialect:
     tool_streaming: Literal["live", "complete"] = "live"
     #: Argument fragments repeat everything sent so far (Q5).
     cumulative_args: bool = False
+    #: Accept a stream that ends without a ``finish_reason`` as a normal end, but only when
+    #: the final usage chunk arrived and no tool-call arguments are left open (issue 7.11).
+    #: Off by default: such a stream is usually one the upstream cut short.
+    finish_reason_optional: bool = False
+    #: Largest streamed event accepted, in bytes; a bigger one ends the stream with an
+    #: ``api_error`` (502 before the client stream is committed) instead of growing a buffer.
+    max_event_size: int = 16 * 1024 * 1024
 
 
 #: Tuned starting points, by name.
@@ -125,6 +140,21 @@ PRESETS: dict[str, OpenAIDialect] = {
         assistant_empty_content="empty_string",
         forced_tool_as_required=True,
         supports_top_k=True,
+        think_tags=True,
+    ),
+    # llama-cpp-python's server (``python -m llama_cpp.server``), researched in its source:
+    # assistant ``content`` is ``NotRequired[str]`` (null is a 422, "" is fine); "required" is
+    # ignored by the chat formatters and an assertion error in chatml-function-calling, while
+    # a named tool is grammar-constrained; response_format takes only text/json_object; no
+    # usage in streams; parallel_tool_calls is not a field.
+    "llama-cpp-python": OpenAIDialect(
+        assistant_empty_content="empty_string",
+        supports_tool_choice_required=False,
+        explicit_tool_choice_auto=True,
+        supports_parallel_tool_calls=False,
+        supports_response_format=False,
+        supports_top_k=True,
+        include_usage=False,
         think_tags=True,
     ),
     "openrouter": OpenAIDialect(

@@ -26,59 +26,35 @@ from typing import TYPE_CHECKING, Any
 from txrelay.protocol import events as ev
 from txrelay.protocol.errors import RelayError
 from txrelay.protocol.events import Event
-from txrelay.protocol.ids import TOOL_ID_PATTERN, base62, message_id, tool_use_id
-from txrelay.protocol.jsoncodec import JSONDecodeError, dumps_str, loads
-from txrelay.protocol.jsonprefix import JSONPrefixChecker, json_completion, repair_json_object
+from txrelay.protocol.ids import message_id, tool_use_id
+from txrelay.protocol.jsoncodec import dumps_str, loads
+from txrelay.protocol.jsonprefix import repair_json_object
 from txrelay.protocol.openai.dialect import OpenAIDialect
 from txrelay.protocol.openai.errors import stream_error
-from txrelay.protocol.openai.request import ToolNameMap, encode_orx
-from txrelay.protocol.sse import SSEEvent, SSEParser
-from txrelay.protocol.tokens import estimate_text_tokens
+from txrelay.protocol.openai.signature import encode_orx, oai_signature
+from txrelay.protocol.openai.thinktags import ThinkTagSplitter
+from txrelay.protocol.openai.toolcalls import (
+    CLOSED,
+    OPEN,
+    ToolCall,
+    ToolCallTable,
+    ToolIds,
+    arguments_remainder,
+)
+from txrelay.protocol.openai.toolnames import ToolNameMap
+from txrelay.protocol.openai.usage import anthropic_usage
+from txrelay.protocol.sse import SSEEvent, SSEEventTooLarge, SSEParser
 
 if TYPE_CHECKING:
     from txrelay.protocol.translator import StreamTranslator
 
 log = logging.getLogger(__name__)
 
-_PENDING, _OPEN, _CLOSED = 0, 1, 2
-_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 _ORX_KEYS = ("signature", "format", "id")
+#: Tool-call arguments nested deeper than this end the stream (hostile or broken upstream).
+MAX_ARGUMENT_DEPTH = 256
 
-
-def oai_signature() -> str:
-    """A fresh relay signature for reasoning without an upstream signature (§10.1)."""
-    return "txr1.oai." + base62(24)
-
-
-class _Call:
-    """One upstream tool call being assembled (§4.5)."""
-
-    __slots__ = (
-        "block_index",
-        "broken",
-        "checker",
-        "chunk_seq",
-        "fwd",
-        "name",
-        "parts",
-        "position",
-        "sent",
-        "state",
-        "upstream_id",
-    )
-
-    def __init__(self, chunk_seq: int, position: int) -> None:
-        self.upstream_id: str | None = None
-        self.name: str | None = None
-        self.parts: list[str] = []  # raw argument text as received
-        self.checker = JSONPrefixChecker()
-        self.broken = False  # the raw text stopped being a valid JSON prefix
-        self.fwd: list[str] = []  # checker output: what may be / was forwarded
-        self.sent = 0  # how many entries of fwd were emitted
-        self.state = _PENDING
-        self.block_index = -1
-        self.chunk_seq = chunk_seq
-        self.position = position
+__all__ = ["ChatStreamTranslator", "oai_signature"]
 
 
 class ChatStreamTranslator:
@@ -115,14 +91,12 @@ class ChatStreamTranslator:
         self._stop_sequences = frozenset(stop_sequences or ())
         self._names = tool_names
         self._message_id = message_id or _new_message_id()
-        self._id_factory = id_factory
         self._signature_factory = signature_factory
         self._upstream = upstream_name
         self._complete_mode = dialect.tool_streaming == "complete"
         self._cumulative = dialect.cumulative_args
-        self._think_tags = dialect.think_tags
 
-        self._parser = SSEParser()
+        self._parser = SSEParser(max_event_size=dialect.max_event_size)
         self._started = False
         self._held: list[Event] = []
         self._done = False
@@ -137,17 +111,11 @@ class ChatStreamTranslator:
         self._pending_ws = ""
         self._reasoning_source: str | None = None
         self._orx_meta: dict[str, Any] | None = None
-        # 0: deciding, 1: inside <think>, 2: plain content, 3: after </think>
-        self._think_state = 0
-        self._think_buf = ""
+        self._think = ThinkTagSplitter() if dialect.think_tags else None
 
-        self._calls: list[_Call] = []
-        self._queue: list[_Call] = []  # calls not opened yet, in first-seen order
-        self._by_index: dict[int, _Call] = {}
-        self._by_id: dict[str, _Call] = {}
-        self._live: _Call | None = None
-        self._chunk_seq = 0
-        self._used_ids: set[str] = set()
+        self._tools = ToolCallTable()
+        self._tool_ids = ToolIds(id_factory, preserve=dialect.preserve_tool_ids)
+        self._live: ToolCall | None = None
         self._tool_emitted = False
 
         self._finish: str | None = None
@@ -200,47 +168,76 @@ class ChatStreamTranslator:
         if self._done:
             return []
         out: list[Event] = []
-        for sse in self._parser.feed(data):
-            self._sse(sse, out)
-            if self._done:
-                break
+        too_large: SSEEventTooLarge | None = None
+        try:
+            events = self._parser.feed(data)
+        except SSEEventTooLarge as e:
+            events, too_large = e.events, e
+        try:
+            for sse in events:
+                self._sse(sse, out)
+                if self._done:
+                    break
+        except Exception as e:  # a shape nobody foresaw must not escape into the I/O layer
+            self._untranslatable(e, out)
+        if too_large is not None and not self._done:
+            self._fail(self._too_large(too_large.limit), out)
         return self._emit(out)
 
     def finish(self) -> list[Event]:
         """
         End of the upstream body (or the end of the R-S16 grace period).
 
-        ``[DONE]`` or a ``finish_reason`` seen → a normal end; otherwise the stream was cut and
-        an ``error`` event reports it (R-S13).
+        A ``finish_reason`` seen → a normal end. Otherwise the stream was cut and an ``error``
+        event reports it: EOF without ``[DONE]`` (R-S13), and also ``[DONE]`` without a
+        ``finish_reason`` (a deliberate deviation from Q9, issue 7.11), unless the dialect's
+        ``finish_reason_optional`` is set and the final usage chunk arrived — and never when
+        tool-call arguments are still open.
         """
         if self._done:
             return []
         out: list[Event] = []
+        try:
+            self._finish_stream(out)
+        except Exception as e:
+            self._untranslatable(e, out)
+        return self._emit(out)
+
+    def _finish_stream(self, out: list[Event]) -> None:
         # After finish_reason a cut-off trailing line is harmless (R-S16 grace period).
         self._lenient_tail = self._finish is not None
         for sse in self._parser.finish():
             self._sse(sse, out)
             if self._done:
-                return self._emit(out)
-        if self._saw_done_marker or self._finish is not None:
+                return
+        if self._finish is not None:
             self._finalize(out)
+        elif self._saw_done_marker or (
+            self._dialect.finish_reason_optional and self._usage is not None
+        ):
+            self._end_without_finish(out)
         else:
             what = "ended unexpectedly" if self._received else "returned an empty stream"
             self._fail(RelayError("api_error", f"{self._upstream}: upstream stream {what}"), out)
-        return self._emit(out)
 
     def process_chunk(self, chunk: dict[str, Any]) -> list[Event]:
         """Translate one decoded chunk (used for non-streaming responses)."""
         out: list[Event] = []
         if not self._done:
-            self._chunk(chunk, out)
+            try:
+                self._chunk(chunk, out)
+            except Exception as e:
+                self._untranslatable(e, out)
         return self._emit(out)
 
     def finalize(self) -> list[Event]:
         """End normally, as on ``[DONE]``."""
         out: list[Event] = []
         if not self._done:
-            self._finalize(out)
+            try:
+                self._finalize(out)
+            except Exception as e:
+                self._untranslatable(e, out)
         return self._emit(out)
 
     # --- plumbing --------------------------------------------------------------------------
@@ -250,6 +247,42 @@ class ChatStreamTranslator:
             return out
         self._held.extend(out)
         return []
+
+    def _too_large(self, limit: int) -> RelayError:
+        return RelayError(
+            "api_error",
+            f"{self._upstream}: upstream sent a stream event larger than the relay's limit of "
+            f"{limit} bytes (dialect setting max_event_size)",
+            status=502,
+        )
+
+    def _malformed(self, what: str, out: list[Event]) -> None:
+        """End with a 502 naming what was wrong with the upstream's chunk."""
+        self._fail(
+            RelayError(
+                "api_error",
+                f"{self._upstream}: upstream sent a malformed stream chunk: {what}",
+                status=502,
+            ),
+            out,
+        )
+
+    def _untranslatable(self, exc: Exception, out: list[Event]) -> None:
+        """Last line of defence: an upstream shape the translator did not foresee."""
+        if self._done:
+            return
+        log.warning("could not translate the upstream stream of %s", self._upstream, exc_info=exc)
+        what = (
+            "data nested too deeply" if isinstance(exc, RecursionError) else "an unexpected shape"
+        )
+        self._fail(
+            RelayError(
+                "api_error",
+                f"{self._upstream}: upstream sent a stream the relay could not translate ({what})",
+                status=502,
+            ),
+            out,
+        )
 
     def _fail(self, error: RelayError, out: list[Event]) -> None:
         """R-E4: one ``error`` event, nothing after it; open blocks stay open."""
@@ -268,6 +301,7 @@ class ChatStreamTranslator:
                     RelayError(
                         "api_error",
                         f"{self._upstream}: upstream sent a malformed stream line: {line[:200]}",
+                        status=502,
                     ),
                     out,
                 )
@@ -280,11 +314,17 @@ class ChatStreamTranslator:
             return
         if data[:6] == b"[DONE]":
             self._saw_done_marker = True
-            self._finalize(out)
+            if self._finish is not None:
+                self._finalize(out)
+            else:
+                self._end_without_finish(out)
             return
         try:
             chunk = loads(data)
-        except JSONDecodeError:
+        except RecursionError:
+            self._malformed("JSON nested too deeply", out)
+            return
+        except ValueError:  # JSONDecodeError, or an integer too long to convert
             if self._lenient_tail:
                 return
             self._fail(
@@ -292,6 +332,7 @@ class ChatStreamTranslator:
                     "api_error",
                     f"{self._upstream}: upstream sent invalid JSON in the stream: "
                     f"{data[:200].decode('utf-8', 'replace')}",
+                    status=502,
                 ),
                 out,
             )
@@ -303,7 +344,7 @@ class ChatStreamTranslator:
 
     def _chunk(self, chunk: dict[str, Any], out: list[Event]) -> None:
         self._received = True
-        self._chunk_seq += 1
+        self._tools.chunk_seq += 1
         err = chunk.get("error")
         if err or chunk.get("object") == "error":
             self._fail(stream_error(chunk, upstream_name=self._upstream), out)
@@ -314,17 +355,29 @@ class ChatStreamTranslator:
         choices = chunk.get("choices")
         if not choices:
             return
+        if not isinstance(choices, list):
+            self._malformed("'choices' is not a list", out)
+            return
         for choice in choices:
-            if not isinstance(choice, dict) or choice.get("index", 0) not in (0, None):
+            if not isinstance(choice, dict):
+                self._malformed("an entry of 'choices' is not an object", out)
+                return
+            if choice.get("index", 0) not in (0, None):
                 continue
             delta = choice.get("delta")
-            if delta and isinstance(delta, dict):
+            if delta:
+                if not isinstance(delta, dict):
+                    self._malformed("'delta' is not an object", out)
+                    return
                 self._delta(delta, out)
                 if self._done:
                     return
             reason = choice.get("finish_reason")
             if reason:
-                self._on_finish(str(reason), choice, chunk, out)
+                if not isinstance(reason, str):
+                    self._malformed("'finish_reason' is not a string", out)
+                    return
+                self._on_finish(reason, choice, chunk, out)
                 if self._done:
                     return
 
@@ -372,9 +425,12 @@ class ChatStreamTranslator:
         content = delta.get("content")
         if content:
             if not isinstance(content, str):
+                if not isinstance(content, list):
+                    self._malformed("'content' is neither a string nor a list of parts", out)
+                    return
                 content = _parts_text(content)
             if content:
-                if self._think_tags:
+                if self._think is not None:
                     self._think_content(content, out)
                 else:
                     self._text(content, out)
@@ -383,7 +439,10 @@ class ChatStreamTranslator:
             self._refusal = True
             self._text(refusal, out)
         calls = delta.get("tool_calls")
-        if calls and isinstance(calls, list):
+        if calls:
+            if not isinstance(calls, list):
+                self._malformed("'tool_calls' is not a list", out)
+                return
             self._tool_calls(calls, out)
         elif isinstance(delta.get("function_call"), dict):  # legacy single call
             self._tool_calls([{"index": 0, "function": delta["function_call"]}], out)
@@ -482,47 +541,14 @@ class ChatStreamTranslator:
 
     def _think_content(self, text: str, out: list[Event]) -> None:
         """Split a leading inline ``<think>…</think>`` into a thinking block (R-S12.4)."""
-        state = self._think_state
-        if state == 2:
-            self._text(text, out)
-            return
-        if state == 3:  # right after </think>: skip the separating whitespace
-            text = text.lstrip()
-            if text:
-                self._think_state = 2
-                self._text(text, out)
-            return
-        buf = self._think_buf + text
-        if state == 0:
-            stripped = buf.lstrip()
-            if not stripped or (
-                len(stripped) < len(_THINK_OPEN) and _THINK_OPEN.startswith(stripped)
-            ):
-                self._think_buf = buf
+        assert self._think is not None
+        for thinking, piece in self._think.feed(text):
+            if thinking:
+                self._think_emit(piece, out)
+            else:
+                self._text(piece, out)
+            if self._done:
                 return
-            if not stripped.startswith(_THINK_OPEN):
-                self._think_state = 2
-                self._think_buf = ""
-                self._text(buf, out)
-                return
-            self._think_state = 1
-            buf = stripped[len(_THINK_OPEN) :]
-        end = buf.find(_THINK_CLOSE)
-        if end >= 0:
-            self._think_buf = ""
-            self._think_state = 3
-            self._think_emit(buf[:end], out)
-            rest = buf[end + len(_THINK_CLOSE) :]
-            if rest and not self._done:
-                self._think_content(rest, out)
-            return
-        keep = 0
-        for k in range(min(len(_THINK_CLOSE) - 1, len(buf)), 0, -1):
-            if buf.endswith(_THINK_CLOSE[:k]):
-                keep = k
-                break
-        self._think_buf = buf[len(buf) - keep :] if keep else ""
-        self._think_emit(buf[: len(buf) - keep], out)
 
     def _think_emit(self, text: str, out: list[Event]) -> None:
         if self._open_kind != "thinking":
@@ -532,68 +558,26 @@ class ChatStreamTranslator:
 
     # --- tool calls ------------------------------------------------------------------------
 
-    def _call_for(self, frag: dict[str, Any], position: int, name: Any) -> _Call:
-        """R-S9: which call a fragment belongs to."""
-        index = frag.get("index")
-        fid = frag.get("id")
-        fid = fid if isinstance(fid, str) and fid else None
-        if isinstance(index, int) and not isinstance(index, bool):
-            call = self._by_index.get(index)
-            if call is None or (
-                # Q7: a different id on an index whose call is named → a new call. Also
-                # require a name or a finished call, so a server that invents an id per
-                # fragment does not split one call into many.
-                fid is not None
-                and call.name is not None
-                and call.upstream_id is not None
-                and fid != call.upstream_id
-                and (bool(name) or call.checker.complete)
-            ):
-                call = self._new_call(position)
-                self._by_index[index] = call
-            return call
-        if fid is not None:
-            call = self._by_id.get(fid)
-            if call is None:
-                call = self._new_call(position)
-                self._by_id[fid] = call
-            return call
-        last = self._calls[-1] if self._calls else None
-        if (
-            last is None
-            or (last.chunk_seq == self._chunk_seq and last.position != position)
-            or (
-                isinstance(name, str)
-                and name
-                and last.name is not None
-                and (name != last.name or last.checker.complete)
-            )
-        ):
-            return self._new_call(position)
-        return last
-
-    def _new_call(self, position: int) -> _Call:
-        call = _Call(self._chunk_seq, position)
-        self._calls.append(call)
-        self._queue.append(call)
-        return call
-
     def _tool_calls(self, frags: list[Any], out: list[Event]) -> None:
         for position, frag in enumerate(frags):
             if not isinstance(frag, dict):
-                continue
+                self._malformed("an entry of 'tool_calls' is not an object", out)
+                return
             function = frag.get("function")
-            if not isinstance(function, dict):
+            if function is None:
                 function = {}
+            elif not isinstance(function, dict):
+                self._malformed("a tool call's 'function' is not an object", out)
+                return
             name = function.get("name")
-            call = self._call_for(frag, position, name)
-            if call.state == _CLOSED:
+            call = self._tools.call_for(frag, position, name)
+            if call.state == CLOSED:
                 log.debug("ignoring a fragment for an already closed tool call")
                 continue
             fid = frag.get("id")
             if call.upstream_id is None and isinstance(fid, str) and fid:
                 call.upstream_id = fid
-                self._by_id.setdefault(fid, call)
+                self._tools.by_id.setdefault(fid, call)
             if call.name is None and isinstance(name, str) and name:
                 call.name = name
             arguments = function.get("arguments")
@@ -609,7 +593,7 @@ class ChatStreamTranslator:
                 if self._done:
                     return
 
-    def _add_args(self, call: _Call, text: str, out: list[Event]) -> None:
+    def _add_args(self, call: ToolCall, text: str, out: list[Event]) -> None:
         if self._cumulative and call.parts:
             so_far = "".join(call.parts)
             if text.startswith(so_far):  # Q5: fragments repeat the whole buffer
@@ -621,55 +605,44 @@ class ChatStreamTranslator:
             return
         checker = call.checker
         fwd = checker.feed(text)
+        if checker.depth > MAX_ARGUMENT_DEPTH:  # no client parser should be handed this
+            self._malformed(
+                f"tool-call arguments nested more than {MAX_ARGUMENT_DEPTH} levels deep", out
+            )
+            return
         if not checker.valid:
             call.broken = True  # stop forwarding; repaired at close (R-S10)
         if fwd:
             call.fwd.append(fwd)
-            if call.state == _OPEN:
+            if call.state == OPEN:
                 call.sent = len(call.fwd)
                 out.append(ev.input_json_delta(call.block_index, fwd))
                 self._out_chars += len(fwd)
-        if call.state == _OPEN and checker.complete:
+        if call.state == OPEN and checker.complete:
             self._close_live(out)
             if not self._done:
                 self._flush_queue(out, final=False)
 
-    def _replace_args(self, call: _Call, text: str, out: list[Event]) -> None:
+    def _replace_args(self, call: ToolCall, text: str, out: list[Event]) -> None:
         if not call.parts:
             self._add_args(call, text, out)
             return
         call.parts = [text]
         call.broken = True
 
-    def _tool_id(self, upstream_id: str | None) -> str:
-        """R-X11: a fresh ``toolu_`` id, or the upstream's when allowed and safe."""
-        if (
-            self._dialect.preserve_tool_ids
-            and upstream_id is not None
-            and upstream_id not in self._used_ids
-            and TOOL_ID_PATTERN.match(upstream_id)
-        ):
-            tool_id = upstream_id
-        else:
-            tool_id = self._id_factory()
-            while tool_id in self._used_ids:
-                tool_id = self._id_factory()
-        self._used_ids.add(tool_id)
-        return tool_id
-
-    def _open_tool(self, call: _Call, out: list[Event]) -> None:
+    def _open_tool(self, call: ToolCall, out: list[Event]) -> None:
         if self._open_kind is not None:
             self._close_block(out)  # R-S3; never a tool block here (one live call at a time)
         self._pending_ws = ""
-        self._queue.remove(call)
+        self._tools.queue.remove(call)
         index = self._next_index
         self._next_index = index + 1
         call.block_index = index
-        call.state = _OPEN
+        call.state = OPEN
         name = call.name or ""
         if self._names is not None:
             name = self._names.client(name)
-        out.append(ev.tool_use_block_start(index, self._tool_id(call.upstream_id), name))
+        out.append(ev.tool_use_block_start(index, self._tool_ids.mint(call.upstream_id), name))
         self._tool_emitted = True
         self._open_kind = "tool_use"
         self._open_index = index
@@ -678,7 +651,7 @@ class ChatStreamTranslator:
             out.append(ev.input_json_delta(index, text))
             self._out_chars += len(text)
             out.append(ev.block_stop(index))
-            call.state = _CLOSED
+            call.state = CLOSED
             self._open_kind = None
             return
         self._live = call
@@ -688,29 +661,12 @@ class ChatStreamTranslator:
             out.append(ev.input_json_delta(index, text))
             self._out_chars += len(text)
 
-    def _remainder(self, call: _Call) -> str | None:
-        """What completes the forwarded text into the repaired input (R-S10, R-O28)."""
-        checker = call.checker
-        if not call.broken:
-            if checker.complete:
-                return ""
-            if not checker.started:
-                return "{}"  # an empty argument string ends as {}
-            suffix = checker.closing_suffix()
-            try:
-                if isinstance(loads("".join(call.fwd) + suffix), dict):
-                    return suffix
-            except JSONDecodeError:
-                pass
-        value = repair_json_object("".join(call.parts))
-        return json_completion("".join(call.fwd), value)
-
     def _close_live(self, out: list[Event]) -> None:
         call = self._live
         if call is None:
             return
         index = call.block_index
-        remainder = self._remainder(call)
+        remainder = arguments_remainder(call)
         if remainder is None:
             self._fail(
                 RelayError(
@@ -725,14 +681,15 @@ class ChatStreamTranslator:
             out.append(ev.input_json_delta(index, remainder))
             self._out_chars += len(remainder)
         out.append(ev.block_stop(index))
-        call.state = _CLOSED
+        call.state = CLOSED
         self._live = None
         self._open_kind = None
 
     def _flush_queue(self, out: list[Event], *, final: bool) -> None:
         """Open waiting calls in first-seen order (R-S10); ``final`` closes each one too."""
-        while self._live is None and self._queue:
-            call = next((c for c in self._queue if c.name), None) if final else self._queue[0]
+        queue = self._tools.queue
+        while self._live is None and queue:
+            call = next((c for c in queue if c.name), None) if final else queue[0]
             if call is None or call.name is None:
                 return
             self._open_tool(call, out)
@@ -751,25 +708,57 @@ class ChatStreamTranslator:
 
     # --- end -------------------------------------------------------------------------------
 
+    def _end_without_finish(self, out: list[Event]) -> None:
+        """The upstream ended (``[DONE]`` or EOF) but never said why (issue 7.11)."""
+        if any(not self._arguments_closed(call) for call in self._tools.calls):
+            what = "in the middle of a tool call's arguments"
+        elif self._dialect.finish_reason_optional and self._usage is not None:
+            self._finalize(out)
+            return
+        else:
+            what = "without a finish reason"
+        self._fail(
+            RelayError(
+                "api_error",
+                f"{self._upstream}: the upstream ended the stream {what}; "
+                "the answer may be incomplete",
+                status=502,
+            ),
+            out,
+        )
+
+    def _arguments_closed(self, call: ToolCall) -> bool:
+        """Whether a call's argument text is a whole JSON value (no repair needed)."""
+        if call.state == CLOSED:
+            return True
+        if not call.broken and not self._complete_mode:
+            return call.checker.complete
+        try:
+            loads("".join(call.parts))
+        except (ValueError, RecursionError):
+            return False
+        return True
+
     def _finalize(self, out: list[Event]) -> None:
         """R-S13..R-S15: close everything, one ``message_delta``, ``message_stop``."""
         if self._done:
             return
-        if self._think_buf:
-            buf = self._think_buf
-            self._think_buf = ""
-            if self._think_state == 1:
-                self._think_emit(buf, out)
+        held = self._think.flush() if self._think is not None else None
+        if held is not None:
+            if held[0]:
+                self._think_emit(held[1], out)
             else:
-                self._text(buf, out)
+                self._text(held[1], out)
         if self._open_kind in ("text", "thinking"):
             self._close_block(out)
         self._end_tools(out)
         if self._done:
             return
-        if self._queue:
-            log.info("dropping %d upstream tool call(s) that never got a name", len(self._queue))
-            self._queue = []
+        if self._tools.queue:
+            log.info(
+                "dropping %d upstream tool call(s) that never got a name", len(self._tools.queue)
+            )
+            self._tools.queue = []
         stop_reason, stop_sequence = self._stop_reason()
         out.append(ev.message_delta(stop_reason, stop_sequence, self._final_usage()))
         out.append(ev.message_stop())
@@ -792,50 +781,9 @@ class ChatStreamTranslator:
 
     def _final_usage(self) -> dict[str, Any]:
         """Cumulative usage for ``message_delta``, additive (§9.1, R-U1, R-S14)."""
-        usage = self._usage
-        if not usage:
-            return {
-                "input_tokens": self._input_tokens,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
-                "output_tokens": estimate_text_tokens(self._out_chars),
-            }
-        details = usage.get("prompt_tokens_details")
-        details = details if isinstance(details, dict) else {}
-        hit = _int(usage.get("prompt_cache_hit_tokens"))
-        miss = _int(usage.get("prompt_cache_miss_tokens"))
-        prompt = _int(usage.get("prompt_tokens"))
-        cache_read = hit if hit is not None else (_int(details.get("cached_tokens")) or 0)
-        cache_write = _int(details.get("cache_write_tokens")) or 0
-        if hit is not None and miss is not None:
-            input_tokens = max(0, miss - cache_write)
-        elif prompt is not None:
-            input_tokens = max(0, prompt - cache_read - cache_write)
-        else:
-            input_tokens = self._input_tokens
-        completion = _int(usage.get("completion_tokens"))
-        out: dict[str, Any] = {
-            "input_tokens": input_tokens,
-            "cache_creation_input_tokens": cache_write,
-            "cache_read_input_tokens": cache_read,
-            "output_tokens": (
-                completion if completion is not None else estimate_text_tokens(self._out_chars)
-            ),
-        }
-        completion_details = usage.get("completion_tokens_details")
-        if isinstance(completion_details, dict):
-            reasoning = _int(completion_details.get("reasoning_tokens"))
-            if reasoning:
-                out["output_tokens_details"] = {"thinking_tokens": reasoning}
-        return out
-
-
-def _int(value: Any) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
+        return anthropic_usage(
+            self._usage, input_tokens=self._input_tokens, out_chars=self._out_chars
+        )
 
 
 def _parts_text(content: Any) -> str:
