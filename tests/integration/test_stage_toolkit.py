@@ -299,5 +299,5 @@ def test_protocol_log_lines_reach_the_relay_output(fake: FakeOpenAI, tmp: Path,
     finally:
         relay.stop()
     log = relay.log()
-    assert "[txrelay.protocol.openai.request#info] dropping tool 'web_search' of type " \
+    assert "[txrelay.protocol.openai.tools#info] dropping tool 'web_search' of type " \
            "'web_search_20250305': not available on this upstream" in log
