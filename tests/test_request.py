@@ -50,7 +50,8 @@ def test_count_tokens_needs_no_max_tokens() -> None:
     ({"model": "m", "messages": []}, "max_tokens: field required"),
     ({**BASE, "max_tokens": 1.5}, "max_tokens: expected an integer, got a number"),
     ({**BASE, "max_tokens": True}, "max_tokens: expected an integer, got a boolean"),
-    ({**BASE, "max_tokens": -1}, "max_tokens: must be greater than or equal to 0"),
+    ({**BASE, "max_tokens": -1}, "max_tokens: must be greater than or equal to 1, got -1"),
+    ({**BASE, "max_tokens": 0}, "max_tokens: must be greater than or equal to 1"),  # 7.13
     ({**BASE, "model": None}, "model: expected a string, got null"),
     ({**BASE, "messages": "hi"}, "messages: expected an array, got a string"),
     ({**BASE, "messages": []}, "at least one message"),
@@ -59,7 +60,7 @@ def test_count_tokens_needs_no_max_tokens() -> None:
     ({**BASE, "messages": [{"role": "user", "content": [{"text": "x"}]}]},
      "messages.0.content.0.type: field required"),
     ({**BASE, "stream": "yes"}, "stream: expected a boolean"),
-    ({**BASE, "system": [{"type": "image"}]}, "system.0: expected a text block"),
+    ({**BASE, "system": [{"type": "image"}]}, "system.0.type: unknown content block type \"image\""),
     ({**BASE, "tools": [{"name": "x"}]}, "tools.0.input_schema: field required"),
     ({**BASE, "tool_choice": {"type": "maybe"}}, "tool_choice.type"),
     ({**BASE, "thinking": {"type": "enabled"}}, "thinking.budget_tokens: field required"),
