@@ -72,7 +72,8 @@ class MessagesRequest:
         if isinstance(self.system, str):
             return self.system
         return "\n\n".join(
-            b["text"] for b in self.system if b.get("type") == "text" and b.get("text")
+            b["text"] for b in self.system
+            if b.get("type") == "text" and isinstance(b.get("text"), str) and b["text"]
         )
 
     def tool_names(self) -> list[str]:
