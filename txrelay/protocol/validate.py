@@ -546,8 +546,11 @@ class _Chain(threading.local):
 _chain = _Chain()
 
 
-def _too_deep(body: dict[str, Any]) -> str | None:
-    """The path of the first value nested deeper than :data:`MAX_DEPTH`, else ``None``."""
+def too_deep_path(body: dict[str, Any] | list[Any]) -> str | None:
+    """
+    The path of the first value nested deeper than :data:`MAX_DEPTH` (``body`` is level 1),
+    else ``None``; also used on upstream answers.
+    """
     chain = _chain
     chain.inner[0] = body
     try:
@@ -591,7 +594,7 @@ def validate_request(body: dict[str, Any], *, count_tokens: bool = False) -> Non
 
 
 def _check(p: _Problems, body: dict[str, Any], count_tokens: bool) -> None:
-    deep = _too_deep(body)
+    deep = too_deep_path(body)
     if deep is not None:
         # Nothing else is looked at: a walker would only meet the same nesting.
         parts = deep.split(".")
