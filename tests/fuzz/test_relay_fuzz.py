@@ -27,7 +27,7 @@ def fuzz(ci_examples: int) -> settings:
 PATHS = ["/v1/messages", "/v1/messages?beta=true", "/v1/messages/count_tokens"]
 
 
-@fuzz(60)
+@fuzz(100)
 @given(body=requests, path=st.sampled_from(PATHS))
 def test_valid_requests_are_served(target: Target, body: dict[str, Any], path: str) -> None:
     raw = encode(body)
@@ -39,14 +39,14 @@ def test_valid_requests_are_served(target: Target, body: dict[str, Any], path: s
         f"{answer.status} {answer.body[:400]!r} for {raw[:400]!r}")
 
 
-@fuzz(150)
+@fuzz(400)
 @given(body=mutated_requests(), path=st.sampled_from(PATHS))
 def test_mutated_requests_get_precise_answers(target: Target, body: Any, path: str) -> None:
     raw = encode(body)
     target.check(target.post(path, raw), raw)
 
 
-@fuzz(40)
+@fuzz(60)
 @given(body=requests, cut=st.integers(0, 400), junk=st.binary(max_size=8))
 def test_broken_json_is_a_400(target: Target, body: dict[str, Any], cut: int, junk: bytes
                               ) -> None:
