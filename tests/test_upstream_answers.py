@@ -1,4 +1,4 @@
-"""Hostile non-streaming upstream answers: translated, or a 502 naming the problem; never a crash."""
+"""Hostile non-streaming upstream answers: translated, or a 502 naming the problem, no crash."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import attrs
+
 from txrelay.protocol.errors import invalid_request
 from txrelay.protocol.jsoncodec import JSONDecodeError, loads
 from txrelay.protocol.structure import json_type_name

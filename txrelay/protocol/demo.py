@@ -32,7 +32,9 @@ def _last_user(req: MessagesRequest) -> list[dict[str, Any]]:
 
 
 def _user_text(blocks: list[dict[str, Any]]) -> str:
-    texts = [b["text"] for b in blocks if b.get("type") == "text" and isinstance(b.get("text"), str)]
+    texts: list[str] = [
+        b["text"] for b in blocks if b.get("type") == "text" and isinstance(b.get("text"), str)
+    ]
     # Claude Code prefixes turns with <system-reminder> blocks; the prompt is the last text.
     plain = [t for t in texts if not t.lstrip().startswith("<system-reminder>")]
     return (plain or texts or [""])[-1].strip()

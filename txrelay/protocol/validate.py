@@ -30,6 +30,7 @@ Deliberate choices (README "Request validation"):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from collections.abc import Callable, Mapping
@@ -585,10 +586,8 @@ def validate_request(body: dict[str, Any], *, count_tokens: bool = False) -> Non
     :raises RelayError: a 400 ``invalid_request_error`` listing the problems with their paths.
     """
     p = _Problems()
-    try:
+    with contextlib.suppress(_TooMany):
         _check(p, body, count_tokens)
-    except _TooMany:
-        pass
     if p.lines:
         raise invalid_request("; ".join(p.lines))
 
