@@ -111,6 +111,8 @@ def test_everything_else_of_the_schema_passes() -> None:
     ({**BASE, "temperature": float("nan")}, "temperature: must be a finite number"),
     ({**BASE, "top_p": float("inf")}, "top_p: must be a finite number"),
     ({**BASE, "top_p": "0.5"}, "top_p: expected a number, got a string"),
+    ({**BASE, "temperature": -(10**4000)}, "temperature: must be between 0 and 1, got an integer"),
+    ({**BASE, "top_k": 10**4000}, "top_k: must be at most 2147483647"),
     ({**BASE, "top_k": -1}, "top_k: must be greater than or equal to 0, got -1"),
     # Sizes.
     ({**BASE, "model": "m" * 300}, "model: must be at most 256 characters long, got 300"),

@@ -91,7 +91,7 @@ def shown(value: object) -> str:
         return orjson.dumps(text.encode("utf-8", "replace").decode("utf-8")).decode()
     if isinstance(value, bool) or value is None:
         return json_type_name(value)
-    if isinstance(value, int | float) and math.isfinite(value) and abs(value) < 1e15:
+    if isinstance(value, int | float) and abs(value) < 1e15:  # no float() of a huge int
         return repr(value)
     return json_type_name(value)
 
@@ -160,7 +160,7 @@ def _unit_float(p: _Problems, obj: Mapping[str, Any], key: str) -> None:
     value = obj[key]
     if isinstance(value, bool) or not isinstance(value, int | float):
         p.add(key, _expected("a number", value))
-    elif not math.isfinite(value):
+    elif isinstance(value, float) and not math.isfinite(value):
         p.add(key, "must be a finite number")
     elif not 0 <= value <= 1:
         p.add(key, f"must be between 0 and 1, got {shown(value)}")
