@@ -20,8 +20,6 @@ import pytest
 from tests.fakeupstream import FakeOpenAI, Handler, Recorded, json_response, sse, text_stream
 from tests.relayproc import DEMO_KEY, Relay, config_text, start_relay
 
-pytestmark = pytest.mark.integration
-
 #: Examples per fuzz test; ``bench/fuzz`` raises it.
 EXAMPLES = int(os.environ.get("TXRELAY_FUZZ_EXAMPLES", "0")) or None
 

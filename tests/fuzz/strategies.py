@@ -304,7 +304,7 @@ def mutated_requests(draw: st.DrawFn) -> Any:
         every = paths(body)
         path = draw(st.sampled_from(every))
         op = draw(st.sampled_from(["replace", "replace", "delete", "add", "nest", "block_type",
-                                   "schema", "duplicate"]))
+                                   "schema", "duplicate", "role"]))
         node = _get(body, path)
         if op == "replace":
             body = _set(body, path, draw(hostile_values))
@@ -325,11 +325,14 @@ def mutated_requests(draw: st.DrawFn) -> Any:
                 head, tail = ("[", "]") if kind == "list" else ('{"a":', "}")
                 inner = encode(node).decode("ascii")
                 body = _set(body, path, RawNumber(head * depth + inner + tail * depth))
+            break  # the tree is now too deep to walk or copy again: this is the last edit
         elif op == "block_type" and isinstance(node, dict) and "type" in node:
             node["type"] = draw(st.sampled_from(BLOCK_TYPES))
         elif op == "schema" and isinstance(body, dict):
             body["tools"] = [{"name": "Huge", "input_schema": enormous_schema(
                 draw(st.sampled_from(["deep", "wide"])))}]
+        elif op == "role" and isinstance(node, dict) and "role" in node:
+            node["role"] = draw(st.sampled_from(["user", "assistant", "system", "tool"]))
         elif op == "duplicate" and isinstance(node, list) and node:
             node.extend([node[0]] * draw(st.integers(1, 300)))
     return body
