@@ -10,6 +10,7 @@ integer, which no Python value serialises to.
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -300,6 +301,11 @@ def enormous_schema(kind: str) -> dict[str, Any]:
 def mutated_requests(draw: st.DrawFn) -> Any:
     """A valid request with one to three hostile edits."""
     body: Any = json.loads(json.dumps(draw(requests)))
+    def hostile() -> Any:
+        # A copy: st.just() hands out one shared object, which edits would otherwise change
+        # for later examples (or append to itself).
+        return copy.deepcopy(draw(hostile_values))
+
     for _ in range(draw(st.integers(1, 3))):
         every = paths(body)
         path = draw(st.sampled_from(every))
@@ -307,15 +313,14 @@ def mutated_requests(draw: st.DrawFn) -> Any:
                                    "schema", "duplicate", "role"]))
         node = _get(body, path)
         if op == "replace":
-            body = _set(body, path, draw(hostile_values))
+            body = _set(body, path, hostile())
         elif op == "delete" and path:
             del _get(body, path[:-1])[path[-1]]
         elif op == "add" and isinstance(node, dict):
             node[draw(st.sampled_from(["type", "source", "content", "input", "text", "zz",
-                                       "cache_control", "citations", "name"]))] = draw(
-                hostile_values)
+                                       "cache_control", "citations", "name"]))] = hostile()
         elif op == "add" and isinstance(node, list):
-            node.append(draw(hostile_values))
+            node.append(hostile())
         elif op == "nest":
             depth = draw(st.sampled_from([120, 127, 200, 300, 1000, 1030, 100_000]))
             kind = draw(st.sampled_from(["list", "dict"]))
