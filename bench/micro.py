@@ -41,6 +41,16 @@ def main() -> int:
 
     rows.append(("parse_request(small body)", best_us(lambda: parse_request(small), 2000)))
     rows.append(("parse_request(83 KB Claude-Code body)", best_us(lambda: parse_request(cc), 200)))
+    try:
+        import orjson
+
+        from txrelay.protocol.validate import validate_request
+    except ImportError:
+        pass
+    else:
+        decoded = orjson.loads(cc)
+        rows.append(("  of which validate_request (decoded 83 KB body)",
+                     best_us(lambda: validate_request(decoded), 200)))
     rows.append(("SSEParser().feed(200-chunk stream, one read)",
                  best_us(lambda: SSEParser().feed(stream), 200)))
 

@@ -71,12 +71,16 @@ def test_auth_stage_accepts_both_headers_and_names_the_client() -> None:
     ({}, "missing API key"),
     ({"x-api-key": "wrong"}, "invalid x-api-key"),
     ({"authorization": "Basic abc"}, "missing API key"),
+    ({"authorization": "Bearer wrong"}, "invalid Authorization: Bearer token"),  # 7.13
 ])
 def test_auth_stage_rejects(headers: dict[str, str], fragment: str) -> None:
     stage = AuthStage({"alice": bytes.fromhex(hash_key("k1"))})
     result = run_stage(stage, make_exchange(headers=headers))
     assert result.error is not None and result.error.status == 401
     assert fragment in result.error.message and result.calls == []
+    if "authorization" in headers:
+        assert "x-api-key" not in result.error.message.replace("missing API key: send it in "
+                                                                "the x-api-key header", "")
 
 
 def test_presented_key_prefers_x_api_key() -> None:  # R-X1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -86,11 +87,17 @@ def test_stop_sequence_and_max_tokens() -> None:
     assert "demo" not in msg["content"][0]["text"]
     short = answer({"max_tokens": 3, "messages": [{"role": "user", "content": "x"}]})
     assert short["stop_reason"] == "max_tokens"
-    empty = answer({"max_tokens": 0, "messages": [{"role": "user", "content": "x"}]})
+    # The validator refuses max_tokens 0 (7.13); a stage may still build such a request.
+    zero = attrs.evolve(request_from_json({"model": "m", "max_tokens": 1, "messages": [
+        {"role": "user", "content": "x"}]}), max_tokens=0)
+    acc = MessageAccumulator()
+    for e in demo_events(zero, model="asked", message_id="msg_x", input_tokens=11):
+        acc.feed(e)
+    empty = acc.result()
     assert empty["content"] == [] and empty["stop_reason"] == "max_tokens"
 
 
-@given(st.text(max_size=300), st.booleans(), st.integers(0, 100))
+@given(st.text(max_size=300), st.booleans(), st.integers(1, 100))
 def test_any_prompt_gives_a_grammatical_stream(prompt: str, think: bool, limit: int) -> None:
     body: dict[str, Any] = {"max_tokens": limit, "tools": [WRITE],
                             "messages": [{"role": "user", "content": prompt or "x"}]}

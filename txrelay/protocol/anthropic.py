@@ -1,10 +1,11 @@
 """
 The Anthropic Messages API request, as the relay's front end accepts it.
 
-Top-level fields are typed and checked exactly (a wrong type is a 400 naming the field);
-content blocks, tool schemas and other open-ended values stay JSON objects, checked for the
-shape every translator relies on. Unknown top-level fields are kept in ``extra`` rather than
-rejected (R-X3): Claude Code adds beta fields often, and pass-through forwards them.
+The body is checked against the Messages schema by :mod:`txrelay.protocol.validate` (a
+wrong shape anywhere is a 400 naming its path) before it becomes a :class:`MessagesRequest`;
+content blocks, tool schemas and other open-ended values stay JSON objects, of the shapes the
+validator guarantees. Unknown top-level fields are kept in ``extra`` rather than rejected
+(R-X3): Claude Code adds beta fields often, and pass-through forwards them.
 """
 
 from __future__ import annotations
@@ -12,16 +13,18 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import attrs
-from cattrs.errors import ClassValidationError
 
 from txrelay.protocol.errors import invalid_request
 from txrelay.protocol.jsoncodec import JSONDecodeError, loads
-from txrelay.protocol.structure import dotted, error_lines, json_type_name, make_converter
+from txrelay.protocol.structure import json_type_name
+from txrelay.protocol.validate import THINKING_TYPES, TOOL_CHOICE_TYPES, validate_request
 
 Content = str | list[dict[str, Any]]
 
-TOOL_CHOICE_TYPES = frozenset({"auto", "any", "tool", "none"})
-THINKING_TYPES = frozenset({"enabled", "disabled", "adaptive", "between_tools"})
+__all__ = [
+    "THINKING_TYPES", "TOOL_CHOICE_TYPES", "InputMessage", "MessagesRequest",
+    "parse_request", "request_from_json",
+]
 
 
 @attrs.frozen
@@ -70,7 +73,8 @@ class MessagesRequest:
         if isinstance(self.system, str):
             return self.system
         return "\n\n".join(
-            b["text"] for b in self.system if b.get("type") == "text" and b.get("text")
+            b["text"] for b in self.system
+            if b.get("type") == "text" and isinstance(b.get("text"), str) and b["text"]
         )
 
     def tool_names(self) -> list[str]:
@@ -83,7 +87,6 @@ class MessagesRequest:
 
 
 _FIELDS = frozenset(a.name for a in attrs.fields(MessagesRequest)) - {"extra"}
-_converter = make_converter(forbid_extra_keys=False)
 
 
 def parse_request(raw: bytes, *, count_tokens: bool = False) -> MessagesRequest:
@@ -107,64 +110,31 @@ def parse_request(raw: bytes, *, count_tokens: bool = False) -> MessagesRequest:
 
 
 def request_from_json(body: dict[str, Any], *, count_tokens: bool = False) -> MessagesRequest:
-    """Structure a decoded body into a :class:`MessagesRequest` (see :func:`parse_request`)."""
-    known: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
-    for k, v in body.items():
-        (known if k in _FIELDS else extra)[k] = v
-    if count_tokens:
-        known.pop("max_tokens", None)
-        known.pop("stream", None)
-    elif "max_tokens" not in known:
-        raise invalid_request("max_tokens: field required")
-    known["extra"] = extra
-    try:
-        req = _converter.structure(known, MessagesRequest)
-    except (ClassValidationError, TypeError, ValueError) as e:
-        problems = "; ".join(
-            f"{dotted(path)}: {msg}" if path else msg for path, msg in error_lines(e)
-        )
-        raise invalid_request(problems) from None
-    _check_semantics(req)
-    return req
+    """
+    Check a decoded body with :func:`~txrelay.protocol.validate.validate_request` and build
+    the :class:`MessagesRequest` (see :func:`parse_request`).
+    """
+    validate_request(body, count_tokens=count_tokens)
+    extra = {k: v for k, v in body.items() if k not in _FIELDS}
+    get = body.get
+    return MessagesRequest(
+        model=body["model"],
+        messages=[InputMessage(m["role"], m["content"]) for m in body["messages"]],
+        max_tokens=None if count_tokens else body["max_tokens"],
+        system=get("system"),
+        stream=False if count_tokens else bool(get("stream")),
+        stop_sequences=get("stop_sequences"),
+        temperature=_float_or_none(get("temperature")),
+        top_p=_float_or_none(get("top_p")),
+        top_k=get("top_k"),
+        tools=get("tools"),
+        tool_choice=get("tool_choice"),
+        thinking=get("thinking"),
+        metadata=get("metadata"),
+        output_config=get("output_config"),
+        extra=extra,
+    )
 
 
-def _check_semantics(req: MessagesRequest) -> None:
-    problems: list[str] = []
-    if req.max_tokens is not None and req.max_tokens < 0:
-        problems.append("max_tokens: must be greater than or equal to 0")
-    if not req.model:
-        problems.append("model: must not be empty")
-    if not req.messages:
-        problems.append("messages: at least one message is required")
-    for i, msg in enumerate(req.messages):
-        if isinstance(msg.content, list):
-            for j, block in enumerate(msg.content):
-                if not isinstance(block.get("type"), str):
-                    problems.append(f"messages.{i}.content.{j}.type: field required")
-    if isinstance(req.system, list):
-        for j, block in enumerate(req.system):
-            if block.get("type") != "text" or not isinstance(block.get("text"), str):
-                problems.append(f"system.{j}: expected a text block")
-    for i, tool in enumerate(req.tools or ()):
-        if not isinstance(tool.get("name"), str) or not tool["name"]:
-            problems.append(f"tools.{i}.name: field required")
-        schema = tool.get("input_schema")
-        if tool.get("type") in (None, "custom") and not isinstance(schema, dict):
-            problems.append(f"tools.{i}.input_schema: field required")
-    if req.tool_choice is not None:
-        kind = req.tool_choice.get("type")
-        if kind not in TOOL_CHOICE_TYPES:
-            problems.append(
-                f"tool_choice.type: expected one of auto, any, tool, none, got {kind!r}"
-            )
-        elif kind == "tool" and not isinstance(req.tool_choice.get("name"), str):
-            problems.append("tool_choice.name: field required")
-    if req.thinking is not None:
-        kind = req.thinking.get("type")
-        if kind not in THINKING_TYPES:
-            problems.append(f"thinking.type: unknown thinking type {kind!r}")
-        elif kind == "enabled" and not isinstance(req.thinking.get("budget_tokens"), int):
-            problems.append("thinking.budget_tokens: field required")
-    if problems:
-        raise invalid_request("; ".join(problems))
+def _float_or_none(value: float | None) -> float | None:
+    return None if value is None else float(value)

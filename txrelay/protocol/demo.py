@@ -32,10 +32,12 @@ def _last_user(req: MessagesRequest) -> list[dict[str, Any]]:
 
 
 def _user_text(blocks: list[dict[str, Any]]) -> str:
-    texts = [b.get("text", "") for b in blocks if b.get("type") == "text"]
+    texts: list[str] = [
+        b["text"] for b in blocks if b.get("type") == "text" and isinstance(b.get("text"), str)
+    ]
     # Claude Code prefixes turns with <system-reminder> blocks; the prompt is the last text.
     plain = [t for t in texts if not t.lstrip().startswith("<system-reminder>")]
-    return str((plain or texts or [""])[-1]).strip()
+    return (plain or texts or [""])[-1].strip()
 
 
 def _tool_names_by_id(req: MessagesRequest) -> dict[str, str]:
@@ -52,18 +54,25 @@ def _result_text(block: dict[str, Any]) -> str:
     content = block.get("content")
     if isinstance(content, str):
         return content
+    if not isinstance(content, list):
+        return ""
     return " ".join(
-        c.get("text", "") for c in content or () if isinstance(c, dict) and c.get("type") == "text"
+        c["text"] for c in content
+        if isinstance(c, dict) and c.get("type") == "text" and isinstance(c.get("text"), str)
     )
 
 
 def _chosen_tool(req: MessagesRequest, prompt: str) -> dict[str, Any] | None:
-    tools = [t for t in req.tools or () if isinstance(t.get("input_schema"), dict)]
+    tools = [
+        t for t in req.tools or ()
+        if isinstance(t.get("input_schema"), dict) and isinstance(t.get("name"), str)
+    ]
     choice = (req.tool_choice or {}).get("type", "auto")
     if not tools or choice == "none":
         return None
     if choice == "tool":
-        return next((t for t in tools if t["name"] == req.tool_choice["name"]), None)  # type: ignore[index]
+        wanted = (req.tool_choice or {}).get("name")
+        return next((t for t in tools if t["name"] == wanted), None)
     lowered = prompt.lower()
     named = [
         t for t in tools
@@ -75,8 +84,9 @@ def _chosen_tool(req: MessagesRequest, prompt: str) -> dict[str, Any] | None:
 
 
 def _value_for(name: str, schema: dict[str, Any], prompt: str) -> Any:
-    if schema.get("enum"):
-        return schema["enum"][0]
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum:
+        return enum[0]
     if "const" in schema:
         return schema["const"]
     kind = schema.get("type")
@@ -108,8 +118,11 @@ def _value_for(name: str, schema: dict[str, Any], prompt: str) -> Any:
 
 
 def _input_for(schema: dict[str, Any], prompt: str) -> dict[str, Any]:
-    props = schema.get("properties") or {}
-    required = [r for r in schema.get("required") or () if r in props]
+    props = schema.get("properties")
+    wanted = schema.get("required")
+    if not isinstance(props, dict) or not isinstance(wanted, list):
+        return {}
+    required = [r for r in wanted if isinstance(r, str) and r in props]
     return {
         name: _value_for(name, props[name] if isinstance(props[name], dict) else {}, prompt)
         for name in required
@@ -128,7 +141,12 @@ def _signature(text: str) -> str:
 def demo_events(
     req: MessagesRequest, *, model: str, message_id: str, input_tokens: int
 ) -> list[Event]:
-    """The whole event stream the demo model answers ``req`` with."""
+    """
+    The whole event stream the demo model answers ``req`` with.
+
+    ``req`` is normally validated; the readers here still take any JSON value where the
+    schema has a block field, as a stage may build a request by hand.
+    """
     blocks = _last_user(req)
     results = [b for b in blocks if b.get("type") == "tool_result"]
     prompt = _user_text(blocks)

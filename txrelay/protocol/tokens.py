@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from txrelay.protocol.anthropic import MessagesRequest
-from txrelay.protocol.jsoncodec import dumps
+from txrelay.protocol.jsoncodec import JSONEncodeError, dumps
 
 _CHARS_PER_TOKEN = 3.6
 _PER_MESSAGE = 4
@@ -19,33 +19,49 @@ _PER_IMAGE = 1600
 _PER_DOCUMENT_PAGE_GUESS = 1500
 
 
+def _str_len(value: Any) -> int:
+    return len(value) if isinstance(value, str) else 0
+
+
+def _json_len(value: Any) -> int:
+    try:
+        return len(dumps(value))
+    except JSONEncodeError:
+        return 0  # a stage built something unwritable; the translator will say so
+
+
 def _block_chars(block: dict[str, Any]) -> tuple[int, int]:
-    """(characters, flat tokens) one content block contributes."""
+    """
+    (characters, flat tokens) one content block contributes.
+
+    Requests are validated (:mod:`txrelay.protocol.validate`), but a stage may build one by
+    hand: a field of the wrong type counts as nothing rather than failing.
+    """
     kind = block.get("type")
     if kind == "text":
-        return len(block.get("text") or ""), 0
+        return _str_len(block.get("text")), 0
     if kind == "thinking":
-        return len(block.get("thinking") or ""), 0
+        return _str_len(block.get("thinking")), 0
     if kind == "image":
         return 0, _PER_IMAGE
     if kind == "document":
-        source = block.get("source") or {}
-        if source.get("type") == "text":
-            return len(source.get("data") or ""), 0
+        source = block.get("source")
+        if isinstance(source, dict) and source.get("type") == "text":
+            return _str_len(source.get("data")), 0
         return 0, _PER_DOCUMENT_PAGE_GUESS
     if kind == "tool_use":
-        return len(block.get("name") or "") + len(dumps(block.get("input") or {})), 0
+        return _str_len(block.get("name")) + _json_len(block.get("input") or {}), 0
     if kind == "tool_result":
         content = block.get("content")
         if isinstance(content, str):
             return len(content), 0
         chars = flat = 0
-        for inner in content or ():
+        for inner in content if isinstance(content, list) else ():
             if isinstance(inner, dict):
                 c, f = _block_chars(inner)
                 chars, flat = chars + c, flat + f
         return chars, flat
-    return len(dumps(block)), 0
+    return _json_len(block), 0
 
 
 def estimate_input_tokens(req: MessagesRequest) -> int:
@@ -58,11 +74,13 @@ def estimate_input_tokens(req: MessagesRequest) -> int:
             chars += len(msg.content)
             continue
         for block in msg.content:
+            if not isinstance(block, dict):
+                continue
             c, f = _block_chars(block)
             chars += c
             flat += f
     if req.tools:
-        chars += len(dumps(req.tools))
+        chars += _json_len(req.tools)
     return max(1, int(chars / _CHARS_PER_TOKEN + 0.999) + flat)
 
 

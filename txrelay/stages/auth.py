@@ -63,7 +63,10 @@ class AuthStage:
             if hmac.compare_digest(digest, expected) and found is None:
                 found = name
         if found is None:
-            raise RelayError("authentication_error", "invalid x-api-key")
+            # Name the header the key came from (x-api-key wins when both are sent, R-X1).
+            where = ("x-api-key" if headers.get("x-api-key")
+                     else "Authorization: Bearer token")
+            raise RelayError("authentication_error", f"invalid {where}")
         register_secret(key)  # a key configured by its hash is known once used (issue 8.5)
         return found
 

@@ -21,6 +21,8 @@ from txrelay.protocol.jsoncodec import JSONDecodeError, loads
 from txrelay.protocol.openai.dialect import OpenAIDialect
 from txrelay.protocol.openai.request import ToolNameMap
 from txrelay.protocol.openai.stream import ChatStreamTranslator, oai_signature
+from txrelay.protocol.structure import json_type_name
+from txrelay.protocol.validate import MAX_DEPTH, too_deep_path
 
 _DELTA_FIELDS = ("reasoning_details", "reasoning_content", "reasoning", "content", "refusal")
 
@@ -44,6 +46,49 @@ def parse_chat_response(raw: bytes, *, upstream_name: str = "upstream") -> dict[
     return body
 
 
+_TEXT_FIELDS = ("reasoning_content", "reasoning", "refusal")
+
+
+def _shape_problem(body: dict[str, Any]) -> str | None:
+    """
+    What makes ``body`` something no Chat Completions server sends, in plain words, or
+    ``None``. Only the fields the translation reads are checked; ``null`` counts as absent.
+    """
+    deep = too_deep_path(body)
+    if deep is not None:
+        return f"it is nested more than {MAX_DEPTH} levels deep"
+    choices = body.get("choices")
+    if choices is not None and not isinstance(choices, list):
+        return f"choices: expected an array, got {json_type_name(choices)}"
+    for i, choice in enumerate(choices or ()):
+        if not isinstance(choice, dict):
+            return f"choices.{i}: expected an object, got {json_type_name(choice)}"
+        message = choice.get("message")
+        if message is None:
+            continue
+        if not isinstance(message, dict):
+            return f"choices.{i}.message: expected an object, got {json_type_name(message)}"
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            return (f"choices.{i}.message.content: expected a string or an array, "
+                    f"got {json_type_name(content)}")
+        for key in _TEXT_FIELDS:
+            value = message.get(key)
+            if value is not None and not isinstance(value, str):
+                return f"choices.{i}.message.{key}: expected a string, got {json_type_name(value)}"
+        for key in ("tool_calls", "reasoning_details"):
+            value = message.get(key)
+            if value is not None and not isinstance(value, list):
+                return f"choices.{i}.message.{key}: expected an array, got {json_type_name(value)}"
+        finish = choice.get("finish_reason")
+        if finish is not None and not isinstance(finish, str):
+            return f"choices.{i}.finish_reason: expected a string, got {json_type_name(finish)}"
+    usage = body.get("usage")
+    if usage is not None and not isinstance(usage, dict):
+        return f"usage: expected an object, got {json_type_name(usage)}"
+    return None
+
+
 def chat_response_events(
     body: dict[str, Any],
     *,
@@ -62,6 +107,10 @@ def chat_response_events(
 
     Ends with ``message_stop``, or with an ``error`` event when the body reports an error
     (``{"error": …}`` in a 200, ``finish_reason: "error"``); the accumulator raises it.
+
+    :raises RelayError: a 502 ``api_error`` naming the problem when ``body`` has a shape no
+        server sends (``choices`` not an array, a message that is not an object, nesting
+        beyond :data:`~txrelay.protocol.validate.MAX_DEPTH`).
     Parameters are those of :class:`ChatStreamTranslator`.
     """
     translator = ChatStreamTranslator(
@@ -79,13 +128,18 @@ def chat_response_events(
     if body.get("error") or body.get("object") == "error":
         out += translator.process_chunk(body)
         return out
+    problem = _shape_problem(body)
+    if problem is not None:
+        raise RelayError(
+            "api_error", f"{upstream_name}: upstream sent an unexpected response: {problem}",
+            status=502,
+        )
     choice: dict[str, Any] = {}
     for candidate in body.get("choices") or ():
         if isinstance(candidate, dict) and candidate.get("index", 0) in (0, None):
             choice = candidate
             break
-    message = choice.get("message")
-    message = message if isinstance(message, dict) else {}
+    message = choice.get("message") or {}
     delta: dict[str, Any] = {k: message[k] for k in _DELTA_FIELDS if message.get(k)}
     calls = message.get("tool_calls")
     if isinstance(calls, list) and calls:

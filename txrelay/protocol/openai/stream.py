@@ -27,7 +27,7 @@ from txrelay.protocol import events as ev
 from txrelay.protocol.errors import RelayError
 from txrelay.protocol.events import Event
 from txrelay.protocol.ids import message_id, tool_use_id
-from txrelay.protocol.jsoncodec import dumps_str, loads
+from txrelay.protocol.jsoncodec import JSONNestingError, dumps_str, loads
 from txrelay.protocol.jsonprefix import repair_json_object
 from txrelay.protocol.openai.dialect import OpenAIDialect
 from txrelay.protocol.openai.errors import stream_error
@@ -321,7 +321,7 @@ class ChatStreamTranslator:
             return
         try:
             chunk = loads(data)
-        except RecursionError:
+        except (RecursionError, JSONNestingError):
             self._malformed("JSON nested too deeply", out)
             return
         except ValueError:  # JSONDecodeError, or an integer too long to convert
