@@ -252,3 +252,14 @@ def test_a_2xx_body_that_is_not_an_event_stream_goes_to_the_error_mapping(body: 
     assert ready[0].value.message == f"bare body {expected!r}"
     assert ready[0].value.status == 400
     assert clock.getDelayedCalls() == []
+
+
+def test_a_sink_started_from_the_commit_itself_is_not_held() -> None:
+    clock = Clock()
+    source, _, _ = make(clock)
+    sink = CollectingSink()
+    source.ready.addCallback(lambda _: source.start(sink))
+    response = FakeResponse()
+    source.response(response)
+    source.dataReceived(b"t:a\n")
+    assert sink.events and response.transport.paused == 0

@@ -98,4 +98,9 @@ class DemoBackend:
         return Reply(stream=EventStream(source))
 
     async def count_tokens(self, exchange: Exchange) -> int:
+        """A local estimate."""
         return estimate_input_tokens(exchange.require_request())
+
+    def close(self) -> None:
+        """Nothing to release."""
+        return None

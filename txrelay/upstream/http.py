@@ -137,7 +137,7 @@ class UpstreamClient:
             return
         pool = _Pool(self.reactor, persistent=True)  # type: ignore[no-untyped-call]
         pool.maxPersistentPerHost = self.provider.max_idle_connections
-        pool.cachedConnectionTimeout = self.provider.idle_connection_timeout
+        pool.cachedConnectionTimeout = self.provider.idle_connection_timeout  # type: ignore[assignment]
         pool.retryAutomatically = False
         self.pool = pool
         self.http = HTTPClient(self._agent(pool), cookiejar=_NoCookies())
@@ -189,7 +189,15 @@ class UpstreamClient:
 
     def close(self) -> Deferred[None] | None:
         """Close pooled connections (at shutdown and in tests)."""
-        return self.pool.closeCachedConnections() if self.pool is not None else None
+        if self.pool is None:
+            return None
+        closed: Deferred[None] = self.pool.closeCachedConnections()  # type: ignore[no-untyped-call]
+        return closed
+
+
+def _value(failure: Failure) -> BaseException:
+    value = failure.value
+    return value if value is not None else Exception()
 
 
 def _reasons(value: BaseException) -> list[BaseException]:
@@ -197,19 +205,19 @@ def _reasons(value: BaseException) -> list[BaseException]:
     if isinstance(value, ResponseFailed | RequestTransmissionFailed):
         out: list[BaseException] = []
         for reason in getattr(value, "reasons", None) or []:
-            out.extend(_reasons(reason.value))
+            out.extend(_reasons(_value(reason)))
         return out or [value]
     return [value]
 
 
 def _cancelled(failure: Failure) -> bool:
     return any(isinstance(r, CancelledError | ierror.ConnectingCancelledError)
-               for r in _reasons(failure.value))
+               for r in _reasons(_value(failure)))
 
 
 def _lost_before_answer(failure: Failure) -> bool:
     """The connection closed or broke before any byte of the response (a stale connection)."""
-    value = failure.value
+    value = _value(failure)
     if not isinstance(value, ResponseNeverReceived | RequestTransmissionFailed):
         return False
     return all(isinstance(r, ierror.ConnectionDone | ierror.ConnectionLost)
@@ -274,7 +282,7 @@ def transport_error(failure: Failure, provider: str) -> RelayError:
     Messages say what happened in plain words: "connection refused", "the upstream closed
     the connection before answering", "TLS failure (certificate verify failed)".
     """
-    value = failure.value
+    value = _value(failure)
     if isinstance(value, RelayError):
         return value
     if isinstance(value, ierror.TimeoutError | ierror.ConnectingCancelledError):
@@ -365,7 +373,7 @@ class _Collect(Protocol):
         else:
             self.done.errback(RelayError(
                 "api_error", "upstream connection lost in the middle of its answer: "
-                f"{_joined(_reasons(reason.value))}", status=502))
+                f"{_joined(_reasons(_value(reason)))}", status=502))
 
 
 async def read_body(response: Any, *, idle: float, reactor: Any,

@@ -234,7 +234,8 @@ class UpstreamSource(Protocol):
                 self._pending.extend(events)
                 if not self.ready.called and any(e["type"] in _CONTENT for e in events):
                     self._mark_ready()
-                if self.ready.called:
+                # Committing may have started the client stream synchronously.
+                if self.ready.called and self._sink is None:
                     self._hold()
         if error is not None:
             self._error(error)
