@@ -49,7 +49,8 @@ def test_per_model_dialect_overrides_merge_over_the_provider() -> None:
     assert codec.dialect.reasoning_input == "reasoning_content" and codec.dialect.supports_top_k
     assert set(codec.model_dialects) == {"tuned", "other"}
     tuned = codec.model_dialects["tuned"]
-    assert tuned.think_tags and tuned.supports_top_k and tuned.reasoning_input == "reasoning_content"
+    assert tuned.think_tags and tuned.supports_top_k
+    assert tuned.reasoning_input == "reasoning_content"
     assert codec.model_dialects["other"] == PRESETS["openai"]
 
 
