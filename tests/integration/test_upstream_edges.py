@@ -338,3 +338,82 @@ def test_an_empty_200_is_a_clear_upstream_error(client: anthropic.Anthropic, fak
     error = failure_of(client, "claude-sonnet-4-6", stream=stream)
     assert error.status_code == 502
     assert "answered with an empty body" in plain(error)
+
+
+WAITING_STAGE = '''
+import attrs
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from txrelay.interfaces import IStageFactory
+
+
+@attrs.frozen
+class WaitOptions:
+    seconds: float = 2.0
+
+
+@attrs.frozen
+class WaitStage:
+    seconds: float
+
+    async def __call__(self, exchange, proceed):
+        reply = await proceed(exchange)
+        await deferLater(reactor, self.seconds, lambda: None)  # accounting, a tool run...
+        return reply
+
+
+@implementer(IPlugin, IStageFactory)
+@attrs.frozen
+class WaitFactory:
+    type_name: str = "wait-after-proceed"
+    options_type: type = WaitOptions
+
+    def build(self, options, services):
+        return WaitStage(options.seconds)
+
+
+wait = WaitFactory()
+'''
+
+
+def test_a_stage_waiting_after_proceed_pauses_the_upstream(
+        tmp_path: pytest.TempPathFactory, fake: FakeOpenAI) -> None:
+    from pathlib import Path
+
+    from tests.fakeupstream import endless
+
+    tmp = Path(str(tmp_path))
+    plugins = tmp / "site" / "txrelay" / "plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "wait_stage.py").write_text(WAITING_STAGE)
+    cfg = config_text(
+        providers=[{"name": "up", "kind": "openai-chat", "base_url": fake.url}],
+        models=[{"id": "claude-sonnet-4-6", "provider": "up"}],
+        pipeline=[{"type": "auth"}, {"type": "wait-after-proceed", "options": {"seconds": 2}},
+                  {"type": "model-map"}, {"type": "translate"}])
+    relay = start_relay(tmp, cfg, env={"PYTHONPATH": str(tmp / "site")})
+    try:
+        sent = Sent()
+        fake.push(endless(sent, limit=1 << 30))
+        s = socket.create_connection(("127.0.0.1", relay.port))
+        body = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 10, "stream": True,
+                           "messages": [{"role": "user", "content": "hi"}]}).encode()
+        s.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: " + DEMO_KEY.encode()
+                  + b"\r\ncontent-type: application/json\r\ncontent-length: "
+                  + str(len(body)).encode() + b"\r\n\r\n" + body)
+        time.sleep(1.5)  # the stage still waits: only socket buffers may fill
+        held = sent.bytes
+        assert held < 16 * 1024 * 1024, f"upstream sent {held} bytes while no sink was attached"
+        s.settimeout(5)
+        received = 0
+        while received < 4 * held + (1 << 20):  # then the stream flows again
+            chunk = s.recv(1 << 16)
+            assert chunk
+            received += len(chunk)
+        assert sent.bytes > held
+        s.close()
+    finally:
+        relay.stop()
