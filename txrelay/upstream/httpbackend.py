@@ -143,6 +143,11 @@ class HTTPBackend:
             return
         except RelayError as e:
             source.fail(e)
+        except Exception:
+            log.failure("upstream {provider}: reading the answer failed",
+                        provider=self.provider.name)
+            source.fail(RelayError("api_error", f"{self.provider.name}: the relay could not "
+                                   "read the upstream's answer", status=502))
 
     async def _non_streaming(self, call: UpstreamCall, url: str,
                              headers: Mapping[str, str]) -> Reply:
