@@ -135,12 +135,15 @@ def relay(fake: FakeOpenAI, raw: RawServer,
                    {"name": "brief", "kind": "openai-chat", "base_url": fake.url,
                     "idle_connection_timeout": 0.3},
                    {"name": "raw", "kind": "openai-chat", "base_url": raw.url},
-                   {"name": "dead", "kind": "openai-chat", "base_url": "http://127.0.0.1:9/v1"}],
+                   {"name": "dead", "kind": "openai-chat", "base_url": "http://127.0.0.1:9/v1"},
+                   {"name": "tls", "kind": "openai-chat",
+                    "base_url": fake.url.replace("http://", "https://")}],
         models=[{"id": "claude-sonnet-4-6", "provider": "up", "upstream_model": "gpt-fake"},
                 {"id": "small-context", "provider": "up", "max_input_tokens": 50},
                 {"id": "brief-model", "provider": "brief"},
                 {"id": "raw-model", "provider": "raw"},
-                {"id": "dead-model", "provider": "dead"}],
+                {"id": "dead-model", "provider": "dead"},
+                {"id": "tls-model", "provider": "tls"}],
     )
     r = start_relay(tmp_path_factory.mktemp("edges"), cfg)
     yield r
@@ -191,6 +194,14 @@ def test_connection_refused_in_plain_words(client: anthropic.Anthropic, stream: 
     assert plain(error) == "dead: upstream connection failed: connection refused"
 
 
+def test_tls_failure_in_plain_words(client: anthropic.Anthropic) -> None:
+    # HTTPS to a plain-HTTP server: the handshake fails before a byte of the request leaves.
+    error = failure_of(client, "tls-model", stream=True)
+    assert error.status_code == 502
+    message = plain(error)
+    assert message.startswith("tls: upstream connection failed: TLS failure ("), message
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_reset_before_answering_in_plain_words(client: anthropic.Anthropic, raw: RawServer,
                                                stream: bool) -> None:
@@ -236,6 +247,7 @@ def test_a_stale_pooled_connection_is_retried_once_on_a_new_one(
     assert stale.connection == pooled
     assert retried.connection != pooled
     assert "retrying on a new connection" in relay.log()
+    assert "_HTTP11ClientFactory" not in relay.log()  # no log line per upstream connection
 
 
 def test_idle_connections_are_dropped_after_idle_connection_timeout(
