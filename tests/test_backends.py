@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from zope.interface.verify import verifyObject
 
 from txrelay.config import parse_config
+from txrelay.interfaces import IBackend, IBackendFactory
 from txrelay.protocol.openai.dialect import PRESETS
 from txrelay.service import backend_factories, build_backend
 from txrelay.upstream.demo import DemoBackend
@@ -32,6 +34,13 @@ def build(provider: dict[str, Any], models: list[dict[str, Any]] | None = None,
 def test_builtin_kinds_are_plugins() -> None:
     kinds = backend_factories()
     assert {"demo", "openai-chat"} <= set(kinds)
+    for factory in kinds.values():
+        verifyObject(IBackendFactory, factory)
+    for provider in ({"name": "d", "kind": "demo"},
+                     {"name": "o", "kind": "openai-chat", "base_url": "http://127.0.0.1:1"}):
+        backend, problems = build(provider)
+        assert problems == []
+        verifyObject(IBackend, backend)
 
 
 def test_per_model_dialect_overrides_merge_over_the_provider() -> None:

@@ -9,7 +9,7 @@ factory interface. Built-in stages and backends are found the same way.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -52,7 +52,7 @@ class IStageFactory(Interface):
 class IBackend(Interface):
     """A provider's backend: serves routed exchanges (what the ``translate`` stage calls)."""
 
-    def messages(exchange: Exchange) -> Reply:
+    def messages(exchange: Exchange) -> Awaitable[Reply]:
         """
         ``async``: serve ``POST /v1/messages`` for a routed exchange.
 
@@ -61,7 +61,7 @@ class IBackend(Interface):
         ``CancelledError`` through when the client leaves.
         """
 
-    def count_tokens(exchange: Exchange) -> int:
+    def count_tokens(exchange: Exchange) -> Awaitable[int]:
         """``async``: the input tokens of the exchange's request."""
 
     def close() -> Deferred[None] | None:

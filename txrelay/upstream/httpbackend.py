@@ -15,10 +15,11 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
+from zope.interface import implementer
 
 from txrelay import __version__
 from txrelay.config import ProviderConfig
-from txrelay.interfaces import BackendContext
+from txrelay.interfaces import BackendContext, IBackend
 from txrelay.logs import RelayLogger
 from txrelay.pipeline import Exchange, Reply
 from txrelay.protocol.errors import RelayError
@@ -45,6 +46,7 @@ def _is_json(content_type: str) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
+@implementer(IBackend)
 @attrs.define(eq=False)
 class HTTPBackend:
     """Serves one provider over HTTP with a kind's codec and auth hook."""
