@@ -263,3 +263,14 @@ def test_a_sink_started_from_the_commit_itself_is_not_held() -> None:
     source.response(response)
     source.dataReceived(b"t:a\n")
     assert sink.events and response.transport.paused == 0
+
+
+def test_a_request_that_failed_while_being_sent_leaves_no_timer() -> None:
+    clock = Clock()
+    source = UpstreamSource(LineTranslator(), clock, idle_timeout=5, commit_after=2)
+    failures: list[Any] = []
+    source.ready.addErrback(failures.append)
+    source.fail(RelayError("api_error", "refused", status=502))  # before begin() ran
+    source.begin(Deferred())
+    assert failures and failures[0].value.status == 502
+    assert clock.getDelayedCalls() == []

@@ -84,6 +84,8 @@ class UpstreamSource(Protocol):
 
     def begin(self, request: Deferred[Any]) -> None:
         """Track the upstream request; call :meth:`response` when it answers 2xx."""
+        if self._ended:  # the request already failed while it was being sent
+            return
         self._request = request
         self._commit_call = self.reactor.callLater(self.commit_after, self._commit_deadline)
 
