@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+import pytest
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -144,14 +145,15 @@ def test_commit_deadline_starts_the_stream_before_headers() -> None:
 def test_flow_control_reaches_the_upstream_transport() -> None:
     clock = Clock()
     source, response, _ = streaming(clock)
+    paused, resumed = response.transport.paused, response.transport.resumed
     source.pause()
     source.pause()
-    assert response.transport.paused == 2
+    assert response.transport.paused == paused + 2
     clock.advance(100)  # no idle timeout while the client holds us back
     source.resume()
-    assert response.transport.resumed == 1
+    assert response.transport.resumed == resumed + 1
     source.resume()
-    assert response.transport.resumed == 1
+    assert response.transport.resumed == resumed + 1
 
 
 def test_idle_timeout_ends_with_timeout_error() -> None:
@@ -188,4 +190,87 @@ def test_client_gone_cancels_request_or_stops_transport() -> None:
     source2, response, _ = streaming(clock)
     source2.stop()
     assert response.transport.stopped
+    assert clock.getDelayedCalls() == []
+
+
+def test_committed_events_without_a_sink_pause_the_upstream() -> None:
+    """A stage that awaits after proceed(): the relay stops reading until the stream starts."""
+    clock = Clock()
+    source, _, ready = make(clock)
+    response = FakeResponse()
+    source.response(response)
+    source.dataReceived(b"t:a\n")
+    assert ready == [None]
+    assert response.transport.paused == 1 and response.transport.resumed == 0
+    source.dataReceived(b"t:b\n")  # the rest of a read already in memory
+    assert response.transport.paused == 1
+    clock.advance(60)  # the stage's delay: no idle timeout while we hold the upstream
+    assert not response.transport.stopped
+    sink = CollectingSink()
+    source.start(sink)
+    assert response.transport.resumed == 1
+    assert [e["type"] for e in sink.events][-3:] == [
+        "content_block_start", "content_block_delta", "content_block_delta"]
+    source.dataReceived(b"t:c\n")  # delivered straight to the sink, no new pause
+    assert response.transport.paused == 1
+    assert sink.events[-1]["delta"]["text"] == "c"
+
+
+def test_client_pause_while_held_does_not_resume_early() -> None:
+    clock = Clock()
+    source, _, _ = make(clock)
+    response = FakeResponse()
+    source.response(response)
+    source.dataReceived(b"t:a\n")
+    source.pause()
+    source.resume()  # still no sink: the upstream stays paused
+    assert response.transport.resumed == 0
+    source.start(CollectingSink())
+    assert response.transport.resumed == 1
+
+
+def _bare(body: bytes) -> RelayError:
+    return RelayError("invalid_request_error", f"bare body {body!r}")
+
+
+@pytest.mark.parametrize("body", [b"", b"  \n", b'{"error": {"message": "too long"}}'])
+def test_a_2xx_body_that_is_not_an_event_stream_goes_to_the_error_mapping(body: bytes) -> None:
+    clock = Clock()
+    source = UpstreamSource(LineTranslator(), clock, idle_timeout=5, commit_after=2,
+                            bare_body=_bare)
+    source.begin(Deferred())
+    ready: list[Any] = []
+    source.ready.addBoth(ready.append)
+    response = FakeResponse()
+    source.response(response)
+    if body:
+        source.dataReceived(body[:3])
+        source.dataReceived(body[3:])
+    source.connectionLost(Failure(ResponseDone()))
+    assert isinstance(ready[0], Failure)
+    expected = body if body.strip() else b""
+    assert ready[0].value.message == f"bare body {expected!r}"
+    assert ready[0].value.status == 400
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_sink_started_from_the_commit_itself_is_not_held() -> None:
+    clock = Clock()
+    source, _, _ = make(clock)
+    sink = CollectingSink()
+    source.ready.addCallback(lambda _: source.start(sink))
+    response = FakeResponse()
+    source.response(response)
+    source.dataReceived(b"t:a\n")
+    assert sink.events and response.transport.paused == 0
+
+
+def test_a_request_that_failed_while_being_sent_leaves_no_timer() -> None:
+    clock = Clock()
+    source = UpstreamSource(LineTranslator(), clock, idle_timeout=5, commit_after=2)
+    failures: list[Any] = []
+    source.ready.addErrback(failures.append)
+    source.fail(RelayError("api_error", "refused", status=502))  # before begin() ran
+    source.begin(Deferred())
+    assert failures and failures[0].value.status == 502
     assert clock.getDelayedCalls() == []

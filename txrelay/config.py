@@ -103,7 +103,8 @@ class ProviderConfig:
     """One backend the relay can send requests to."""
 
     name: str
-    kind: Literal["demo", "openai-chat"]
+    #: A backend plugin's kind (``demo``, ``openai-chat``, or a third-party kind).
+    kind: str
     base_url: str | None = None
     api_key: Secret | None = None
     #: Extra headers sent with every upstream request.
@@ -111,6 +112,9 @@ class ProviderConfig:
     timeouts: Timeouts = Timeouts()
     #: Idle pooled connections kept per upstream host.
     max_idle_connections: int = 32
+    #: Seconds an idle pooled connection is kept: below the upstream's keep-alive limit
+    #: (uvicorn closes idle connections after 5 s).
+    idle_connection_timeout: float = 4.0
     #: Kind-specific options (for ``openai-chat``: a dialect preset and overrides).
     options: dict[str, Any] = attrs.field(factory=dict)
     tls: TLSConfig = TLSConfig()
@@ -389,11 +393,9 @@ def _check(cfg: RelayConfig, env: Mapping[str, str], problems: list[str]) -> Rel
         if p.name in names:
             problems.append(f"{where}.name: duplicate provider name {p.name!r}")
         names.add(p.name)
-        if p.kind != "demo":
-            if p.base_url is None:
-                problems.append(f"{where}.base_url: required for kind {p.kind!r}")
-            elif not _URL.match(p.base_url):
-                problems.append(f"{where}.base_url: not a URL (expected http:// or https://…)")
+        # Whether a kind needs a base_url is the backend plugin's call (service.build_backend).
+        if p.base_url is not None and not _URL.match(p.base_url):
+            problems.append(f"{where}.base_url: not a URL (expected http:// or https://…)")
         for field, value in attrs.asdict(p.timeouts).items():
             if value <= 0:
                 problems.append(f"{where}.timeouts.{field}: must be greater than 0")
@@ -403,6 +405,8 @@ def _check(cfg: RelayConfig, env: Mapping[str, str], problems: list[str]) -> Rel
             from txrelay.upstream.tls import tls_problems
 
             problems.extend(tls_problems(p.tls, p.base_url, f"{where}.tls"))
+        if p.idle_connection_timeout <= 0:
+            problems.append(f"{where}.idle_connection_timeout: must be greater than 0")
         if p.api_key is not None:
             secret = _resolve_secret(p.api_key, f"{where}.api_key", env, problems)
             providers.append(attrs.evolve(p, api_key=secret))

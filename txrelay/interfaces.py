@@ -1,22 +1,25 @@
 """
 The interfaces operators and backend authors implement.
 
-A pipeline stage comes from an :class:`IStageFactory` plugin: a module in any
-``txrelay/plugins/`` directory on ``sys.path`` (with no ``__init__.py``) that holds an object
-providing ``IPlugin`` and ``IStageFactory``. Built-in stages are found the same way.
+A pipeline stage comes from an :class:`IStageFactory` plugin, a backend kind from an
+:class:`IBackendFactory` plugin: a module in any ``txrelay/plugins/`` directory on
+``sys.path`` (with no ``__init__.py``) that holds an object providing ``IPlugin`` and the
+factory interface. Built-in stages and backends are found the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
     from txrelay.catalog import ModelCatalog
-    from txrelay.config import RelayConfig
+    from txrelay.config import ProviderConfig, RelayConfig
     from txrelay.pipeline import Exchange, Proceed, Reply
     from txrelay.protocol.errors import RelayError
 
@@ -65,18 +68,75 @@ class IStageFactory(Interface):
 
 
 class IBackend(Interface):
-    """A kind of upstream: turns exchanges into Anthropic replies."""
+    """A provider's backend: serves routed exchanges (what the ``translate`` stage calls)."""
 
-    def messages(exchange: Exchange) -> Reply:
+    def messages(exchange: Exchange) -> Awaitable[Reply]:
         """
         ``async``: serve ``POST /v1/messages`` for a routed exchange.
 
-        Returns once the response may be committed (the upstream answered 2xx), with a
-        ``stream`` of events; raises :class:`~txrelay.protocol.errors.RelayError` before that.
+        Returns once the response may be committed, with a ``stream`` of events; raises
+        :class:`~txrelay.protocol.errors.RelayError` before that, and lets
+        ``CancelledError`` through when the client leaves.
         """
 
-    def count_tokens(exchange: Exchange) -> int:
+    def count_tokens(exchange: Exchange) -> Awaitable[int]:
         """``async``: the input tokens of the exchange's request."""
+
+    def close() -> Deferred[None] | None:
+        """Release pooled connections (at shutdown); ``None`` when there is nothing to do."""
+
+
+class IBackendFactory(Interface):
+    """
+    What a backend plugin module provides: one ``[[providers]] kind``.
+
+    Found like stages (any ``txrelay/plugins/`` directory on ``sys.path``). The provider's
+    ``options`` table is structured strictly into :attr:`options_type` and each of its
+    models' ``options`` into :attr:`model_options_type` before :meth:`build` runs; problems
+    are reported with their config path.
+    """
+
+    kind = Attribute("str: the name used as ``[[providers]] kind = '...'``")
+    options_type = Attribute(
+        "An attrs class the provider's ``options`` table is structured into, or None for a "
+        "kind without options."
+    )
+    model_options_type = Attribute(
+        "An attrs class each ``[[models]] options`` table of this provider's models is "
+        "structured into, or None when models take no options."
+    )
+
+    def build(options: Any, context: BackendContext) -> IBackend | None:
+        """
+        Make the backend from its structured options.
+
+        Report problems with ``context.problem(path, message)`` (and return None), or raise
+        ``ValueError``. With ``context.reactor`` None the configuration is only being
+        checked: build, but send nothing.
+        """
+
+
+@attrs.frozen
+class BackendContext:
+    """What a backend factory may use to build its backend."""
+
+    provider: ProviderConfig
+    reactor: Any
+    #: Config path of the provider (``providers[2]``), for problems.
+    where: str
+    #: The whole configuration, when there is one (``server.ping_interval`` and such).
+    config: RelayConfig | None = None
+    #: Model id → its structured ``options``, for this provider's models that have some.
+    model_options: Mapping[str, Any] = attrs.Factory(dict)
+    #: Model id → its config path (``models[3]``).
+    model_where: Mapping[str, str] = attrs.Factory(dict)
+    problems: list[str] = attrs.Factory(list)
+
+    def problem(self, path: str, message: str) -> None:
+        """Record a problem at ``path`` (absolute like ``models[3].options.x``, or relative
+        to the provider like ``options.dialect``)."""
+        absolute = path.startswith(("models[", "providers["))
+        self.problems.append(f"{path if absolute else f'{self.where}.{path}'}: {message}")
 
 
 @attrs.frozen

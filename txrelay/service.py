@@ -28,7 +28,13 @@ from txrelay.config import (
     admin_key_digests,
     key_digests,
 )
-from txrelay.interfaces import IHeaderCheck, IStageFactory, StageServices
+from txrelay.interfaces import (
+    BackendContext,
+    IBackendFactory,
+    IHeaderCheck,
+    IStageFactory,
+    StageServices,
+)
 from txrelay.logs import RelayLogger
 from txrelay.metrics import Metrics
 from txrelay.pipeline import Proceed, Stage, compose
@@ -53,11 +59,12 @@ def stage_factories() -> dict[str, Any]:
 
 
 def _structure_options(
-    raw: Mapping[str, Any], options_type: Any, where: str, problems: list[str]
+    raw: Mapping[str, Any], options_type: Any, where: str, problems: list[str],
+    none_taken: str = "this stage takes no options",
 ) -> Any:
     if options_type is None:
         if raw:
-            problems.append(f"{where}: this stage takes no options")
+            problems.append(f"{where}: {none_taken}")
         return None
     try:
         return _options_converter.structure(dict(raw), options_type)
@@ -67,20 +74,51 @@ def _structure_options(
         return None
 
 
+def backend_factories() -> dict[str, Any]:
+    """Every backend factory plugin on ``sys.path``, by kind."""
+    found: dict[str, Any] = {}
+    for factory in getPlugins(IBackendFactory, txrelay.plugins):
+        found.setdefault(factory.kind, factory)
+    return found
+
+
 def build_backend(provider: ProviderConfig, where: str, reactor: Any,
                   problems: list[str], cfg: RelayConfig | None = None) -> Any:
-    """The backend object for one provider."""
-    if provider.kind == "demo":
-        from txrelay.upstream.demo import DemoBackend, DemoOptions
-
-        opts = _structure_options(provider.options, DemoOptions, f"{where}.options", problems)
-        return DemoBackend(reactor, opts or DemoOptions())
-    if provider.kind == "openai-chat":
-        from txrelay.upstream.openai import build_openai_backend
-
-        return build_openai_backend(provider, where, reactor, problems, cfg)
-    problems.append(f"{where}.kind: unknown provider kind {provider.kind!r}")
-    return None
+    """The backend object for one provider, from its kind's plugin; problems are appended."""
+    factories = backend_factories()
+    factory = factories.get(provider.kind)
+    if factory is None:
+        known = ", ".join(sorted(factories)) or "none"
+        problems.append(f"{where}.kind: unknown provider kind {provider.kind!r} "
+                        f"(available: {known})")
+        return None
+    before = len(problems)
+    opts = _structure_options(provider.options, factory.options_type, f"{where}.options",
+                              problems, "this provider kind takes no options")
+    model_options: dict[str, Any] = {}
+    model_where: dict[str, str] = {}
+    for i, m in enumerate(cfg.models if cfg is not None else ()):
+        if m.provider != provider.name:
+            continue
+        model_where[m.id] = f"models[{i}]"
+        if m.options:
+            mopts = _structure_options(m.options, factory.model_options_type,
+                                       f"models[{i}].options", problems,
+                                       f"provider kind {provider.kind!r} takes no model options")
+            if mopts is not None:
+                model_options[m.id] = mopts
+    if len(problems) > before:
+        return None
+    if opts is None and factory.options_type is not None:
+        opts = factory.options_type()
+    context = BackendContext(provider, reactor, where, cfg, model_options, model_where)
+    try:
+        backend = factory.build(opts, context)
+    except (ValueError, TypeError) as e:
+        problems.append(f"{where}: {e}")
+        return None
+    problems.extend(context.problems)
+    return None if context.problems else backend
 
 
 @attrs.frozen

@@ -80,3 +80,15 @@ def connection_error(reason: str, *, upstream: str | None = None) -> RelayError:
 def api_error(message: str) -> RelayError:
     """A 500 ``api_error``."""
     return RelayError("api_error", message)
+
+
+def upstream_event_error(err: dict[str, Any]) -> RelayError:
+    """
+    The HTTP error for an ``error`` event translated from an upstream's answer before the
+    client was committed: an ``api_error`` there is the upstream's fault, so a 502, not 500.
+    """
+    kind = err.get("type", "api_error")
+    message = err.get("message", "")
+    if kind == "api_error":
+        return RelayError(kind, message, status=502)
+    return RelayError(kind, message)

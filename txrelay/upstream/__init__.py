@@ -1,1 +1,1 @@
-"""Backends: the Twisted side of each upstream kind (demo, openai-chat)."""
+"""Backends: the generic HTTP backend, its codec contracts, the kinds demo and openai-chat."""

@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+from zope.interface import implementer
 
+from txrelay.interfaces import IBackend
 from txrelay.pipeline import Exchange, Reply
 from txrelay.protocol.demo import demo_events
 from txrelay.protocol.events import Event
@@ -75,6 +77,7 @@ class TimedSource:
         self._call = None
 
 
+@implementer(IBackend)
 @attrs.define(eq=False)
 class DemoBackend:
     """Serves requests from the demo model."""
@@ -98,4 +101,9 @@ class DemoBackend:
         return Reply(stream=EventStream(source))
 
     async def count_tokens(self, exchange: Exchange) -> int:
+        """A local estimate."""
         return estimate_input_tokens(exchange.require_request())
+
+    def close(self) -> None:
+        """Nothing to release."""
+        return None

@@ -1,7 +1,8 @@
-# -*- test-case-name: tests.test_upstream_openai -*-
+# -*- test-case-name: tests.test_upstream_http -*-
 """
 The HTTP client side shared by upstream kinds: one connection pool and treq client per
-provider, reading bounded bodies, and turning transport failures into Anthropic errors.
+provider, sending with a first-byte deadline and one retry on a stale pooled connection,
+reading bounded bodies, and turning transport failures into plain-words Anthropic errors.
 """
 
 from __future__ import annotations
@@ -11,21 +12,30 @@ from http.cookiejar import CookieJar
 from typing import Any, cast
 
 import attrs
-import treq
 from treq.client import HTTPClient
 from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web import _newclient
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    RequestTransmissionFailed,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from txrelay.config import ProviderConfig
+from txrelay.logs import RelayLogger
 from txrelay.protocol.errors import RelayError, connection_error
-from txrelay.upstream.tls import StrictPolicyForHTTPS
+from txrelay.upstream.tls import HANDSHAKE_FAILED, StrictPolicyForHTTPS, describe_tls_failure
+
+log = RelayLogger()
 
 #: The largest error or non-streaming body read from an upstream.
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024
@@ -76,76 +86,236 @@ class _NoCookies(CookieJar):
         pass
 
 
-class _QuietFactory(_HTTP11ClientFactory):
-    # One "Starting factory" log line per upstream connection is noise.
-    noisy = False
+@implementer(IStreamClientEndpoint)
+@attrs.frozen
+class _QuietEndpoint:
+    """Connects like ``endpoint``, without a "Starting factory" log line per connection."""
+
+    endpoint: Any
+
+    def connect(self, protocolFactory: Any) -> Deferred[Any]:
+        protocolFactory.noisy = False
+        result: Deferred[Any] = self.endpoint.connect(protocolFactory)
+        return result
 
 
-class _QuietPool(HTTPConnectionPool):
-    _factory = _QuietFactory
+class _Pool(HTTPConnectionPool):
+    """A pool that connects quietly and tells whether the last connection it gave was reused."""
+
+    #: Whether the connection handed out by the latest :meth:`getConnection` came from the
+    #: pool (it fires at once) rather than from a new connect.
+    last_reused: bool = False
+
+    def getConnection(self, key: Any, endpoint: Any) -> Deferred[Any]:
+        d = super().getConnection(key, _QuietEndpoint(endpoint))
+        self.last_reused = d.called
+        return d
+
+
+class _StaleConnection(Exception):
+    """A reused connection died before any byte of the answer: try once more."""
 
 
 @attrs.define(eq=False)
 class UpstreamClient:
-    """A treq client with its own pool and the provider's connect timeout."""
+    """
+    A treq client with its own pool and the provider's timeouts.
+
+    Idle connections are kept ``idle_connection_timeout`` seconds, below the keep-alive
+    limit common servers enforce (uvicorn: 5 s), and a POST that fails on a reused
+    connection before any byte of the answer is sent once more on a new connection.
+    """
 
     reactor: Any
     provider: ProviderConfig
     http: HTTPClient = attrs.field(init=False)
-    pool: HTTPConnectionPool | None = attrs.field(init=False, default=None)
+    pool: _Pool | None = attrs.field(init=False, default=None)
+    _fresh: HTTPClient = attrs.field(init=False)
+    _tls_policy: StrictPolicyForHTTPS = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.reactor is None:  # validation only: nothing will be sent
-            self.http = None  # type: ignore[assignment]
+            self.http = self._fresh = None  # type: ignore[assignment]
             return
-        pool = _QuietPool(self.reactor, persistent=True)  # type: ignore[no-untyped-call]
+        pool = _Pool(self.reactor, persistent=True)  # type: ignore[no-untyped-call]
         pool.maxPersistentPerHost = self.provider.max_idle_connections
-        # Below common upstream/load-balancer keep-alive limits (twisted-notes §4).
-        pool.cachedConnectionTimeout = 50
+        pool.cachedConnectionTimeout = self.provider.idle_connection_timeout  # type: ignore[assignment]
         pool.retryAutomatically = False
         self.pool = pool
-        agent = Agent(self.reactor, connectTimeout=self.provider.timeouts.connect, pool=pool,
-                      contextFactory=StrictPolicyForHTTPS(self.provider.tls))
-        self.http = HTTPClient(agent, cookiejar=cast("Any", _NoCookies()))
+        self._tls_policy = StrictPolicyForHTTPS(self.provider.tls)
+        self.http = HTTPClient(self._agent(pool), cookiejar=cast("Any", _NoCookies()))
+        unpooled = _Pool(self.reactor, persistent=False)  # type: ignore[no-untyped-call]
+        self._fresh = HTTPClient(self._agent(unpooled), cookiejar=cast("Any", _NoCookies()))
 
-    def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Deferred[Any]:
-        """POST ``body``; the Deferred fires with the (unbuffered) response headers."""
+    def _agent(self, pool: HTTPConnectionPool) -> Agent:
+        """The one place this provider's Agents are made (TLS policy, connect timeout)."""
+        return Agent(self.reactor, connectTimeout=self.provider.timeouts.connect, pool=pool,
+                     contextFactory=self._tls_policy)
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Any:
+        """
+        POST ``body`` and return the (unbuffered) response once its headers arrived.
+
+        Raises :class:`RelayError` (plain words) when the upstream cannot be reached or gives
+        no answer within ``timeouts.first_byte``; :class:`CancelledError` when the caller
+        cancelled (a client that left, a drain), which is never reported as a timeout.
+        """
+        try:
+            return await self._attempt(self.http, url, body, headers, retry=True)
+        except _StaleConnection:
+            log.info("upstream {provider}: the server had closed a pooled connection; "
+                     "retrying on a new connection", provider=self.provider.name)
+            return await self._attempt(self._fresh, url, body, headers, retry=False)
+
+    async def _attempt(self, http: HTTPClient, url: str, body: bytes,
+                       headers: Mapping[str, str], *, retry: bool) -> Any:
         hdrs: dict[bytes | str, list[bytes | str]] = {k: [v] for k, v in headers.items()}
-        return self.http.request(
-            "POST", url, data=BytesProducer(body), headers=hdrs,
-            unbuffered=True, allow_redirects=False, reactor=self.reactor,
-            timeout=self.provider.timeouts.first_byte,
-        )
+        d = http.request("POST", url, data=BytesProducer(body), headers=hdrs,
+                         unbuffered=True, allow_redirects=False, reactor=self.reactor)
+        # Read right after the (synchronous) request call: it describes this request.
+        reused = retry and self.pool is not None and self.pool.last_reused
+        timer = self.reactor.callLater(self.provider.timeouts.first_byte, d.cancel)
+        try:
+            return await d
+        except Exception:
+            failure = Failure()
+            if timer.called:
+                raise first_byte_timeout(self.provider.name,
+                                         self.provider.timeouts.first_byte) from None
+            if _cancelled(failure):
+                raise CancelledError() from None
+            if retry and reused and _lost_before_answer(failure):
+                raise _StaleConnection() from None
+            raise transport_error(failure, self.provider.name) from None
+        finally:
+            if timer.active():
+                timer.cancel()
 
     def close(self) -> Deferred[None] | None:
         """Close pooled connections (at shutdown and in tests)."""
-        return self.pool.closeCachedConnections() if self.pool is not None else None
+        if self.pool is None:
+            return None
+        closed: Deferred[None] = self.pool.closeCachedConnections()  # type: ignore[no-untyped-call]
+        return closed
 
 
-def transport_error(failure: Failure, provider: str, first_byte: float) -> RelayError:
+def _value(failure: Failure) -> BaseException:
+    value = failure.value
+    return value if value is not None else Exception()
+
+
+def _reasons(value: BaseException) -> list[BaseException]:
+    """The low-level causes inside Twisted's wrapper exceptions (or the value itself)."""
+    if isinstance(value, ResponseFailed | RequestTransmissionFailed):
+        out: list[BaseException] = []
+        for reason in getattr(value, "reasons", None) or []:
+            out.extend(_reasons(_value(reason)))
+        return out or [value]
+    return [value]
+
+
+def _cancelled(failure: Failure) -> bool:
+    return any(isinstance(r, CancelledError | ierror.ConnectingCancelledError)
+               for r in _reasons(_value(failure)))
+
+
+def _lost_before_answer(failure: Failure) -> bool:
+    """The connection closed or broke before any byte of the response (a stale connection)."""
+    value = _value(failure)
+    if not isinstance(value, ResponseNeverReceived | RequestTransmissionFailed):
+        return False
+    return all(isinstance(r, ierror.ConnectionDone | ierror.ConnectionLost)
+               for r in _reasons(value))
+
+
+def _tls_detail(value: BaseException) -> str:
+    # pyOpenSSL's errors carry (library, function, reason) triples: the reasons are words.
+    words: list[str] = []
+    for arg in value.args:
+        for item in arg if isinstance(arg, list) else [arg]:
+            if isinstance(item, tuple) and item and isinstance(item[-1], str) and item[-1]:
+                words.append(item[-1])
+            elif isinstance(item, str) and item:
+                words.append(item)
+    return ", ".join(dict.fromkeys(words))
+
+
+def plain_reason(value: BaseException) -> str:
+    """What a low-level connection failure means, in plain words (no repr, no class name)."""
+    # Our own verification's verdict, or a peer's alert we can name; other TLS failures
+    # keep OpenSSL's reason words below.
+    tls = describe_tls_failure(value)
+    if tls is not None and tls != HANDSHAKE_FAILED:
+        return tls
+    if isinstance(value, ierror.ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(value, ierror.DNSLookupError):
+        return "the host name could not be resolved"
+    if isinstance(value, ierror.TimeoutError | ierror.TCPTimedOutError):
+        return "timed out connecting"
+    if isinstance(value, ierror.NoRouteError):
+        return "no route to the host"
+    if isinstance(value, ierror.ConnectionDone):
+        return "the upstream closed the connection"
+    if isinstance(value, ierror.ConnectionLost):
+        return "the connection was reset"
+    module = type(value).__module__
+    if module.startswith(("OpenSSL", "service_identity")) or isinstance(
+            value, ierror.SSLError | ierror.CertificateError | ierror.VerifyError):
+        detail = _tls_detail(value)
+        return f"TLS failure ({detail})" if detail else "TLS failure"
+    if isinstance(value, ierror.ConnectError):
+        os_error = getattr(value, "osError", None)
+        strerror = getattr(os_error, "strerror", None)
+        return f"could not connect ({strerror.lower()})" if isinstance(strerror, str) \
+            else "could not connect"
+    if isinstance(value, OSError) and value.strerror:
+        return value.strerror.lower()
+    return "the connection failed"
+
+
+def _joined(values: list[BaseException]) -> str:
+    return "; ".join(dict.fromkeys(plain_reason(v) for v in values))
+
+
+def first_byte_timeout(provider: str, seconds: float) -> RelayError:
+    """The upstream accepted the request but sent no response headers in time (504)."""
+    return RelayError("timeout_error",
+                      f"{provider}: no response from the upstream within {seconds:g} s")
+
+
+def transport_error(failure: Failure, provider: str) -> RelayError:
     """
     The Anthropic error for an upstream request that failed before its response.
 
-    treq's ``timeout`` cancels the request, which fails with ``ResponseNeverReceived``
-    wrapping a ``CancelledError`` (twisted-notes §3.4). A client that went away cancels it
-    the same way, but by then the upstream source has ended and ignores the error.
+    Messages say what happened in plain words: "connection refused", "the upstream closed
+    the connection before answering", "TLS failure (certificate verify failed)".
     """
-    value = failure.value
-    no_response = RelayError(
-        "timeout_error", f"{provider}: no response from the upstream within {first_byte:g} s")
+    value = _value(failure)
+    if isinstance(value, RelayError):
+        return value
     if isinstance(value, ierror.TimeoutError | ierror.ConnectingCancelledError):
         return RelayError("timeout_error", f"{provider}: timed out connecting to the upstream")
-    if isinstance(value, CancelledError):
-        return no_response
-    if isinstance(value, _newclient.ResponseNeverReceived | _newclient.RequestTransmissionFailed):
-        reasons = getattr(value, "reasons", []) or []
-        if any(r.check(CancelledError) for r in reasons):
-            return no_response
-        detail = "; ".join(str(r.value) or type(r.value).__name__ for r in reasons) or str(value)
-        return connection_error(detail, upstream=provider)
-    if isinstance(value, ierror.ConnectError | ierror.DNSLookupError | OSError):
-        return connection_error(f"{value.__class__.__name__}: {value}", upstream=provider)
-    return RelayError("api_error", f"{provider}: upstream request failed: {value!r}", status=502)
+    reasons = _reasons(value)
+    if isinstance(value, ResponseNeverReceived) and all(
+            isinstance(r, ierror.ConnectionDone | ierror.ConnectionLost) for r in reasons):
+        what = ("the upstream closed the connection before answering"
+                if all(isinstance(r, ierror.ConnectionDone) for r in reasons)
+                else "the connection was reset before the upstream answered")
+        return connection_error(what, upstream=provider)
+    if isinstance(value, ResponseNeverReceived | ierror.ConnectError | OSError) \
+            or type(value).__module__.startswith(("OpenSSL", "service_identity")):
+        return connection_error(_joined(reasons), upstream=provider)
+    if isinstance(value, RequestTransmissionFailed):
+        return connection_error(f"sending the request failed: {_joined(reasons)}",
+                                upstream=provider)
+    if isinstance(value, ResponseFailed):
+        return connection_error(
+            f"the answer broke off in its response headers: {_joined(reasons)}",
+            upstream=provider)
+    log.warn("upstream {provider}: request failed: {error}", provider=provider,
+             error=type(value).__name__)
+    return RelayError("api_error", f"{provider}: the upstream request failed", status=502)
 
 
 class _Collect(Protocol):
@@ -157,50 +327,80 @@ class _Collect(Protocol):
         self.idle = idle
         self.reactor = reactor
         self.timer: Any = None
+        self.last_read = 0.0
+        self.cancelled = False
 
     def connectionMade(self) -> None:
-        self._arm()
+        self.last_read = self.reactor.seconds()
+        self.timer = self.reactor.callLater(self.idle, self._check)
 
-    def _arm(self) -> None:
+    def _check(self) -> None:
+        # One timer compared against the last read, not re-armed on every chunk.
+        self.timer = None
+        quiet = self.reactor.seconds() - self.last_read
+        if quiet < self.idle - 1e-6:
+            self.timer = self.reactor.callLater(self.idle - quiet, self._check)
+            return
+        self._give_up(RelayError("timeout_error",
+                                 f"upstream sent nothing for {self.idle:g} seconds"))
+
+    def _give_up(self, error: BaseException | None) -> None:
+        """Stop reading: the connection is closed, never returned to the pool half-read."""
+        self._cancel_timer()
+        if error is not None and not self.done.called:
+            self.done.errback(error)
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def cancel(self, _: Deferred[bytes]) -> None:
+        """The reader was cancelled (the client left): drop the upstream at once."""
+        self.cancelled = True  # the Deferred fails with CancelledError, nothing else
+        self._give_up(None)
+
+    def _cancel_timer(self) -> None:
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
-        self.timer = self.reactor.callLater(self.idle, self._expired)
-
-    def _expired(self) -> None:
         self.timer = None
-        if not self.done.called:
-            self.done.errback(RelayError(
-                "timeout_error", f"upstream sent nothing for {self.idle:g} seconds"))
-        self.transport.stopProducing()  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
+        if self.done.called or self.cancelled:
+            return
         self.size += len(data)
         if self.size > self.limit:
-            if not self.done.called:
-                self.done.errback(RelayError("api_error", "upstream response is too large"))
-            self.transport.stopProducing()  # type: ignore[union-attr]
+            self._give_up(RelayError("api_error", "upstream response is too large",
+                                     status=502))
             return
         self.parts.append(data)
-        self._arm()
+        self.last_read = self.reactor.seconds()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        if self.done.called:
+        self._cancel_timer()
+        if self.done.called or self.cancelled:
             return
         if reason is None or reason.check(ResponseDone, PotentialDataLoss):
             self.done.callback(b"".join(self.parts))
         else:
             self.done.errback(RelayError(
-                "api_error", f"upstream connection lost while reading: {reason.value}",
-                status=502))
+                "api_error", "upstream connection lost in the middle of its answer: "
+                f"{_joined(_reasons(_value(reason)))}", status=502))
 
 
 async def read_body(response: Any, *, idle: float, reactor: Any,
                     limit: int = MAX_UPSTREAM_BODY) -> bytes:
-    """The whole body of a small upstream response, bounded in size and idle time."""
-    done: Deferred[bytes] = Deferred()
-    response.deliverBody(_Collect(done, limit, idle, reactor))
+    """
+    The whole body of a small upstream response, bounded in size and idle time.
+
+    Cancelling the read closes the upstream connection (the generation stops) and its timer.
+    """
+    collector: _Collect | None = None
+
+    def cancel(d: Deferred[bytes]) -> None:
+        if collector is not None:
+            collector.cancel(d)
+
+    done: Deferred[bytes] = Deferred(cancel)
+    collector = _Collect(done, limit, idle, reactor)
+    response.deliverBody(collector)
     return await done
 
 
@@ -210,6 +410,3 @@ def response_headers(response: Any) -> dict[str, str]:
         name.decode("latin-1").lower(): values[-1].decode("latin-1")
         for name, values in response.headers.getAllRawHeaders()
     }
-
-
-_ = treq  # treq's module-level API is not used: every provider has its own pool.

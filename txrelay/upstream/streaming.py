@@ -8,10 +8,15 @@ and handed on in one batch, and the client's pause/resume/stop go straight to th
 transport. It also decides when the client's response may be committed (R-X8/R-X9): once
 the upstream answered 2xx and its first content arrived, or when the commit deadline passes
 first (so pings can start while a slow upstream thinks).
+
+While no sink is attached yet (a stage still works between ``proceed()`` and handing the
+reply on), committed events wait in memory and the upstream is paused, so a waiting stage
+never makes the relay read a whole generation into memory.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -20,7 +25,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from txrelay.logs import RelayLogger
-from txrelay.protocol.errors import RelayError
+from txrelay.protocol.errors import RelayError, upstream_event_error
 from txrelay.protocol.events import Event
 from txrelay.protocol.translator import StreamTranslator
 from txrelay.streams import EventSink
@@ -28,6 +33,8 @@ from txrelay.streams import EventSink
 log = RelayLogger()
 
 _COMMIT_SLICE = 1024
+#: The largest body kept when an upstream answers 2xx with JSON instead of an event stream.
+_MAX_BARE_BODY = 1 << 20
 _CONTENT = frozenset({"content_block_start", "content_block_delta", "message_delta"})
 
 
@@ -48,6 +55,9 @@ class UpstreamSource(Protocol):
     commit_after: float
     #: After ``finish_reason``, how long to wait for the usage chunk and ``[DONE]`` (R-S16).
     finish_grace: float = 5.0
+    #: The error for a 2xx body that is not an event stream: empty, or bare JSON (an
+    #: error object some servers send with status 200). ``None``: the translator decides.
+    bare_body: Callable[[bytes], RelayError] | None = None
     ready: Deferred[None] = attrs.Factory(Deferred)
     _sink: EventSink | None = None
     _pending: list[Event] = attrs.Factory(list)
@@ -63,11 +73,19 @@ class UpstreamSource(Protocol):
     _started_translating: bool = False
     _final_error: RelayError | None = None
     _drop_call: Any = None
+    #: Paused by us because events wait for a sink that is not attached yet.
+    _held: bool = False
+    #: None until the first non-blank byte: then whether the body is an event stream.
+    _is_stream: bool | None = None
+    _bare: list[bytes] = attrs.Factory(list)
+    _bare_size: int = 0
 
     # lifecycle driven by the backend
 
     def begin(self, request: Deferred[Any]) -> None:
         """Track the upstream request; call :meth:`response` when it answers 2xx."""
+        if self._ended:  # the request already failed while it was being sent
+            return
         self._request = request
         self._commit_call = self.reactor.callLater(self.commit_after, self._commit_deadline)
 
@@ -89,7 +107,7 @@ class UpstreamSource(Protocol):
 
     def connectionMade(self) -> None:
         self._upstream = self.transport
-        if self._paused or self._ended:
+        if self._paused or self._ended or self._held:
             if self._ended:
                 self._upstream.stopProducing()
             else:
@@ -102,6 +120,10 @@ class UpstreamSource(Protocol):
         self._last_read = self.reactor.seconds()
         if self._idle_call is None:
             self._arm_idle()
+        if self._is_stream is not True and self.bare_body is not None:
+            data = self._sniff(data)
+            if not data:
+                return
         # Until the response is committed, translate in small slices: the first content
         # commits it and leaves at once instead of after the whole read is translated.
         while not self.ready.called and len(data) > _COMMIT_SLICE:
@@ -110,6 +132,20 @@ class UpstreamSource(Protocol):
             if self._ended:
                 return
         self._translate(data)
+
+    def _sniff(self, data: bytes) -> bytes:
+        """Tell an event stream from a bare JSON body by its first non-blank byte."""
+        if self._is_stream is None:
+            head = data.lstrip()
+            if not head:
+                return b""
+            self._is_stream = not head.startswith((b"{", b"["))
+            if self._is_stream:
+                return data
+        self._bare_size += len(data)
+        if self._bare_size <= _MAX_BARE_BODY:
+            self._bare.append(data)
+        return b""
 
     def _translate(self, data: bytes) -> None:
         events = self.translator.feed(data)
@@ -129,6 +165,10 @@ class UpstreamSource(Protocol):
         self._upstream = None
         if self._ended:
             return
+        if self.bare_body is not None and self._is_stream is not True:
+            # An empty 2xx body, or JSON where an event stream was asked for.
+            self._error(self.bare_body(b"".join(self._bare)))
+            return
         events = self.translator.finish()
         if events:
             self._emit(events)
@@ -144,6 +184,11 @@ class UpstreamSource(Protocol):
             sink.write_events(pending)
         if self._ended:
             sink.end(self._final_error)
+        elif self._held:
+            self._held = False
+            if not self._paused and self._upstream is not None:
+                self._upstream.resumeProducing()
+                self._arm_idle()
 
     def pause(self) -> None:
         self._paused = True
@@ -155,7 +200,7 @@ class UpstreamSource(Protocol):
         if not self._paused:
             return
         self._paused = False
-        if self._upstream is not None:
+        if self._upstream is not None and not self._held:
             self._upstream.resumeProducing()
             self._arm_idle()
 
@@ -186,7 +231,7 @@ class UpstreamSource(Protocol):
             # The translator's own error keeps its HTTP status (502 for upstream faults).
             error = getattr(self.translator, "error", None)
             if not isinstance(error, RelayError):
-                error = RelayError(err.get("type", "api_error"), err.get("message", ""))
+                error = upstream_event_error(err)
         if events:
             if self._sink is not None:
                 self._sink.write_events(events)
@@ -194,8 +239,20 @@ class UpstreamSource(Protocol):
                 self._pending.extend(events)
                 if not self.ready.called and any(e["type"] in _CONTENT for e in events):
                     self._mark_ready()
+                # Committing may have started the client stream synchronously.
+                if self.ready.called and self._sink is None:
+                    self._hold()
         if error is not None:
             self._error(error)
+
+    def _hold(self) -> None:
+        """Committed events wait for a sink: stop reading the upstream until one starts."""
+        if self._held or self._ended:
+            return
+        self._held = True
+        self._cancel_idle()
+        if self._upstream is not None and not self._paused:
+            self._upstream.pauseProducing()
 
     def _mark_ready(self) -> None:
         if self._commit_call is not None and self._commit_call.active():
@@ -246,7 +303,7 @@ class UpstreamSource(Protocol):
         # One timer per stream that compares against the last read when it fires: re-arming
         # a timer on every chunk costs more than the chunk's translation.
         self._cancel_idle()
-        if self._paused or self._ended:
+        if self._paused or self._ended or self._held:
             return
         self._last_read = self.reactor.seconds()
         limit = self.finish_grace if self._grace else self.idle_timeout
@@ -254,7 +311,7 @@ class UpstreamSource(Protocol):
 
     def _idle_check(self) -> None:
         self._idle_call = None
-        if self._ended or self._paused:
+        if self._ended or self._paused or self._held:
             return
         limit = self.finish_grace if self._grace else self.idle_timeout
         quiet = self.reactor.seconds() - self._last_read

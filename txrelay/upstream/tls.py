@@ -178,6 +178,9 @@ def make_context(tls: TLSConfig) -> SSL.Context:
 
 
 #: What an OpenSSL handshake error from the peer's side means (the alert's text → words).
+#: What :func:`describe_tls_failure` says of a TLS failure it cannot name more precisely.
+HANDSHAKE_FAILED = "TLS: the handshake with the upstream failed"
+
 _PEER_ALERTS = (
     ("certificate required", "the upstream requires a client certificate "
                              "(set tls.client_cert and tls.client_key)"),
@@ -204,7 +207,7 @@ def describe_tls_failure(value: BaseException) -> str | None:
     for needle, words in _PEER_ALERTS:
         if needle in text:
             return f"TLS: {words}"
-    return "TLS: the handshake with the upstream failed"
+    return HANDSHAKE_FAILED
 
 
 def _read(path: str, where: str, problems: list[str]) -> bytes | None:

@@ -26,6 +26,11 @@ _OVERFLOW_HINTS = (
     "context length",
     "context window",
     "available context size",
+    "exceeds the available context",
+    "exceeds the context",
+    "context size has been exceeded",
+    "prompt is longer than",
+    "too many input tokens",
     "exceeds the maximum number of tokens",
     "input token count",
     "prompt is too long",
@@ -53,6 +58,7 @@ _PROMPT_TOKENS = (
     re.compile(r"has (\d[\d,]*) input tokens", re.I),
     re.compile(r"input token count \((\d[\d,]*)\)", re.I),
     re.compile(r"prompt is too long: (\d[\d,]*) tokens", re.I),
+    re.compile(r"request \((\d[\d,]*) tokens\)", re.I),  # llama-server
     re.compile(r"(\d[\d,]*) tokens in the messages", re.I),
     re.compile(r"(?:requested|request has|prompt has|prompt contains) (\d[\d,]*) tokens", re.I),
 )
@@ -273,6 +279,8 @@ def upstream_error(
     :param headers: upstream response headers, names in lower case.
     """
     headers = headers or {}
+    if 200 <= status < 300:
+        return _not_a_stream(body, upstream_name)
     problem = parse_problem(body)
     message = _redact(problem.message)
     if status != 429 and is_context_overflow(problem):
@@ -328,6 +336,26 @@ def upstream_error(
     return RelayError(
         "invalid_request_error", _prefixed(upstream_name, message, f"upstream HTTP {status}")
     )
+
+
+def _not_a_stream(body: bytes, upstream_name: str) -> RelayError:
+    """A 2xx answer that is empty or bare JSON where an event stream was asked for."""
+    if not body.strip():
+        # llama-cpp-python answers an over-long prompt this way.
+        return RelayError(
+            "api_error",
+            f"{upstream_name}: the upstream answered with an empty body (some servers do "
+            "this when the prompt is longer than the model's context; configure "
+            "max_input_tokens for the model to get a clear error first)",
+            status=502,
+        )
+    if parse_problem(body).raw:  # an error object
+        error = stream_error(body, upstream_name=upstream_name)
+        # The upstream's failure, not ours: 502 rather than 500.
+        return attrs.evolve(error, status=502) if error.type == "api_error" else error
+    what = "JSON" if body.lstrip().startswith((b"{", b"[")) else "something"
+    return RelayError("api_error", f"{upstream_name}: the upstream answered with {what} "
+                      "instead of an event stream", status=502)
 
 
 def stream_error(payload: Any, *, upstream_name: str = "upstream") -> RelayError:
