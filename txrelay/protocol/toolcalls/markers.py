@@ -1,0 +1,252 @@
+"""
+What follows an open marker of a text-written tool call, parsed incrementally.
+
+Each body is fed the text after its marker in pieces and says where the call ends
+(:meth:`feed` returns the index just after it), that it needs more, or that this is not a call
+after all (:class:`NotACall`, as soon as a character rules it out). Work is linear in the text.
+
+- ``hermes`` (Hermes, Qwen 2.5/3, many fine-tunes): ``<tool_call>{"name": …, "arguments":
+  …}</tool_call>``; a missing close tag is accepted at the end of the text block.
+- ``mistral``: ``[TOOL_CALLS][{"name": …, "arguments": …}, …]`` and the newer
+  ``[TOOL_CALLS]name[ARGS]{…}``.
+- ``llama`` (Llama 3.1 to 3.3): ``<|python_tag|>{"name": …, "parameters": …}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import json_repair
+
+from txrelay.protocol.jsoncodec import JSONDecodeError, loads
+
+#: Open marker of each format.
+MARKERS: dict[str, str] = {
+    "hermes": "<tool_call>",
+    "mistral": "[TOOL_CALLS]",
+    "llama": "<|python_tag|>",
+}
+
+_WS = " \t\r\n"
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+#: What a call is: its tool name and its arguments (an object, a JSON string, or absent).
+RawCall = tuple[object, object]
+
+
+class NotACall(Exception):
+    """The text after a marker cannot be a tool call."""
+
+
+def decode_json(text: str) -> Any:
+    """``text`` as JSON, repaired with ``json_repair`` if it is not quite JSON; or ``None``."""
+    try:
+        return loads(text)
+    except JSONDecodeError:
+        pass
+    try:
+        value = json_repair.loads(text)
+    except Exception:  # json_repair may raise on pathological input
+        return None
+    return value if value not in ("", None) else None
+
+
+def call_objects(value: Any) -> list[RawCall] | None:
+    """
+    The calls in a decoded call payload: an object with ``name`` and ``arguments`` (or
+    ``parameters``, or the OpenAI ``function`` wrapper), or a list of those.
+    """
+    items = value if isinstance(value, list) else [value]
+    out: list[RawCall] = []
+    for entry in items:
+        if not isinstance(entry, dict):
+            return None
+        item = entry["function"] if (
+            isinstance(entry.get("function"), dict) and "name" not in entry) else entry
+        if "name" not in item:
+            return None
+        out.append((item["name"], item.get("arguments", item.get("parameters"))))
+    return out or None
+
+
+class JsonValue:
+    """Finds where a JSON object or array ends: bracket depth outside strings."""
+
+    __slots__ = ("_depth", "_escape", "_in_string", "_openers", "started")
+
+    def __init__(self, openers: str = "{[") -> None:
+        self._openers = openers
+        self._depth = 0
+        self._in_string = False
+        self._escape = False
+        self.started = False
+
+    def feed(self, text: str) -> int:
+        """Index just after the value's end in ``text``, or -1; :class:`NotACall` if no value."""
+        i = 0
+        if not self.started:
+            while i < len(text) and text[i] in _WS:
+                i += 1
+            if i == len(text):
+                return -1
+            if text[i] not in self._openers:
+                raise NotACall
+            self.started = True
+        depth, in_string, escape = self._depth, self._in_string, self._escape
+        for j in range(i, len(text)):
+            c = text[j]
+            if in_string:
+                if escape:
+                    escape = False
+                elif c == "\\":
+                    escape = True
+                elif c == '"':
+                    in_string = False
+            elif c == '"':
+                in_string = True
+            elif c in "{[":
+                depth += 1
+            elif c in "}]":
+                depth -= 1
+                if depth == 0:
+                    self._depth, self._in_string, self._escape = 0, False, False
+                    return j + 1
+        self._depth, self._in_string, self._escape = depth, in_string, escape
+        return -1
+
+
+class _Parts:
+    """The text a body consumed, kept as pieces (joined once, at the end)."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.length = 0
+
+    def add(self, text: str) -> None:
+        self.parts.append(text)
+        self.length += len(text)
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class HermesBody:
+    """``{…}</tool_call>``: everything up to the close tag is the payload."""
+
+    CLOSE = "</tool_call>"
+
+    def __init__(self) -> None:
+        self._seen = _Parts()
+        self._tail = ""
+        self._started = False
+        self._payload = ""
+
+    def feed(self, text: str) -> int:
+        if not self._started:
+            stripped = text.lstrip(_WS)
+            if stripped:
+                if stripped[0] not in "{[":
+                    raise NotACall
+                self._started = True
+        window = self._tail + text
+        i = window.find(self.CLOSE)
+        if i < 0:
+            self._seen.add(text)
+            self._tail = window[-(len(self.CLOSE) - 1):]
+            return -1
+        pos = self._seen.length - len(self._tail) + i  # where the close tag starts
+        self._payload = (self._seen.text() + text)[:pos]
+        return pos + len(self.CLOSE) - self._seen.length
+
+    def finish(self) -> bool:
+        """At the end of the text block: a call without its close tag may still be complete."""
+        if not self._started:
+            return False
+        self._payload = self._seen.text()
+        return True
+
+    def calls(self) -> list[RawCall] | None:
+        return call_objects(decode_json(self._payload.strip()))
+
+
+class LlamaBody:
+    """``{"name": …, "parameters": …}`` right after ``<|python_tag|>``."""
+
+    def __init__(self) -> None:
+        self._json = JsonValue("{")
+        self._seen = _Parts()
+
+    def feed(self, text: str) -> int:
+        end = self._json.feed(text)
+        self._seen.add(text if end < 0 else text[:end])
+        return end
+
+    def finish(self) -> bool:
+        return False
+
+    def calls(self) -> list[RawCall] | None:
+        return call_objects(decode_json(self._seen.text().strip()))
+
+
+class MistralBody:
+    """``[{…}, …]`` / ``{…}``, or ``name[ARGS]{…}``, after ``[TOOL_CALLS]``."""
+
+    ARGS = "[ARGS]"
+
+    def __init__(self) -> None:
+        self._state = "start"  # start → json | name → args → json
+        self._name: list[str] = []
+        self._tag = 0
+        self._json = JsonValue("{[")
+        self._seen = _Parts()
+
+    def feed(self, text: str) -> int:
+        i = 0
+        while i < len(text) and self._state != "json":
+            c = text[i]
+            if self._state == "start":
+                if c in _WS:
+                    i += 1
+                    continue
+                if c in "{[":
+                    self._state = "json"
+                    break
+                if c not in _NAME_CHARS:
+                    raise NotACall
+                self._state = "name"
+            elif self._state == "name":
+                if c in _NAME_CHARS:
+                    self._name.append(c)
+                    i += 1
+                    continue
+                if c != "[":
+                    raise NotACall
+                self._state = "args"
+            elif self._state == "args":
+                if c != self.ARGS[self._tag]:
+                    raise NotACall
+                self._tag += 1
+                i += 1
+                if self._tag == len(self.ARGS):
+                    self._state = "json"
+                    self._json = JsonValue("{")
+        if self._state != "json" or i == len(text):
+            return -1
+        end = self._json.feed(text[i:])
+        self._seen.add(text[i:] if end < 0 else text[i:i + end])
+        return end if end < 0 else i + end
+
+    def finish(self) -> bool:
+        return False
+
+    def calls(self) -> list[RawCall] | None:
+        value = decode_json(self._seen.text().strip())
+        if self._name:
+            return [("".join(self._name), value)] if isinstance(value, dict) else None
+        return call_objects(value)
+
+
+Body = HermesBody | LlamaBody | MistralBody
+BODIES: dict[str, Callable[[], Body]] = {
+    "hermes": HermesBody, "mistral": MistralBody, "llama": LlamaBody,
+}
