@@ -15,7 +15,8 @@ produced odd ids. :func:`repair_history` mends:
   left alone: it is the model's turn to continue it;
 - a ``tool_result`` that answers no ``tool_use`` of the message before it: turned into a text
   block that says so and carries its text (``orphan_results="text"``), or dropped
-  (``"drop"``; a message left empty keeps the text form).
+  (``"drop"``; a message left empty keeps the text form). A repaired user message has its
+  ``tool_result`` blocks first, as Anthropic requires, then its other blocks in order.
 
 Nothing changes, and the request body stays byte-identical, when the history is sound.
 """
@@ -123,41 +124,40 @@ class _Repairer:
 
     def user(self, i: int, msg: InputMessage) -> None:
         answered: set[str] = set()
-        blocks: list[dict[str, Any]] = []
+        results: list[dict[str, Any]] = []
+        rest: list[dict[str, Any]] = []
         touched = False
         for j, given in enumerate(msg.blocks()):
-            block = given
-            if block.get("type") != "tool_result":
-                blocks.append(block)
+            if given.get("type") != "tool_result":
+                rest.append(given)
                 continue
-            ref = block.get("tool_use_id")
+            ref = given.get("tool_use_id")
             queue = self.pending.get(ref) if isinstance(ref, str) else None
             if queue:
                 new = queue.pop(0)
                 answered.add(new)
-                if new != ref:
-                    block = dict(block, tool_use_id=new)
-                    touched = True
-                blocks.append(block)
+                results.append(given if new == ref else dict(given, tool_use_id=new))
+                touched = touched or new != ref
                 continue
             touched = True
             self.notes.append(f"messages.{i}.content.{j}: tool_result without its tool_use")
             if self.orphan_results == "text":
-                blocks += orphan_as_text(block)
+                rest += orphan_as_text(given)
         missing = [t for t in self.pending_ids if t not in answered]
         if missing:
             self.notes.append(f"messages.{i}: {len(missing)} tool call(s) had no result")
-            blocks = [interrupted_result(t, self.interrupted) for t in missing] + blocks
+            results = [interrupted_result(t, self.interrupted) for t in missing] + results
             touched = True
-        if touched and not blocks:
-            # Everything was a dropped orphan: keep the message, in the text form.
-            blocks = [b for block in msg.blocks() for b in orphan_as_text(block)]
         self.pending, self.pending_ids = {}, []
-        if touched:
-            self.changed = True
-            self.out.append(InputMessage(msg.role, blocks))
-        else:
+        if not touched:
             self.out.append(msg)
+            return
+        # Results first, as Anthropic requires; then the message's other blocks in order.
+        blocks = results + rest
+        if not blocks:  # everything was a dropped orphan: keep the message, as text
+            blocks = [b for block in msg.blocks() for b in orphan_as_text(block)]
+        self.changed = True
+        self.out.append(InputMessage(msg.role, blocks))
 
 
 def repair_history(messages: Sequence[InputMessage], *, fix_ids: bool = True,
