@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from hypothesis import given
@@ -134,7 +135,7 @@ def test_any_history_comes_out_sound(turns: list[tuple[list[str], list[str]]]) -
     repaired = repair_history(history)
     out = repaired.messages
     seen: list[str] = []
-    for prev, msg in zip(out, out[1:], strict=False):
+    for prev, msg in itertools.pairwise(out):
         if msg.role == "assistant":
             seen += [b["id"] for b in msg.blocks() if b["type"] == "tool_use"]
         if msg.role == "user" and prev.role == "assistant":

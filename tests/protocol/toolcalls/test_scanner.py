@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from tests.protocol.toolcalls.helpers import (
 )
 from txrelay.protocol.toolcalls.arguments import ToolSet
 from txrelay.protocol.toolcalls.markers import MARKERS, HermesBody
-from txrelay.protocol.toolcalls.scanner import CallScanner, Calls, Text, longest_marker
+from txrelay.protocol.toolcalls.scanner import Calls, CallScanner, Text, longest_marker
 
 LONGEST = longest_marker(MARKERS)
 SAMPLE = {"path": "/etc/hosts"}
@@ -170,7 +171,7 @@ def cuts(text: str) -> st.SearchStrategy[list[str]]:
 
 def split_at(text: str, points: list[int]) -> list[str]:
     bounds = [0, *sorted(points), len(text)]
-    return [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [text[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 @st.composite
