@@ -90,6 +90,7 @@ def test_bare_json_that_is_not_the_whole_block_stays_text(text: str) -> None:
     "[TOOL_CALLS]Read then [ARGS]",
     "<|python_tag|>brave_search.call(query=\"x\")",
     "<|python_tag|>{\"name\": \"Read\", \"parameters\": {\"path\": \"/x\"",  # truncated
+    "<tool_call>{\"name\": \"Read\", \"arguments\": {\"path\": \"/x",  # cut by max_tokens
 ])
 def test_what_is_not_a_valid_call_of_an_offered_tool_stays_text(text: str) -> None:
     for step in (None, 1, 3):

@@ -6,7 +6,9 @@ Each body is fed the text after its marker in pieces and says where the call end
 after all (:class:`NotACall`, as soon as a character rules it out). Work is linear in the text.
 
 - ``hermes`` (Hermes, Qwen 2.5/3, many fine-tunes): ``<tool_call>{"name": …, "arguments":
-  …}</tool_call>``; a missing close tag is accepted at the end of the text block.
+  …}</tool_call>``; a missing close tag is accepted at the end of the text block when the
+  JSON before it is complete (never a truncated call). Arguments that contain the close tag
+  itself end the call early (it is then repaired or left as text).
 - ``mistral``: ``[TOOL_CALLS][{"name": …, "arguments": …}, …]`` and the newer
   ``[TOOL_CALLS]name[ARGS]{…}``.
 - ``llama`` (Llama 3.1 to 3.3): ``<|python_tag|>{"name": …, "parameters": …}``.
@@ -159,10 +161,18 @@ class HermesBody:
         return pos + len(self.CLOSE) - self._seen.length
 
     def finish(self) -> bool:
-        """At the end of the text block: a call without its close tag may still be complete."""
+        """
+        At the end of the text block: a call without its close tag counts only when its JSON
+        is complete as it stands, so a call cut off by ``max_tokens`` is never "repaired"
+        into one with half its arguments.
+        """
         if not self._started:
             return False
         self._payload = self._seen.text()
+        try:
+            loads(self._payload.strip())
+        except JSONDecodeError:
+            return False
         return True
 
     def calls(self) -> list[RawCall] | None:
