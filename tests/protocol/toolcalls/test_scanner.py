@@ -115,6 +115,30 @@ def test_hermes_without_close_tag_at_block_end() -> None:
     assert calls_of(scan(text, 3)) == [("Read", SAMPLE)]
 
 
+@pytest.mark.parametrize("step", [None, 1, 3])
+def test_hermes_close_tag_inside_arguments_is_argument_text(step: int | None) -> None:
+    args = {"content": "ends with </tool_call> and \\\" quotes"}
+    text = render("hermes", "do_thing", args) + " after"
+    pieces = scan(text, step)
+    assert calls_of(pieces) == [("do_thing", args)] and pieces[-1] == Text(" after")
+
+
+@pytest.mark.parametrize("step", [None, 1, 3])
+def test_hermes_json_then_something_else_ends_the_call(step: int | None) -> None:
+    call = '<tool_call>{"name": "Read", "arguments": {"path": "/etc/hosts"}}'
+    pieces = scan(call + "\n</tool_X more", step)
+    assert calls_of(pieces) == [("Read", SAMPLE)] and pieces[-1] == Text("\n</tool_X more")
+    pieces = scan(call + "Now.", step)
+    assert calls_of(pieces) == [("Read", SAMPLE)] and pieces[-1] == Text("Now.")
+
+
+def test_hermes_broken_json_ends_at_the_close_tag_and_is_repaired() -> None:
+    text = '<tool_call>{"name": "Read", "arguments": {"path": "/etc/hosts"}</tool_call>ok'
+    for step in (None, 1, 4):
+        pieces = scan(text, step)
+        assert calls_of(pieces) == [("Read", SAMPLE)] and pieces[-1] == Text("ok")
+
+
 def test_several_calls_in_one_block_and_in_one_list() -> None:
     text = (render("hermes", "Read", SAMPLE) + "\n" + render("hermes", "do_thing", {"a": 1})
             + "\n\n")
@@ -162,7 +186,8 @@ def test_hermes_close_tag_split_anywhere() -> None:
 MARKER_CHARS = "ab <>[]|{}/_\"\n" + "tool_calTOLCASpyhnag"
 plain_texts = st.text(alphabet=MARKER_CHARS + "xyz.,é", max_size=40).filter(
     lambda t: not any(m in t for m in MARKERS.values()))
-call_args = json_objects.filter(lambda a: "</tool_call>" not in str(a))
+call_args = json_objects | st.builds(lambda t: {"content": t}, st.sampled_from(
+    ["</tool_call>", "x</tool_call>y", "<tool_call>{}", "[TOOL_CALLS]", '"}]']))
 
 
 def cuts(text: str) -> st.SearchStrategy[list[str]]:
@@ -179,18 +204,19 @@ def split_at(text: str, points: list[int]) -> list[str]:
 def texts_with_calls(draw: st.DrawFn) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
     parts: list[str] = []
     calls: list[tuple[str, dict[str, Any]]] = []
+    texts = [""]  # runs of adjacent text parts
     for _ in range(draw(st.integers(0, 4))):
         if draw(st.booleans()):
             parts.append(draw(plain_texts))
+            texts[-1] += parts[-1]
         else:
             args = draw(call_args)
             calls.append(("do_thing", args))
             parts.append(render(draw(st.sampled_from(STYLES)), "do_thing", args))
-    text = "".join(parts)
-    # Text next to text must not make a marker; a block that is one JSON object is bare JSON.
-    plain = "\x00".join(p for p in parts)
-    assume(sum(plain.count(m) for m in MARKERS.values()) == len(calls))
-    return text, calls
+            texts.append("")
+    # Text next to text must not make a marker.
+    assume(not any(m in t for t in texts for m in MARKERS.values()))
+    return "".join(parts), calls
 
 
 @given(data=st.data(), sample=texts_with_calls())

@@ -6,9 +6,8 @@ Each body is fed the text after its marker in pieces and says where the call end
 after all (:class:`NotACall`, as soon as a character rules it out). Work is linear in the text.
 
 - ``hermes`` (Hermes, Qwen 2.5/3, many fine-tunes): ``<tool_call>{"name": …, "arguments":
-  …}</tool_call>``; a missing close tag is accepted at the end of the text block when the
-  JSON before it is complete (never a truncated call). Arguments that contain the close tag
-  itself end the call early (it is then repaired or left as text).
+  …}</tool_call>``; a missing close tag is accepted when the JSON before it is complete
+  (never a truncated call); a close tag inside a JSON string is argument text.
 - ``mistral``: ``[TOOL_CALLS][{"name": …, "arguments": …}, …]`` and the newer
   ``[TOOL_CALLS]name[ARGS]{…}``.
 - ``llama`` (Llama 3.1 to 3.3): ``<|python_tag|>{"name": …, "parameters": …}``.
@@ -133,46 +132,85 @@ class _Parts:
 
 
 class HermesBody:
-    """``{…}</tool_call>``: everything up to the close tag is the payload."""
+    """
+    ``{…}</tool_call>``: the JSON value, then the close tag.
+
+    The close tag counts only outside JSON strings (arguments may contain it: a file about
+    tool calls), or anywhere the JSON is broken. Text after the JSON value that is not the
+    close tag ends the call there (:attr:`pushback` then holds the blanks and close-tag
+    prefix consumed after it, which are text again).
+    """
 
     CLOSE = "</tool_call>"
 
     def __init__(self) -> None:
         self._seen = _Parts()
-        self._tail = ""
         self._started = False
+        self._depth = 0
+        self._in_string = False
+        self._escape = False
+        self._matched = 0
+        self._json_end = -1  # where the JSON value ended (in the body), once it did
         self._payload = ""
+        self.pushback = ""
 
     def feed(self, text: str) -> int:
-        if not self._started:
-            stripped = text.lstrip(_WS)
-            if stripped:
-                if stripped[0] not in "{[":
+        base = self._seen.length
+        self._seen.add(text)
+        close = self.CLOSE
+        for j, c in enumerate(text):
+            if self._in_string:
+                if self._escape:
+                    self._escape = False
+                elif c == "\\":
+                    self._escape = True
+                elif c == '"':
+                    self._in_string = False
+                continue
+            if self._matched or c == "<":
+                if c == close[self._matched]:
+                    self._matched += 1
+                    if self._matched == len(close):
+                        full = self._seen.text()
+                        start = base + j + 1 - len(close)
+                        self._payload = full[:start if self._json_end < 0 else self._json_end]
+                        return j + 1
+                    continue
+                self._matched = 1 if c == "<" else 0
+                if self._matched:
+                    continue
+            if self._json_end >= 0:
+                if c in _WS:
+                    continue
+                full = self._seen.text()
+                self._payload = full[:self._json_end]
+                self.pushback = full[self._json_end:base + j]
+                return j
+            if not self._started:
+                if c in _WS:
+                    continue
+                if c not in "{[":
                     raise NotACall
                 self._started = True
-        window = self._tail + text
-        i = window.find(self.CLOSE)
-        if i < 0:
-            self._seen.add(text)
-            self._tail = window[-(len(self.CLOSE) - 1):]
-            return -1
-        pos = self._seen.length - len(self._tail) + i  # where the close tag starts
-        self._payload = (self._seen.text() + text)[:pos]
-        return pos + len(self.CLOSE) - self._seen.length
+            if c == '"':
+                self._in_string = True
+            elif c in "{[":
+                self._depth += 1
+            elif c in "}]":
+                self._depth -= 1
+                if self._depth == 0:
+                    self._json_end = base + j + 1
+        return -1
 
     def finish(self) -> bool:
         """
         At the end of the text block: a call without its close tag counts only when its JSON
-        is complete as it stands, so a call cut off by ``max_tokens`` is never "repaired"
-        into one with half its arguments.
+        value is complete, so a call cut off by ``max_tokens`` is never "repaired" into one
+        with half its arguments.
         """
-        if not self._started:
+        if self._json_end < 0:
             return False
-        self._payload = self._seen.text()
-        try:
-            loads(self._payload.strip())
-        except JSONDecodeError:
-            return False
+        self._payload = self._seen.text()[:self._json_end]
         return True
 
     def calls(self) -> list[RawCall] | None:
@@ -181,6 +219,8 @@ class HermesBody:
 
 class LlamaBody:
     """``{"name": …, "parameters": …}`` right after ``<|python_tag|>``."""
+
+    pushback = ""
 
     def __init__(self) -> None:
         self._json = JsonValue("{")
@@ -202,6 +242,7 @@ class MistralBody:
     """``[{…}, …]`` / ``{…}``, or ``name[ARGS]{…}``, after ``[TOOL_CALLS]``."""
 
     ARGS = "[ARGS]"
+    pushback = ""
 
     def __init__(self) -> None:
         self._state = "start"  # start → json | name → args → json

@@ -188,8 +188,10 @@ class CallScanner:
         if end < 0:
             return ""
         self._raw[-1] = text[:end]
+        raw, back = "".join(self._raw), self._body.pushback
+        self._raw = [raw[: len(raw) - len(back)]]
         self._decide(self._body.calls(), out)
-        return text[end:]
+        return back + text[end:]
 
     def _end_body(self, out: list[Piece]) -> None:
         assert self._body is not None
