@@ -6,6 +6,7 @@ server, whose model writes its tool call as Hermes text; the anthropic SDK gets 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import anthropic
@@ -61,7 +62,7 @@ def client(relay: Relay) -> Iterator[anthropic.Anthropic]:
 
 
 def test_streaming_client_gets_a_tool_use_block(client: anthropic.Anthropic,
-                                                fake: FakeOpenAI) -> None:
+                                                fake: FakeOpenAI, relay: Relay) -> None:
     fake.push(sse(text_stream(WRITTEN, pieces=9)))
     with client.messages.stream(model="claude-sonnet-4-6", max_tokens=500, tools=[READ],
                                 messages=[{"role": "user", "content": "hostname?"}]) as s:
@@ -74,6 +75,11 @@ def test_streaming_client_gets_a_tool_use_block(client: anthropic.Anthropic,
     assert call.id.startswith("toolu_01")  # type: ignore[union-attr]
     assert message.stop_reason == "tool_use"
     assert kinds.count("content_block_start") == 2 and kinds[-1] == "message_stop"
+    deadline = time.monotonic() + 5
+    while "tool-hygiene made 1 tool call(s) out of text" not in relay.log():
+        assert time.monotonic() < deadline, relay.log()[-2000:]
+        time.sleep(0.05)
+    assert "/etc/hostname" not in relay.log()  # the log names no argument
 
 
 def test_non_streaming_client_gets_the_same(client: anthropic.Anthropic,

@@ -270,3 +270,11 @@ def test_a_bare_json_block_split_anywhere(args: dict[str, Any], deltas_at: list[
     out = fold(run_filter(text_stream(split_at(text, [p % (len(text) + 1) for p in deltas_at]))))
     assert [(b["type"], b.get("input")) for b in out["content"]] == [("tool_use", args)]
 
+
+
+def test_rejections_name_the_problem_without_quoting_arguments() -> None:
+    s = CallScanner(ToolSet.from_tools(TOOLS))
+    s.feed('<tool_call>{"name": "Read", "arguments": {"path": ["s3cr3t-value"]}}</tool_call>')
+    s.end()
+    assert s.rejections == ["the arguments of Read do not match its input_schema "
+                            "(type at $.path)"]

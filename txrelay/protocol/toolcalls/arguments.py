@@ -32,7 +32,7 @@ class ToolCall:
 
 @attrs.frozen
 class Rejected:
-    """Why text that looked like a call stays text (for the log)."""
+    """Why text that looked like a call stays text (for the log: it quotes no argument)."""
 
     reason: str
 
@@ -79,7 +79,7 @@ class ToolSet:
     def check(self, name: object, arguments: object) -> ToolCall | Rejected:
         """``arguments`` (an object, a JSON string, or absent) for a call of ``name``."""
         if not isinstance(name, str) or name not in self.schemas:
-            return Rejected(f"{name!r} is not an offered tool")
+            return Rejected(f"{str(name)[:64]!r} is not an offered tool")
         if arguments is None:
             value: Any = {}
         elif isinstance(arguments, str):
@@ -96,6 +96,7 @@ class ToolSet:
         if validator is not None and not self.accept_invalid:
             error = jsonschema.exceptions.best_match(validator.iter_errors(value))
             if error is not None:
-                return Rejected(f"the arguments of {name} do not match its input_schema: "
-                                f"{error.message}")
+                # Where and which keyword, not the message: it quotes the argument values.
+                return Rejected(f"the arguments of {name} do not match its input_schema "
+                                f"({error.validator} at {error.json_path})")
         return ToolCall(name, value)
