@@ -278,3 +278,13 @@ def test_rejections_name_the_problem_without_quoting_arguments() -> None:
     s.end()
     assert s.rejections == ["the arguments of Read do not match its input_schema "
                             "(type at $.path)"]
+
+
+def test_unfinished_calls_at_block_end_are_text_as_they_came() -> None:
+    text = "<tool_call>{" * 50 + "[TOOL_CALLS][{" * 50
+    for step in (None, 1, 7):
+        assert scan(text, step) == [Text(text)]
+    s = CallScanner(ToolSet.from_tools(TOOLS))
+    s.feed("<|python_tag|>" + '{"name": "Read", "parameters": {"path": "/x"')
+    assert s.end() == [Text('<|python_tag|>{"name": "Read", "parameters": {"path": "/x"')]
+    assert s.rejections == ["llama tool call not finished by the block's end"]

@@ -8,14 +8,16 @@ the start of a call:
 - the longest end of the text that is a prefix of an open marker (``<tool_c`` …), at most
   the longest marker's length minus one; text that can no longer start one is released;
 - from an open marker on, the call's text until it ends (or turns out not to be a call: then
-  the marker is released as text and what followed it is scanned again);
+  the marker is released as text and what followed it is scanned again; a call still open
+  when the block ends is released as text as it came);
 - whitespace at the start of the block and right after a call, so a block never becomes
   whitespace next to a ``tool_use`` (whitespace after a call is dropped; a block of nothing
   but whitespace passes as it was);
 - with ``bare-json``, a block whose first non-blank character is ``{``, to the end of the
   block: a bare JSON object naming an offered tool is a call only when it is the whole block.
 
-Pieces do not depend on how the text was split into deltas.
+Pieces do not depend on how the text was split into deltas, and the work is linear in the
+text: each character is scanned at most twice.
 """
 
 from __future__ import annotations
@@ -197,8 +199,13 @@ class CallScanner:
         assert self._body is not None
         if self._body.finish():
             self._decide(self._body.calls(), out)
-        else:
-            self._process(self._not_a_call(out), out)
+            return
+        # An unfinished call is text as it came. Not scanned again: a block of nothing but
+        # unclosed markers would make that quadratic.
+        raw, self._raw = "".join(self._raw), []
+        self._mode = _Mode.TEXT
+        self.rejections.append(f"{self._format} tool call not finished by the block's end")
+        self._release(raw, out)
 
     def _not_a_call(self, out: list[Piece]) -> str:
         """Release the marker as text; what followed it is to be scanned again."""
