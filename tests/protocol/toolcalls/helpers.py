@@ -16,7 +16,7 @@ READ = {"name": "Read", "description": "Read a file", "input_schema": {
     "type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}
 ANY = {"name": "do_thing", "input_schema": {"type": "object"}}
 TOOLS = [READ, ANY]
-STYLES = ("hermes", "mistral-list", "mistral-args", "llama")
+STYLES = ("hermes", "mistral-list", "mistral-args", "mistral-call-id", "llama")
 
 
 def render(style: str, name: str, args: dict[str, Any]) -> str:
@@ -27,6 +27,8 @@ def render(style: str, name: str, args: dict[str, Any]) -> str:
         return "[TOOL_CALLS]" + json.dumps([{"name": name, "arguments": args}])
     if style == "mistral-args":
         return f"[TOOL_CALLS]{name}[ARGS]" + json.dumps(args)
+    if style == "mistral-call-id":
+        return f"[TOOL_CALLS]{name}[CALL_ID]Ab3dE6gH9[ARGS]" + json.dumps(args)
     if style == "llama":
         return "<|python_tag|>" + json.dumps({"name": name, "parameters": args})
     raise ValueError(style)

@@ -139,6 +139,15 @@ def test_hermes_broken_json_ends_at_the_close_tag_and_is_repaired() -> None:
         assert calls_of(pieces) == [("Read", SAMPLE)] and pieces[-1] == Text("ok")
 
 
+@pytest.mark.parametrize("step", [None, 1, 3])
+def test_mistral_call_id_and_consecutive_calls(step: int | None) -> None:
+    text = ('[TOOL_CALLS]Read[CALL_ID]a1B2c3D4e[ARGS]{"path": "/etc/hosts"}'
+            '[TOOL_CALLS]do_thing[ARGS]{}')
+    assert calls_of(scan(text, step)) == [("Read", SAMPLE), ("do_thing", {})]
+    bad = "[TOOL_CALLS]Read[ARG]{}"
+    assert scan(bad, step) == [Text(bad)]
+
+
 def test_several_calls_in_one_block_and_in_one_list() -> None:
     text = (render("hermes", "Read", SAMPLE) + "\n" + render("hermes", "do_thing", {"a": 1})
             + "\n\n")

@@ -9,7 +9,7 @@ after all (:class:`NotACall`, as soon as a character rules it out). Work is line
   …}</tool_call>``; a missing close tag is accepted when the JSON before it is complete
   (never a truncated call); a close tag inside a JSON string is argument text.
 - ``mistral``: ``[TOOL_CALLS][{"name": …, "arguments": …}, …]`` and the newer
-  ``[TOOL_CALLS]name[ARGS]{…}``.
+  ``[TOOL_CALLS]name[ARGS]{…}`` (with ``[CALL_ID]id`` before ``[ARGS]`` in some templates).
 - ``llama`` (Llama 3.1 to 3.3): ``<|python_tag|>{"name": …, "parameters": …}``.
 """
 
@@ -239,15 +239,18 @@ class LlamaBody:
 
 
 class MistralBody:
-    """``[{…}, …]`` / ``{…}``, or ``name[ARGS]{…}``, after ``[TOOL_CALLS]``."""
+    """
+    ``[{…}, …]`` / ``{…}``, or ``name[ARGS]{…}`` (``name[CALL_ID]id[ARGS]{…}`` too), after
+    ``[TOOL_CALLS]``.
+    """
 
-    ARGS = "[ARGS]"
+    TAGS = ("ARGS", "CALL_ID")
     pushback = ""
 
     def __init__(self) -> None:
-        self._state = "start"  # start → json | name → args → json
+        self._state = "start"  # start → json | name → tag (→ call_id → tag) → json
         self._name: list[str] = []
-        self._tag = 0
+        self._tag: list[str] = []
         self._json = JsonValue("{[")
         self._seen = _Parts()
 
@@ -265,22 +268,31 @@ class MistralBody:
                 if c not in _NAME_CHARS:
                     raise NotACall
                 self._state = "name"
-            elif self._state == "name":
+            elif self._state in ("name", "call_id"):
                 if c in _NAME_CHARS:
-                    self._name.append(c)
+                    if self._state == "name":
+                        self._name.append(c)
                     i += 1
                     continue
                 if c != "[":
                     raise NotACall
-                self._state = "args"
-            elif self._state == "args":
-                if c != self.ARGS[self._tag]:
-                    raise NotACall
-                self._tag += 1
+                self._state, self._tag = "tag", []
                 i += 1
-                if self._tag == len(self.ARGS):
+            elif self._state == "tag":
+                i += 1
+                if c != "]":
+                    self._tag.append(c)
+                    if not any(t.startswith("".join(self._tag)) for t in self.TAGS):
+                        raise NotACall
+                    continue
+                tag = "".join(self._tag)
+                if tag == "ARGS":
                     self._state = "json"
                     self._json = JsonValue("{")
+                elif tag == "CALL_ID":
+                    self._state = "call_id"
+                else:
+                    raise NotACall
         if self._state != "json" or i == len(text):
             return -1
         end = self._json.feed(text[i:])
