@@ -85,6 +85,7 @@ class CallScanner:
         chosen = frozenset(formats)
         self.tools = tools
         self._markers = [(MARKERS[f], f) for f in sorted(chosen) if f in MARKERS]
+        self._longest = longest_marker(chosen)
         self._bare = "bare-json" in chosen and bool(tools)
         self._mode = _Mode.TEXT
         self._buf = ""
@@ -174,7 +175,7 @@ class CallScanner:
 
     def _prefix_length(self, buf: str) -> int:
         """The length of the longest end of ``buf`` that is a proper prefix of a marker."""
-        for n in range(min(len(buf), longest_marker(f for _, f in self._markers) - 1), 0, -1):
+        for n in range(min(len(buf), self._longest - 1), 0, -1):
             tail = buf[-n:]
             if any(m.startswith(tail) for m, _ in self._markers):
                 return n
