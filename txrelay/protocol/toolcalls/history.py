@@ -5,7 +5,8 @@ Anthropic's rules (which most OpenAI-compatible servers enforce too): tool-use i
 (``^[a-zA-Z0-9_-]+$``) and unique, and every ``tool_use`` of an assistant message is answered
 by a ``tool_result`` in the very next user message. Clients break them when a call was
 interrupted (Ctrl-C in Claude Code), when a history was trimmed, or when an earlier backend
-produced odd ids. :func:`repair_history` mends:
+produced odd ids. :func:`repair_history` mends, on the Anthropic side and so for every
+backend (the openai-chat translator's R-O12/R-O13 then find nothing left to pair):
 
 - an illegal or repeated ``tool_use`` id: replaced by :func:`~.ids.derived_id` of its message
   index, block index and old id, and the ``tool_result`` answering it follows;

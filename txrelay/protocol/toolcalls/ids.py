@@ -5,7 +5,9 @@ Anthropic requires ids matching ``^[a-zA-Z0-9_-]+$`` and unique within a convers
 backends (and the clients replaying their answers) produce duplicates, empty ids or ids with
 dots and colons. A replacement is a hash of where the block sits (message index, block index)
 and the id it replaces, so every relay instance, on every turn, maps the same history the same
-way, and a tool_result follows its tool_use without any state kept between requests.
+way, and a tool_result follows its tool_use without any state kept between requests
+(mapping.md R-X11 mints fresh random ids for the upstream's calls; these are for the ids a
+client already holds, and for calls made out of text).
 """
 
 from __future__ import annotations
