@@ -11,6 +11,7 @@ from zope.interface import implementer
 from txrelay.interfaces import IStageFactory, StageServices
 from txrelay.stages.auth import AuthOptions, AuthStage
 from txrelay.stages.modelmap import ModelMapOptions, ModelMapStage
+from txrelay.stages.toolhygiene import ToolHygieneOptions, ToolHygieneStage
 from txrelay.stages.translate import TranslateStage
 
 
@@ -52,6 +53,19 @@ class _Translate:
         return TranslateStage(services.backends)
 
 
+@implementer(IPlugin, IStageFactory)
+@attrs.frozen
+class _ToolHygiene:
+    type_name: str = "tool-hygiene"
+    options_type: type = ToolHygieneOptions
+
+    def build(self, options: ToolHygieneOptions, services: StageServices) -> Any:
+        if not options.formats and not options.fix_ids and not options.repair_history:
+            raise ValueError("formats, fix_ids and repair_history: nothing left to do")
+        return ToolHygieneStage(options)
+
+
 auth = _Auth()
 model_map = _ModelMap()
 translate = _Translate()
+tool_hygiene = _ToolHygiene()
