@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_catalog -*-
+# -*- test-case-name: tests.test_catalog_and_stages -*-
 """
 The model catalogue: which names clients may ask for and where each one is served.
 

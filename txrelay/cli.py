@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.integration.test_twistd_and_config -*-
 """
 The ``txrelay`` command.
 

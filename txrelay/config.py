@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.integration.test_twistd_and_config,tests.test_catalog_and_stages -*-
 """
 The relay's configuration: TOML structured with cattrs into frozen attrs classes.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.integration.test_twistd_and_config -*-
 """The ``relay`` twistd plugin's options and service maker: ``twistd -n relay --config FILE``."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_server -*-
+# -*- test-case-name: tests.server -*-
 """The twisted.web site: the relay's request and connection classes, and connection tracking."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_stages -*-
+# -*- test-case-name: tests.test_catalog_and_stages -*-
 """The ``auth`` stage: named client keys, checked in constant time."""
 
 from __future__ import annotations

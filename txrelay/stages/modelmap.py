@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_stages -*-
+# -*- test-case-name: tests.test_catalog_and_stages -*-
 """The ``model-map`` stage: routes the requested model to a provider and upstream model."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_stages -*-
+# -*- test-case-name: tests.test_catalog_and_stages -*-
 """The ``translate`` stage: hands a routed exchange to its provider's backend."""
 
 from __future__ import annotations
