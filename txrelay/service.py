@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.server.test_drain,tests.test_backends,tests.integration.test_twistd_and_config -*-
+# -*- test-case-name: tests.server.test_drain,tests.test_backends -*-
 """
 Builds the running relay from its configuration: backends, stages (found as plugins), the
 pipeline, the site and its listeners, plus graceful drain and systemd readiness.
