@@ -104,7 +104,7 @@ def test_everything_else_of_the_schema_passes() -> None:
 
 @pytest.mark.parametrize("body, expected", [
     # Ranges (7.13) and finiteness.
-    ({**BASE, "max_tokens": 0}, "max_tokens: must be greater than or equal to 1, got 0"),
+    ({**BASE, "max_tokens": -1}, "max_tokens: must be greater than or equal to 0, got -1"),
     ({**BASE, "max_tokens": 2**40}, "max_tokens: must be at most 2147483647"),
     ({**BASE, "temperature": -7}, "temperature: must be between 0 and 1, got -7"),
     ({**BASE, "temperature": 1.5}, "temperature: must be between 0 and 1, got 1.5"),

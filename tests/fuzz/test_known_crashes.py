@@ -44,7 +44,7 @@ CASES = {
                                        tool_choice={"type": {"type": "any"}}),
     "temperature out of range": body(temperature=-7),
     "top_p infinite": body().replace(b'"max_tokens": 10', b'"max_tokens": 10, "top_p": 1e999'),
-    "max_tokens 0": body(max_tokens=0),
+    "max_tokens -1": body(max_tokens=-1),
     "model name of 1 MB": body(model="m" * 1_000_000),
     "schema enum not a list": body(tools=[{"name": "t", "input_schema": {
         "type": "object", "properties": {"a": {"enum": 5}}, "required": ["a"]}}],

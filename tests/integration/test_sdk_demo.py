@@ -329,3 +329,24 @@ def test_prometheus_metrics(relay: Relay, client: anthropic.Anthropic) -> None:
     assert metric(after, "txrelay_errors_total", type="not_found_error") >= 1
     assert metric(after, "txrelay_streams_active") == 0
     assert DEMO_KEY not in after
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_max_tokens_zero_is_an_empty_message(client: anthropic.Anthropic, stream: bool) -> None:
+    # The SDK documents max_tokens 0 (prompt-cache pre-warming): valid, nothing generated.
+    kwargs: dict[str, Any] = {"model": "sonnet", "max_tokens": 0,
+                              "messages": [{"role": "user", "content": "warm the cache"}]}
+    if stream:
+        with client.messages.stream(**kwargs) as s:
+            msg = s.get_final_message()
+    else:
+        msg = client.messages.create(**kwargs)
+    assert msg.content == [] and msg.stop_reason == "max_tokens"
+    assert msg.usage.output_tokens == 0 and msg.usage.input_tokens > 0
+    assert msg.model == "sonnet"
+
+
+def test_negative_max_tokens_is_a_400(client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.BadRequestError, match="max_tokens"):
+        client.messages.create(model="sonnet", max_tokens=-1,
+                               messages=[{"role": "user", "content": "x"}])

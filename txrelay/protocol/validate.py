@@ -20,8 +20,10 @@ Deliberate choices (README "Request validation"):
 - Unknown *block types* are rejected, as the real API does: the accepted set is every block
   type of the SDK's (beta) request types; a block the relay does not know would reach a
   translator that cannot handle it.
-- ``max_tokens`` must be at least 1 (issue 7.13), although newer API versions accept 0 for
-  cache pre-warming: no backend here has a cache to warm.
+- ``max_tokens`` must be at least 0. Issue 7.13 asked for at least 1, but the official SDK
+  (and anthropic-messages.md) document 0 as valid: it pre-warms the prompt cache without
+  generating anything. The SDK wins; the ``translate`` stage answers 0 with an empty
+  message without calling a backend that has no cache to warm.
 - Nesting is bounded by :data:`MAX_DEPTH` over the whole document. The check is one
   ``orjson.dumps`` of the body wrapped to the encoder's own limit (a few microseconds on a
   100 KB body, where a Python walk costs ~100 µs); only when that fails does a Python walk
@@ -53,7 +55,7 @@ MAX_NAME_LENGTH = 256
 MAX_DEPTH = 128
 #: ``max_tokens``, ``top_k`` and ``budget_tokens`` beyond this are not numbers a model uses.
 MAX_INT = 2**31 - 1
-MIN_MAX_TOKENS = 1
+MIN_MAX_TOKENS = 0
 #: At most this many problems are listed in one error.
 MAX_PROBLEMS = 10
 

@@ -9,7 +9,12 @@ from typing import Any
 import attrs
 
 from txrelay.pipeline import Exchange, Proceed, Reply
+from txrelay.protocol import events as ev
 from txrelay.protocol.errors import api_error
+from txrelay.protocol.events import Event
+from txrelay.protocol.ids import message_id
+from txrelay.protocol.tokens import estimate_input_tokens
+from txrelay.streams import stream_of
 
 
 @attrs.frozen
@@ -29,5 +34,21 @@ class TranslateStage:
             raise api_error(f"provider {route.provider!r} is not configured")
         if exchange.operation == "count_tokens":
             return Reply.json({"input_tokens": await backend.count_tokens(exchange)})
+        req = exchange.require_request()
+        if req.max_tokens == 0 and not getattr(backend, "serves_zero_max_tokens", False):
+            # max_tokens 0 pre-warms Anthropic's prompt cache and generates nothing; a
+            # backend without that cache is not called at all (mapping.md R-O1).
+            return Reply(stream=stream_of(empty_message(route.requested,
+                                                        estimate_input_tokens(req))))
         reply: Reply = await backend.messages(exchange)
         return reply
+
+
+def empty_message(model: str, input_tokens: int) -> list[Event]:
+    """The answer to ``max_tokens: 0``: no content, ``stop_reason: max_tokens``."""
+    return [
+        ev.message_start(message_id(), model, ev.empty_usage(input_tokens)),
+        ev.message_delta("max_tokens", None, {"input_tokens": input_tokens,
+                                              "output_tokens": 0}),
+        ev.message_stop(),
+    ]
