@@ -11,6 +11,7 @@ from zope.interface import implementer
 from txrelay.interfaces import IStageFactory, StageServices
 from txrelay.stages.auth import AuthOptions, AuthStage
 from txrelay.stages.modelmap import ModelMapOptions, ModelMapStage
+from txrelay.stages.toolintercept.stage import ToolInterceptOptions, build_tool_intercept
 from txrelay.stages.translate import TranslateStage
 
 
@@ -55,3 +56,17 @@ class _Translate:
 auth = _Auth()
 model_map = _ModelMap()
 translate = _Translate()
+
+
+
+@implementer(IPlugin, IStageFactory)
+@attrs.frozen
+class _ToolIntercept:
+    type_name: str = "tool-intercept"
+    options_type: type = ToolInterceptOptions
+
+    def build(self, options: ToolInterceptOptions, services: StageServices) -> Any:
+        return build_tool_intercept(options, services)
+
+
+tool_intercept = _ToolIntercept()
