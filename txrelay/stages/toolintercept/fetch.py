@@ -24,7 +24,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.threads import deferToThreadPool
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
@@ -33,6 +33,7 @@ from txrelay.stages.toolintercept.httpio import (
     BodyFailed,
     BodyTooLarge,
     NoCookies,
+    QuietPool,
     bounded,
     discard,
     header,
@@ -176,7 +177,7 @@ class SafeFetcher:
         return candidates[0]
 
     async def _get(self, url: str, address: IPAddress) -> Any:
-        pool = HTTPConnectionPool(self.reactor, persistent=False)
+        pool = QuietPool(self.reactor, persistent=False)
         agent = Agent.usingEndpointFactory(
             self.reactor, PinnedEndpoints(self.reactor, address, self.policy.connect_timeout),
             pool=pool)

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
+from twisted.web.client import HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
 from twisted.web.http import PotentialDataLoss
 
 T = TypeVar("T")
@@ -96,5 +96,19 @@ async def bounded(reactor: Any, seconds: float, work: Callable[[], Awaitable[T]]
 
 def header(response: Any, name: str) -> str | None:
     """A response header's last value, decoded as latin-1."""
-    values = response.headers.getRawHeaders(name)
+    values = response.headers.getRawHeaders(name.encode("ascii"))
     return values[-1].decode("latin-1") if values else None
+
+
+class _QuietFactory(_HTTP11ClientFactory):
+    # One "Starting factory" log line per connection is noise.
+    noisy = False
+
+
+class QuietPool(HTTPConnectionPool):
+    """A connection pool whose connections do not log their start and stop."""
+
+    _factory = _QuietFactory
+
+    def __init__(self, reactor: Any, persistent: bool) -> None:
+        super().__init__(reactor, persistent)  # type: ignore[no-untyped-call]

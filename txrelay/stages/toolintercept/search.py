@@ -15,7 +15,7 @@ import attrs
 from treq.client import HTTPClient
 from twisted.internet import defer
 from twisted.internet.task import deferLater
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent
 
 from txrelay.logs import RelayLogger
 from txrelay.protocol.jsoncodec import JSONDecodeError, dumps, loads
@@ -23,6 +23,7 @@ from txrelay.stages.toolintercept.httpio import (
     BodyFailed,
     BodyTooLarge,
     NoCookies,
+    QuietPool,
     bounded,
     read_limited,
 )
@@ -69,7 +70,7 @@ class FixedProvider:
 
 
 def _client(reactor: Any) -> HTTPClient:
-    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool = QuietPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 4
     pool.retryAutomatically = False
     agent = Agent(reactor, connectTimeout=10, pool=pool)

@@ -50,6 +50,8 @@ FETCH_ERRORS = frozenset({"invalid_tool_input", "url_too_long", "url_not_allowed
                           "unsupported_content_type", "too_many_requests",
                           "max_uses_exceeded", "unavailable", "content_too_large"})
 
+_RESULT_TYPES = frozenset(RESULT_TYPES.values())
+
 #: Marks ``encrypted_content`` the relay wrote (so a later turn can give the model the text).
 _CONTENT_PREFIX = "txr1."
 
@@ -405,15 +407,25 @@ def continue_request(request: MessagesRequest, turn: Sequence[Mapping[str, Any]]
 
 
 def conversation_text(request: MessagesRequest, turn: Iterable[Mapping[str, Any]]) -> str:
-    """All the conversation's text as JSON (what ``url_not_in_prior_context`` checks)."""
+    """
+    The text a fetchable URL must appear in (``url_not_in_prior_context``): what the user
+    and the client's tools provided (system prompt, user turns, tool results) and the results
+    of earlier searches and fetches; never what the model wrote itself, as the Anthropic API
+    rules (a model must not be steered into sending data out through URLs it composes).
+    """
     parts = [dumps(request.system).decode("utf-8") if request.system else ""]
+    assistant_results: list[Mapping[str, Any]] = []
     for msg in request.messages:
-        parts.append(msg.content if isinstance(msg.content, str)
-                     else dumps(msg.content).decode("utf-8"))
-    for block in turn:
-        parts.append(dumps(dict(block)).decode("utf-8"))
-        text = result_text(block)[0] if _is_result(block, {}) else ""
-        parts.append(text)
+        if msg.role == "assistant":
+            assistant_results += [b for b in msg.blocks() if b.get("type") in _RESULT_TYPES]
+        elif isinstance(msg.content, str):
+            parts.append(msg.content)
+        else:
+            parts.append(dumps(msg.content).decode("utf-8"))
+    for block in [*assistant_results, *turn]:
+        if block.get("type") in _RESULT_TYPES:
+            parts.append(dumps(dict(block)).decode("utf-8"))
+            parts.append(result_text(block)[0])
     return "\n".join(parts)
 
 
