@@ -201,7 +201,8 @@ def decode_content(value: Any) -> str | None:
     if not isinstance(value, str) or not value.startswith(_CONTENT_PREFIX):
         return None
     try:
-        return base64.urlsafe_b64decode(value[len(_CONTENT_PREFIX):]).decode("utf-8")
+        raw = base64.b64decode(value[len(_CONTENT_PREFIX):], altchars=b"-_", validate=True)
+        return raw.decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
         return None
 
