@@ -43,7 +43,7 @@ def test_allow_networks_open_a_named_range_only() -> None:
 
 
 def test_bad_networks_are_named() -> None:
-    with pytest.raises(ValueError, match="'10.0.0.0/33' is not an IP network"):
+    with pytest.raises(ValueError, match=r"'10\.0\.0\.0/33' is not an IP network"):
         parse_networks(["10.0.0.0/33"])
 
 

@@ -11,8 +11,8 @@ from twisted.python.failure import Failure
 
 from txrelay.stages.toolintercept.addresses import parse_networks
 from txrelay.stages.toolintercept.fetch import (
-    FetchError,
     Fetched,
+    FetchError,
     FetchPolicy,
     PinnedEndpoints,
     SafeFetcher,
