@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from http.cookiejar import CookieJar
 from typing import Any, TypeVar
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -85,13 +86,30 @@ def discard(response: Any) -> None:
 
 
 async def bounded(reactor: Any, seconds: float, work: Callable[[], Awaitable[T]]) -> T:
-    """``await work()`` cancelled after ``seconds`` (raises ``defer.TimeoutError``)."""
+    """
+    ``await work()``, cancelled after ``seconds``: then ``defer.TimeoutError`` is raised,
+    whatever the cancelled work raised (treq's ``ResponseNeverReceived``, say).
+    """
     async def run() -> T:
         return await work()
 
     d: Deferred[T] = Deferred.fromCoroutine(run())
-    d.addTimeout(seconds, reactor)
-    return await d
+    expired: list[bool] = []
+
+    def expire() -> None:
+        expired.append(True)
+        d.cancel()
+
+    timer = reactor.callLater(seconds, expire)
+    try:
+        return await d
+    except Exception:
+        if expired:
+            raise defer.TimeoutError(f"not done within {seconds:g} s") from None
+        raise
+    finally:
+        if timer.active():
+            timer.cancel()
 
 
 def header(response: Any, name: str) -> str | None:
