@@ -333,3 +333,14 @@ def test_count_tokens_passes_through() -> None:
     out: list[Reply] = []
     d.addCallback(out.append)
     assert out and seen == [exchange]
+
+
+def test_a_forced_search_is_forced_once() -> None:
+    clock = Clock()
+    request = body(SEARCH_TOOL, tool_choice={"type": "tool", "name": "web_search",
+                                             "disable_parallel_tool_use": True})
+    result = run(make_stage(clock), clock, request, search("a"), answer())
+    assert result.calls[0].require_request().tool_choice == {
+        "type": "tool", "name": "web_search", "disable_parallel_tool_use": True}
+    assert result.calls[1].require_request().tool_choice == {
+        "type": "auto", "disable_parallel_tool_use": True}

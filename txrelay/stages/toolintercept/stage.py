@@ -279,7 +279,15 @@ class Turn:
         return frozenset(t.name for t in self.tools)
 
     def upstream_exchange(self, turn: Sequence[dict[str, Any]] = ()) -> Exchange:
-        request = continue_request(self.request, turn) if turn else self.request
+        request = self.request
+        if turn:
+            request = continue_request(request, turn)
+            choice = request.tool_choice or {}
+            if choice.get("type") == "any" or (choice.get("type") == "tool"
+                                               and choice.get("name") in self.names):
+                # forced once, as the API does: the continuation may answer in words
+                relaxed = {k: v for k, v in choice.items() if k != "name"}
+                request = attrs.evolve(request, tool_choice={**relaxed, "type": "auto"})
         return self.exchange.with_request(rewrite_request(request, self.tools))
 
     def wrap(self, stream: EventStream) -> EventStream:
