@@ -152,3 +152,9 @@ def test_api_keys_are_secrets(tmp_path: Any) -> None:
     assert stage.default.search.api_key == "brv-0123456789abcdef"
     assert "brv-0123456789abcdef" not in repr(stage.default.search)
     assert default_redactor.redact("key=brv-0123456789abcdef") == "key=[redacted]"
+
+
+def test_route_problems_name_the_route() -> None:
+    with pytest.raises(ValueError, match=r"routes\[0\]\.search\.api_key: an api_key"):
+        build_stage("tool-intercept", {"routes": [{"models": ["x*"],
+                                                   "search": {"provider": "tavily"}}]})
