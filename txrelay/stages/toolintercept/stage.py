@@ -194,7 +194,8 @@ def build_search(options: SearchOptions, reactor: Any, where: str,
 def build_toolbox(search: SearchOptions | None, fetch: FetchOptions, reactor: Any, where: str,
                   env: Mapping[str, str], resolver: Resolver | None = None) -> Toolbox:
     """A :class:`Toolbox` from options."""
-    provider = build_search(search, reactor, f"{where}.search" if where else "search", env) if search else None
+    place = f"{where}.search" if where else "search"
+    provider = build_search(search, reactor, place, env) if search else None
     fetcher = None
     if fetch.enabled:
         policy = FetchPolicy(fetch.timeout, fetch.connect_timeout, fetch.max_bytes,
