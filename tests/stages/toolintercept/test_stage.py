@@ -26,7 +26,14 @@ from txrelay.stages.toolintercept.stage import (
     build_tool_intercept,
 )
 from txrelay.streams import CollectingSink, stream_of
-from txrelay.testing import StageResult, make_exchange, run_stage, text_reply, tool_reply
+from txrelay.testing import (
+    ManualSource,
+    StageResult,
+    make_exchange,
+    run_stage,
+    text_reply,
+    tool_reply,
+)
 
 SEARCH_TOOL = {"type": "web_search_20250305", "name": "web_search"}
 RESULTS = (FixedResult("https://example.com/a", "A page", "Alpha snippet", "2 days ago"),
@@ -344,3 +351,45 @@ def test_a_forced_search_is_forced_once() -> None:
         "type": "tool", "name": "web_search", "disable_parallel_tool_use": True}
     assert result.calls[1].require_request().tool_choice == {
         "type": "auto", "disable_parallel_tool_use": True}
+
+
+def test_the_last_calls_stop_reason_and_sequence_are_forwarded() -> None:
+    clock = Clock()
+
+    def cut() -> Reply:
+        events = [ev.message_start("msg_y", "m", ev.empty_usage(7)), ev.text_block_start(0),
+                  ev.text_delta(0, "partial"), ev.block_stop(0),
+                  ev.message_delta("stop_sequence", "END", {"output_tokens": 3}),
+                  ev.message_stop()]
+        return Reply(stream=stream_of(events))
+
+    message = sdk_check(run(make_stage(clock), clock, body(SEARCH_TOOL), search("a"), cut))
+    assert message.stop_reason == "stop_sequence" and message.stop_sequence == "END"
+    assert message.usage.output_tokens == 8 and message.usage.input_tokens == 17
+
+
+def test_backpressure_reaches_the_live_call() -> None:
+    """Pause and resume reach the continuation call while it streams; stop ends it."""
+    clock = Clock()
+    stage = make_stage(clock)
+    second = ManualSource()
+    replies = iter([search("alpha")(), Reply(stream=second.stream())])
+
+    async def proceed(ex: Exchange) -> Reply:
+        return next(replies)
+
+    out: list[Reply] = []
+    Deferred.fromCoroutine(stage(make_exchange(body(SEARCH_TOOL)), proceed)).addCallback(
+        out.append)
+    sink = CollectingSink()
+    out[0].stream.start(sink)  # type: ignore[union-attr]
+    clock.advance(0)
+    assert second.started
+    out[0].stream.pause()  # type: ignore[union-attr]
+    assert second.paused
+    out[0].stream.resume()  # type: ignore[union-attr]
+    assert second.flow == ["pause", "resume"]
+    second.send(ev.message_start("msg_z", "m", ev.empty_usage(1)), ev.text_block_start(0))
+    assert sink.events[-1] == ev.text_block_start(2)  # numbered after the server blocks
+    out[0].stream.stop()  # type: ignore[union-attr]
+    assert second.stopped and not clock.getDelayedCalls()
