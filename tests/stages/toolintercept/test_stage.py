@@ -20,6 +20,7 @@ from txrelay.stages.toolintercept.servertools import decode_content
 from txrelay.stages.toolintercept.stage import (
     FetchOptions,
     FixedResult,
+    RouteOptions,
     SearchOptions,
     ToolInterceptOptions,
     ToolInterceptStage,
@@ -393,3 +394,31 @@ def test_backpressure_reaches_the_live_call() -> None:
     assert sink.events[-1] == ev.text_block_start(2)  # numbered after the server blocks
     out[0].stream.stop()  # type: ignore[union-attr]
     assert second.stopped and not clock.getDelayedCalls()
+
+
+def test_routes_choose_the_search_per_model() -> None:
+    clock = Clock()
+    cfg = parse_config(_CONFIG, "test", env={})
+    services = StageServices(cfg, ModelCatalog.from_config(cfg), {}, {}, clock)
+    special = SearchOptions("fixed", results=(FixedResult("https://special.example/", "S"),))
+    options = ToolInterceptOptions(
+        search=SearchOptions("fixed", results=RESULTS),
+        routes=(RouteOptions(models=("special-*",), search=special),
+                RouteOptions(providers=("test",), fetch=FetchOptions(enabled=False))))
+    stage = build_tool_intercept(options, services, env={})
+
+    def urls(model: str) -> list[str]:
+        exchange = make_exchange(body(SEARCH_TOOL, model=model))
+        exchange.route = None
+        result = run_stage(stage, exchange, reply=script(search("q"), answer()), clock=clock)
+        message = sdk_check(result)
+        found = message.content[1]
+        assert isinstance(found, at.WebSearchToolResultBlock)
+        assert isinstance(found.content, list)
+        return [r.url for r in found.content]
+
+    assert urls("special-1") == ["https://special.example/"]
+    assert urls("other") == [r.url for r in RESULTS]  # second route: default search
+    fetch_only = make_exchange(body({"type": "web_fetch_20250910", "name": "web_fetch"}))
+    result = run_stage(stage, fetch_only, reply=script(answer()), clock=clock)
+    assert not result.calls[0].body_replaced  # fetch is off on that route: left alone
