@@ -6,7 +6,9 @@ a fake web site on loopback, with the official anthropic SDK as the client.
 
 from __future__ import annotations
 
+import http.client
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -283,3 +285,31 @@ def test_client_web_tools_pass_through_as_tool_use(client: anthropic.Anthropic,
     assert [b.type for b in message.content] == ["tool_use"]
     assert message.stop_reason == "tool_use"
     assert len(fake.requests) == 1 and searx.hits == []
+
+
+def test_pings_while_a_slow_search_runs(relay: Relay, fake: FakeOpenAI, searx: FakeSite) -> None:
+    """The raw stream: pings between the call's block and its result (ping_interval 0.5 s)."""
+    answer = searx.pages["/search"]
+
+    def slow(site: FakeSite) -> Any:
+        time.sleep(1.3)
+        return answer(site) if callable(answer) else answer
+
+    searx.pages["/search"] = slow
+    try:
+        fake.push(call("web_search", '{"query": "slow"}'), say("Done."))
+        body = {"model": "claude-sonnet-4-6", "max_tokens": 100, "stream": True, "tools": [SEARCH],
+                "messages": [{"role": "user", "content": "search slowly"}]}
+        conn = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=10)
+        conn.request("POST", "/v1/messages", json.dumps(body),
+                     {"x-api-key": DEMO_KEY, "content-type": "application/json"})
+        text = conn.getresponse().read().decode()
+        conn.close()
+        names = [line[len("event: "):] for line in text.splitlines()
+                 if line.startswith("event: ")]
+    finally:
+        searx.pages["/search"] = answer
+    first_stop = names.index("content_block_stop")
+    waited = names[first_stop + 1:names.index("content_block_start", first_stop)]
+    assert len(waited) >= 2 and set(waited) == {"ping"}
+    assert names.count("message_start") == 1 and names[-1] == "message_stop"
