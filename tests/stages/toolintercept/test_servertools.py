@@ -16,6 +16,7 @@ from txrelay.stages.toolintercept.servertools import (
     rewrite_messages,
     server_tools,
     tool_kind,
+    url_in_text,
 )
 
 
@@ -107,3 +108,16 @@ def test_urls_the_model_wrote_are_not_context() -> None:
     text = conversation_text(request, turn)
     assert "https://user.example/a" in text and "https://found.example/c" in text
     assert "model.example" not in text
+
+
+@pytest.mark.parametrize(("url", "text", "found"), [
+    ("https://a.example/page", "see https://a.example/page.", True),
+    ("https://a.example/page", '{"text": "https://a.example/page"}', True),
+    ("https://a.example/p", "see https://a.example/page", False),
+    ("https://a.example", "see https://a.example.evil.net/", False),
+    ("https://a.example/", "see https://a.example today", True),
+    ("https://a.example/page", "nothing here", False),
+    ("https://a.example/x?y=1", "(https://a.example/x?y=1)", True),
+])
+def test_url_in_text_matches_whole_urls(url: str, text: str, found: bool) -> None:
+    assert url_in_text(url, text) is found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -422,3 +423,48 @@ def test_routes_choose_the_search_per_model() -> None:
     fetch_only = make_exchange(body({"type": "web_fetch_20250910", "name": "web_fetch"}))
     result = run_stage(stage, fetch_only, reply=script(answer()), clock=clock)
     assert not result.calls[0].body_replaced  # fetch is off on that route: left alone
+
+
+def two_searches() -> Reply:
+    events = [ev.message_start("msg_x", "m", ev.empty_usage(10))]
+    for i, query in enumerate(("one", "two")):
+        events += [ev.tool_use_block_start(i, f"call_{i}", "web_search"),
+                   ev.input_json_delta(i, json.dumps({"query": query})), ev.block_stop(i)]
+    events += [ev.message_delta("tool_use", None, {"output_tokens": 9}), ev.message_stop()]
+    return Reply(stream=stream_of(events))
+
+
+def test_parallel_calls_run_together_and_count_uses_in_order() -> None:
+    clock = Clock()
+    stage = make_stage(clock, delay=30)
+    tool = dict(SEARCH_TOOL, max_uses=1)
+    start = clock.seconds()
+    result = run(stage, clock, body(tool), two_searches, answer())
+    assert clock.seconds() - start == 30  # one search's time, not two
+    message = sdk_check(result)
+    assert [b.type for b in message.content] == [
+        "server_tool_use", "server_tool_use", "web_search_tool_result",
+        "web_search_tool_result", "text"]
+    first, second = message.content[2], message.content[3]
+    assert isinstance(first, at.WebSearchToolResultBlock) and isinstance(first.content, list)
+    assert first.tool_use_id == message.content[0].id  # type: ignore[union-attr]
+    assert isinstance(second, at.WebSearchToolResultBlock)
+    assert isinstance(second.content, at.WebSearchToolResultError)
+    assert second.content.error_code == "max_uses_exceeded"
+
+
+def test_stop_during_parallel_calls_cancels_them_all() -> None:
+    clock = Clock()
+    stage = make_stage(clock, delay=60)
+
+    async def proceed(ex: Exchange) -> Reply:
+        return two_searches()
+
+    out: list[Reply] = []
+    Deferred.fromCoroutine(stage(make_exchange(body(SEARCH_TOOL)), proceed)).addCallback(
+        out.append)
+    sink = CollectingSink()
+    out[0].stream.start(sink)  # type: ignore[union-attr]
+    assert len(clock.getDelayedCalls()) == 3  # two searches and the ping timer
+    out[0].stream.stop()  # type: ignore[union-attr]
+    assert not clock.getDelayedCalls()

@@ -63,7 +63,7 @@ class FetchPolicy:
     max_bytes: int = 10 * 1024 * 1024
     max_redirects: int = 5
     allow_networks: tuple[IPNetwork, ...] = ()
-    user_agent: str = "txrelay-web-fetch/0.1 (+https://github.com/txrelay)"
+    user_agent: str = "txrelay-web-fetch/0.1"
 
 
 @attrs.frozen

@@ -111,6 +111,8 @@ class _HTTPProvider:
         except defer.TimeoutError:
             raise SearchError("unavailable",
                               f"{self.name}: no answer within {self.timeout:g} s") from None
+        except defer.CancelledError:  # the client went away: nothing to report
+            raise
         except (BodyTooLarge, BodyFailed) as e:
             raise SearchError("unavailable", f"{self.name}: bad answer: {e}") from None
         except Exception as e:  # connection refused, DNS, TLS: the provider is unreachable

@@ -430,6 +430,27 @@ def conversation_text(request: MessagesRequest, turn: Iterable[Mapping[str, Any]
     return "\n".join(parts)
 
 
+_BOUNDARY = frozenset(" \t\r\n\"'<>()[]{}\\,;|")
+
+
+def url_in_text(url: str, text: str) -> bool:
+    """
+    Whether ``url`` appears in ``text`` as a whole URL (not as the prefix of a longer one);
+    ``https://a.example/`` also matches a mention of ``https://a.example``.
+    """
+    candidates = {url, url[:-1]} if url.endswith("/") and len(url) > 1 else {url}
+    for candidate in candidates:
+        start = text.find(candidate)
+        while start >= 0:
+            end = start + len(candidate)
+            after = text[end:end + 1]
+            if not after or after in _BOUNDARY or (
+                    after in ".!?:" and (end + 1 == len(text) or text[end + 1] in _BOUNDARY)):
+                return True
+            start = text.find(candidate, start + 1)
+    return False
+
+
 def tool_input(block: Mapping[str, Any], key: str) -> str | None:
     """A string field of a tool call's input (``None`` when missing or not a string)."""
     value = block.get("input")

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import attrs
+from twisted.internet.defer import Deferred, FirstError, gatherResults
 
 from txrelay.catalog import ModelCatalog, Route
 from txrelay.config import Secret
@@ -57,6 +58,7 @@ from txrelay.stages.toolintercept.servertools import (
     server_tools,
     tool_input,
     url_allowed,
+    url_in_text,
 )
 from txrelay.toolkit import CallOutcome, EventStream, blocks_stream, call_again, splice
 
@@ -313,7 +315,12 @@ class Turn:
         calls = [b for b in outcome.blocks("server_tool_use") if b.get("name") in self.names]
         if outcome.stop_reason != "tool_use" or not calls:
             return None
-        results = [await self.run(call) for call in calls]
+        # Concurrently; each run counts its use before its first wait, in call order.
+        runs = [Deferred.fromCoroutine(self.run(call)) for call in calls]
+        try:
+            results: list[dict[str, Any]] = await gatherResults(runs, consumeErrors=True)
+        except FirstError as e:
+            e.subFailure.raiseException()
         self.blocks.extend(results)
         if outcome.blocks("tool_use"):  # the client has tools of its own to run first
             self.done = True
@@ -366,8 +373,8 @@ class Turn:
             return error_result_block(tool.kind, tool_id, "url_too_long")
         if not url_allowed(url, tool):
             return error_result_block(tool.kind, tool_id, "url_not_allowed")
-        if options.require_url_in_context and url not in conversation_text(
-                self.request, self.blocks):
+        if options.require_url_in_context and not url_in_text(
+                url, conversation_text(self.request, self.blocks)):
             return error_result_block(tool.kind, tool_id, "url_not_in_prior_context")
         try:
             fetched = await fetcher.fetch(url, lambda u: url_allowed(u, tool))
