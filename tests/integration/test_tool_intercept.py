@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -313,3 +314,47 @@ def test_pings_while_a_slow_search_runs(relay: Relay, fake: FakeOpenAI, searx: F
     waited = names[first_stop + 1:names.index("content_block_start", first_stop)]
     assert len(waited) >= 2 and set(waited) == {"ping"}
     assert names.count("message_start") == 1 and names[-1] == "message_stop"
+
+
+def streams_active(relay: Relay) -> float:
+    conn = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=5)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("txrelay_streams_active")]
+    assert values, "no txrelay_streams_active gauge"
+    return sum(values)
+
+
+def test_a_client_leaving_during_the_search_releases_the_turn(
+        relay: Relay, fake: FakeOpenAI, searx: FakeSite) -> None:
+    answer = searx.pages["/search"]
+
+    def slow(site: FakeSite) -> Any:
+        time.sleep(1.0)
+        return answer(site) if callable(answer) else answer
+
+    searx.pages["/search"] = slow
+    try:
+        fake.push(call("web_search", '{"query": "leave"}'), say("never asked"))
+        body = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 100, "stream": True,
+                           "tools": [SEARCH],
+                           "messages": [{"role": "user", "content": "search, then I go"}]})
+        sock = socket.create_connection(("127.0.0.1", relay.port), timeout=5)
+        sock.sendall(f"POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: {DEMO_KEY}\r\n"
+                     f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+                     f"{body}".encode())
+        seen = b""
+        while b"content_block_stop" not in seen:
+            seen += sock.recv(65536)
+        sock.close()  # gone while the relay searches
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and (searx.hits == [] or streams_active(relay)):
+            time.sleep(0.1)
+        time.sleep(1.5)  # the search's answer arrives (or not) after the client left
+        assert streams_active(relay) == 0
+        assert len(fake.requests) == 1  # the continuation was never sent
+        assert len(fake.script) == 1
+    finally:
+        searx.pages["/search"] = answer
