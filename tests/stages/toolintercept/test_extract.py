@@ -9,10 +9,10 @@ from txrelay.stages.toolintercept.extract import Extracted, UnsupportedContent, 
 
 
 def test_html_keeps_the_main_text_and_the_title() -> None:
-    page = ("<html><head><title> Notes </title><style>p{color:red}</style>"
-            "<script>alert('x')</script></head><body><nav>Home | About</nav>"
-            "<main><h1>Relays</h1><p>They   stream.</p><p>With\n\n\n backpressure.</p></main>"
-            "<footer>(c) me</footer></body></html>").encode()
+    page = (b"<html><head><title> Notes </title><style>p{color:red}</style>"
+            b"<script>alert('x')</script></head><body><nav>Home | About</nav>"
+            b"<main><h1>Relays</h1><p>They   stream.</p><p>With\n\n\n backpressure.</p></main>"
+            b"<footer>(c) me</footer></body></html>")
     assert extract(page, "text/html") == Extracted(
         "Relays\nThey stream.\nWith\n\nbackpressure.", "Notes")
 
