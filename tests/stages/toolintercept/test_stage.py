@@ -8,6 +8,8 @@ from typing import Any
 
 import anthropic.types as at
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import TypeAdapter
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -17,6 +19,8 @@ from txrelay.config import parse_config
 from txrelay.interfaces import StageServices
 from txrelay.pipeline import Exchange, Reply
 from txrelay.protocol import events as ev
+from txrelay.protocol.accumulate import MessageAccumulator
+from txrelay.protocol.events import StreamGrammar
 from txrelay.stages.toolintercept.servertools import decode_content
 from txrelay.stages.toolintercept.stage import (
     FetchOptions,
@@ -467,4 +471,57 @@ def test_stop_during_parallel_calls_cancels_them_all() -> None:
     out[0].stream.start(sink)  # type: ignore[union-attr]
     assert len(clock.getDelayedCalls()) == 3  # two searches and the ping timer
     out[0].stream.stop()  # type: ignore[union-attr]
+    assert not clock.getDelayedCalls()
+
+
+def _events_of(reply: Reply) -> list[Any]:
+    assert reply.stream is not None
+    sink = CollectingSink()
+    reply.stream.start(sink)
+    return sink.events
+
+
+@settings(max_examples=40)
+@given(st.lists(st.integers(1, 4), min_size=12, max_size=12),
+       st.lists(st.integers(1, 4), min_size=12, max_size=12))
+def test_any_batching_of_the_calls_gives_the_same_message(first_cuts: list[int],
+                                                          second_cuts: list[int]) -> None:
+    """However the upstream batches its events, the client's stream is the same message."""
+    clock = Clock()
+    stage = make_stage(clock, delay=5)
+    scripted = [_events_of(search("alpha")()), _events_of(answer("Found it, really.")())]
+    sources = [ManualSource(), ManualSource()]
+    replies = iter([Reply(stream=s.stream()) for s in sources])
+
+    async def proceed(ex: Exchange) -> Reply:
+        return next(replies)
+
+    out: list[Reply] = []
+    Deferred.fromCoroutine(stage(make_exchange(body(SEARCH_TOOL)), proceed)).addCallback(
+        out.append)
+    sink = CollectingSink()
+    out[0].stream.start(sink)  # type: ignore[union-attr]
+    for source, events, cuts in zip(sources, scripted, (first_cuts, second_cuts), strict=True):
+        clock.advance(5)
+        rest = list(events)
+        for cut in cuts:
+            if rest:
+                source.send(*rest[:cut])
+                rest = rest[cut:]
+        if rest:
+            source.send(*rest)
+        source.end()
+    clock.advance(5)
+    assert sink.ended and sink.error is None
+    grammar, acc = StreamGrammar(), MessageAccumulator()
+    for e in sink.events:
+        grammar.feed(e)
+        acc.feed(e)
+    grammar.close()
+    message = acc.result()
+    assert [b["type"] for b in message["content"]] == [
+        "server_tool_use", "web_search_tool_result", "text"]
+    assert message["content"][2]["text"] == "Found it, really."
+    assert message["usage"]["server_tool_use"] == {"web_search_requests": 1,
+                                                   "web_fetch_requests": 0}
     assert not clock.getDelayedCalls()
