@@ -12,6 +12,7 @@ from txrelay.interfaces import IStageFactory, StageServices
 from txrelay.stages.auth import AuthOptions, AuthStage
 from txrelay.stages.modelmap import ModelMapOptions, ModelMapStage
 from txrelay.stages.toolhygiene import ToolHygieneOptions, ToolHygieneStage
+from txrelay.stages.toolintercept.stage import ToolInterceptOptions, build_tool_intercept
 from txrelay.stages.translate import TranslateStage
 
 
@@ -69,3 +70,16 @@ auth = _Auth()
 model_map = _ModelMap()
 translate = _Translate()
 tool_hygiene = _ToolHygiene()
+
+
+@implementer(IPlugin, IStageFactory)
+@attrs.frozen
+class _ToolIntercept:
+    type_name: str = "tool-intercept"
+    options_type: type = ToolInterceptOptions
+
+    def build(self, options: ToolInterceptOptions, services: StageServices) -> Any:
+        return build_tool_intercept(options, services)
+
+
+tool_intercept = _ToolIntercept()
