@@ -416,3 +416,10 @@ def test_count_tokens_body_ai_studio_and_vertex() -> None:
 
 def test_placeholder_constant_is_googles() -> None:
     assert signatures.PLACEHOLDER == "skip_thought_signature_validator"
+
+
+def test_all_empty_messages_is_a_clear_400() -> None:
+    with pytest.raises(RelayError) as info:
+        build(messages=[{"role": "user", "content": [{"type": "text", "text": ""}]}])
+    assert info.value.status == 400
+    assert "empty" in info.value.message

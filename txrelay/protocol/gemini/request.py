@@ -425,7 +425,9 @@ def _tool_config(
         name = names.upstream(choice["name"])
         if name in declared:
             return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}
-        raise invalid_request(f"tool_choice names {choice['name']!r}, which is not in tools")
+        raise invalid_request(
+            f"tool_choice names {choice['name']!r}, which is not a custom tool of this request"
+        )
     if kind == "auto":
         return {"functionCallingConfig": {"mode": "AUTO"}}
     return None  # disable_parallel_tool_use has no Gemini equivalent
@@ -576,6 +578,8 @@ def _prompt(
 ) -> dict[str, Any]:
     """``contents``, ``systemInstruction`` and ``tools``: what both endpoints share."""
     system, contents = _contents(req, names, scope, placeholders=placeholders)
+    if not contents:
+        raise invalid_request("messages: every message is empty; there is nothing to send")
     body: dict[str, Any] = {"contents": contents}
     if system:
         body["systemInstruction"] = {"parts": [{"text": system}]}
