@@ -130,3 +130,21 @@ def test_never_raises(payload: Any, status: int, raw: bytes) -> None:
         assert isinstance(e, RelayError)
         assert e.message
         assert "Traceback" not in e.message
+
+
+def test_vertex_overflow_wording() -> None:
+    e = err(400, body(400, "INVALID_ARGUMENT", "Unable to submit request because the input "
+                      "token count is 1234567 but model only supports up to 1048576. Reduce "
+                      "the input token count and try again."))
+    assert e.message == "prompt is too long: 1234567 tokens > 1048576 maximum"
+
+
+def test_signature_rejection_is_recognised() -> None:
+    from txrelay.protocol.gemini import is_signature_rejection
+
+    assert is_signature_rejection(400, body(400, "INVALID_ARGUMENT",
+                                            "Corrupted thought signature."))
+    assert is_signature_rejection(400, body(400, "INVALID_ARGUMENT", "Invalid thought signature"))
+    assert not is_signature_rejection(400, body(400, "INVALID_ARGUMENT", "Function call is "
+                                                "missing a thought_signature in functionCall"))
+    assert not is_signature_rejection(500, b"Invalid thought signature")

@@ -243,3 +243,15 @@ def test_decoders_reject_non_strings() -> None:
     for value in (None, 1, [], {}, b"txr1.gem.th.x.y"):
         assert signatures.decode_thought(value, G3) is None
         assert signatures.decode_call(value, G3) is None
+
+
+def test_r_g10_3_retry_without_signatures() -> None:
+    """After Gemini rejected a signature, the retry replays none and uses placeholders."""
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "go"}]
+    echo(messages, respond(G3, {"text": "t", "thought": True, "thoughtSignature": SIG_T},
+                           call("Read", SIG_A)))
+    req = request_from_json({"model": "claude", "max_tokens": 1000, "messages": messages})
+    body = build_generate_request(req, upstream_model=G3, max_output_tokens=None,
+                                  replay_signatures=False)
+    assert model_parts(body) == [[{"functionCall": {"name": "Read", "args": {}},
+                                   "thoughtSignature": signatures.PLACEHOLDER}]]

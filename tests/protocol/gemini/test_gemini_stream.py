@@ -408,3 +408,15 @@ def test_hostile_chunks_end_cleanly(chunks: list[Any], cut: int) -> None:
 @given(data=st.binary(max_size=200))
 def test_hostile_bytes_end_cleanly(data: bytes) -> None:
     check_stream(run(data))
+
+
+def test_cut_off_event_after_finish_reason_is_harmless() -> None:
+    """The transport may end the stream after finishReason while a chunk is half read."""
+    data = sse(parts({"text": "done"}, finish="STOP")) + b'data: {"usageMeta'
+    msg = check_stream(run(data))
+    assert msg is not None and summary(msg) == (("text", "done"),)
+
+
+def test_cut_off_event_without_finish_reason_is_an_error() -> None:
+    events = run(sse(parts({"text": "x"})) + b'data: {"cand')
+    assert events[-1]["type"] == "error"

@@ -13,7 +13,8 @@ Public surface for the transport:
 - :func:`gemini_response_events` (with :func:`parse_gemini_response`) — a non-streaming
   ``generateContent`` body → the same events.
 - :func:`gemini_error` / :func:`gemini_stream_error` — Gemini errors → :class:`RelayError`
-  (§11.3).
+  (§11.3); :func:`is_signature_rejection` says when to retry once with
+  ``build_generate_request(..., replay_signatures=False)`` (R-G10.3).
 - :func:`build_count_tokens_request` / :func:`count_tokens_result` — ``countTokens`` (R-C1).
 - :func:`clean_schema` — JSON Schema → the allow-listed OpenAPI subset Gemini accepts.
 - :data:`signatures.PLACEHOLDER` and the ``txr1.gem.*`` signature carriers (§10).
@@ -28,7 +29,11 @@ from typing import Any
 
 from txrelay.protocol.errors import RelayError
 from txrelay.protocol.gemini import signatures
-from txrelay.protocol.gemini.errors import gemini_error, gemini_stream_error
+from txrelay.protocol.gemini.errors import (
+    gemini_error,
+    gemini_stream_error,
+    is_signature_rejection,
+)
 from txrelay.protocol.gemini.names import GeminiToolNames
 from txrelay.protocol.gemini.request import (
     build_count_tokens_request,
@@ -67,6 +72,7 @@ __all__ = [
     "gemini_error",
     "gemini_response_events",
     "gemini_stream_error",
+    "is_signature_rejection",
     "parse_gemini_response",
     "signatures",
     "thinking_style_for",

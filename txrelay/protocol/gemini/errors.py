@@ -29,11 +29,20 @@ _OVERFLOW = (
     "exceeds the context window",
     "too many tokens",
 )
-_COUNTS = re.compile(
-    r"input token count(?: is)?\s*\(?(\d[\d,]*)\)?.*?maximum number of tokens allowed"
-    r"(?: is)?\s*\(?(\d[\d,]*)\)?",
-    re.I | re.S,
+_COUNTS = (
+    # AI Studio: "The input token count (N) exceeds the maximum number of tokens allowed (M)."
+    re.compile(
+        r"input token count(?: is)?\s*\(?(\d[\d,]*)\)?.*?maximum number of tokens allowed"
+        r"(?: is)?\s*\(?(\d[\d,]*)\)?",
+        re.I | re.S,
+    ),
+    # Vertex: "... the input token count is N but model only supports up to M."
+    re.compile(r"input token count is (\d[\d,]*) but model only supports up to (\d[\d,]*)",
+               re.I),
 )
+#: Gemini refusing a replayed thought signature (another model or key issued it, R-G10.3).
+_SIGNATURE_REJECTED = ("invalid thought signature", "corrupted thought signature",
+                       "thought signature is not valid", "thought_signature is invalid")
 _DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 #: Anthropic error type for each Google RPC status.
 _TYPE_FOR_STATUS = {
@@ -150,10 +159,23 @@ def is_context_overflow(problem: GeminiProblem) -> bool:
 
 def overflow_message(problem: GeminiProblem) -> str:
     """Claude Code's compaction trigger: ``prompt is too long: N tokens > M maximum``."""
-    m = _COUNTS.search(problem.message)
-    if m:
-        return f"prompt is too long: {_number(m.group(1))} tokens > {_number(m.group(2))} maximum"
+    for pattern in _COUNTS:
+        m = pattern.search(problem.message)
+        if m:
+            prompt, limit = _number(m.group(1)), _number(m.group(2))
+            return f"prompt is too long: {prompt} tokens > {limit} maximum"
     return f"prompt is too long: {problem.message or 'the Gemini context window is full'}"
+
+
+def is_signature_rejection(status: int, body: bytes) -> bool:
+    """
+    Whether Gemini rejected a replayed thought signature (``Invalid``/``Corrupted thought
+    signature``, 400). R-G10.3: retry once with ``replay_signatures=False``.
+    """
+    if status != 400:
+        return False
+    lowered = parse_gemini_problem(body).message.lower()
+    return any(hint in lowered for hint in _SIGNATURE_REJECTED)
 
 
 def _retry_after(problem: GeminiProblem, headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:

@@ -212,9 +212,9 @@ class _Call:
 class _Contents:
     """One conversion of ``messages`` into ``contents`` (§5.2, R-G3..R-G6)."""
 
-    def __init__(self, names: GeminiToolNames, scope: str) -> None:
+    def __init__(self, names: GeminiToolNames, scope: str | None) -> None:
         self.names = names
-        self.scope = scope
+        self.scope = scope  # None: replay no signature at all
         self.out: list[dict[str, Any]] = []
         self.pending: list[_Call] = []  # calls of the last model content, awaiting results
         self.responses: dict[str, dict[str, Any]] = {}  # tool id → functionResponse part
@@ -225,7 +225,7 @@ class _Contents:
     def assistant(self, blocks: list[dict[str, Any]]) -> None:
         carried: dict[str, str] = {}
         for block in blocks:
-            if block.get("type") == "thinking":
+            if block.get("type") == "thinking" and self.scope is not None:
                 decoded = sigs.decode_call(block.get("signature"), self.scope)
                 if decoded is not None:
                     carried.setdefault(decoded[0], decoded[1])
@@ -238,7 +238,10 @@ class _Contents:
                 if isinstance(text, str) and text:
                     parts.append({"text": text})
             elif kind == "thinking":
-                sig = sigs.decode_thought(block.get("signature"), self.scope)
+                sig = (
+                    None if self.scope is None
+                    else sigs.decode_thought(block.get("signature"), self.scope)
+                )
                 text = block.get("thinking")
                 if sig is not None and isinstance(text, str) and text:
                     parts.append({"text": text, "thought": True, "thoughtSignature": sig})
@@ -359,7 +362,7 @@ def _placeholder_signatures(contents: list[dict[str, Any]]) -> None:
 
 
 def _contents(
-    req: MessagesRequest, names: GeminiToolNames, scope: str, *, placeholders: bool
+    req: MessagesRequest, names: GeminiToolNames, scope: str | None, *, placeholders: bool
 ) -> tuple[str, list[dict[str, Any]]]:
     leading = [_system_text(req)] if _system_text(req) else []
     builder = _Contents(names, scope)
@@ -509,6 +512,7 @@ def build_generate_request(
     thinking_style: ThinkingStyle | None = None,
     signature_scope: str | None = None,
     placeholder_signatures: bool | None = None,
+    replay_signatures: bool = True,
     safety_settings: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """
@@ -524,12 +528,16 @@ def build_generate_request(
     :param signature_scope: what signatures are bound to (default: ``upstream_model``); give the
         response translator the same value.
     :param placeholder_signatures: apply R-G10.2 (default: for ``"level"`` models).
+    :param replay_signatures: ``False`` sends no historical signature, only placeholders:
+        the retry after Gemini rejected one (R-G10.3, :func:`is_signature_rejection`).
     :param safety_settings: sent as ``safetySettings`` when given.
     :raises RelayError: 400 for content Gemini cannot take without a change of meaning.
     """
     names = tool_names if tool_names is not None else GeminiToolNames.from_request(req)
     style = thinking_style if thinking_style is not None else thinking_style_for(upstream_model)
-    scope = signature_scope if signature_scope is not None else upstream_model
+    scope: str | None = signature_scope if signature_scope is not None else upstream_model
+    if not replay_signatures:
+        scope = None
     if placeholder_signatures is None:
         placeholder_signatures = style == "level"
     body = _prompt(req, names, scope, placeholders=placeholder_signatures)
@@ -574,7 +582,7 @@ def build_generate_request(
 
 
 def _prompt(
-    req: MessagesRequest, names: GeminiToolNames, scope: str, *, placeholders: bool
+    req: MessagesRequest, names: GeminiToolNames, scope: str | None, *, placeholders: bool
 ) -> dict[str, Any]:
     """``contents``, ``systemInstruction`` and ``tools``: what both endpoints share."""
     system, contents = _contents(req, names, scope, placeholders=placeholders)

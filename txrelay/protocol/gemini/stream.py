@@ -107,6 +107,7 @@ class GeminiStreamTranslator:
         self._done = False
         self._error: RelayError | None = None
         self._received = False
+        self._lenient_tail = False
 
         self._next_index = 0
         self._open_kind: str | None = None  # "text" | "thinking"
@@ -188,6 +189,9 @@ class GeminiStreamTranslator:
         out: list[Event] = []
         if self._done:
             return out
+        # After finishReason a cut-off trailing event is harmless (the transport may end the
+        # stream at the end of its grace period, like R-S16 for OpenAI).
+        self._lenient_tail = self.finish_seen
         try:
             for sse in self._parser.finish():
                 self._sse(sse, out)
@@ -259,6 +263,8 @@ class GeminiStreamTranslator:
         try:
             value = loads(data)
         except JSONDecodeError:
+            if self._lenient_tail:
+                return
             self._fail(RelayError(
                 "api_error", f"{self._upstream}: upstream sent invalid JSON in the stream: "
                 f"{data[:200].decode('utf-8', 'replace')}"), out)
