@@ -423,3 +423,16 @@ def test_all_empty_messages_is_a_clear_400() -> None:
         build(messages=[{"role": "user", "content": [{"type": "text", "text": ""}]}])
     assert info.value.status == 400
     assert "empty" in info.value.message
+
+
+def test_r_g5_repeated_tool_use_ids_pair_by_position() -> None:
+    """A bad history repeating an id still gives each call a response with its own name."""
+    body = build(messages=[
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "content": [use("toolu_x", "Read"), use("toolu_x", "Bash")]},
+        {"role": "user", "content": [result("toolu_x", "r1"), result("toolu_x", "r2")]},
+    ])
+    assert body["contents"][2]["parts"] == [
+        {"functionResponse": {"name": "Read", "response": {"output": "r1"}}},
+        {"functionResponse": {"name": "Bash", "response": {"output": "r2"}}},
+    ]

@@ -217,7 +217,7 @@ class _Contents:
         self.scope = scope  # None: replay no signature at all
         self.out: list[dict[str, Any]] = []
         self.pending: list[_Call] = []  # calls of the last model content, awaiting results
-        self.responses: dict[str, dict[str, Any]] = {}  # tool id → functionResponse part
+        self.responses: dict[int, dict[str, Any]] = {}  # pending index → functionResponse
         self.media: list[dict[str, Any]] = []  # tool-result attachments of the open user turn
         self.calls_by_id: dict[str, _Call] = {}
 
@@ -284,20 +284,23 @@ class _Contents:
                 continue
             tool_id = str(block.get("tool_use_id") or "")
             text, media = _tool_result(block)
-            call = next((c for c in self.pending if c.tool_id == tool_id), None)
-            if call is None or tool_id in self.responses:
+            # The first call with this id still waiting (ids may repeat in bad histories).
+            slot = next((i for i, c in enumerate(self.pending)
+                         if c.tool_id == tool_id and i not in self.responses), None)
+            if slot is None:
                 # R-G6: no matching call right before it.
                 label = f"Tool result ({tool_id})" if tool_id else "Tool result"
                 parts.append({"text": f"{label}: {text or NO_RESULT}"})
                 parts.extend(media)
                 continue
+            call = self.pending[slot]
             response: dict[str, Any] = {
                 "name": call.name,
                 "response": {"error" if block.get("is_error") else "output": text},
             }
             if call.gemini_id is not None:
                 response["id"] = call.gemini_id
-            self.responses[tool_id] = {"functionResponse": response}
+            self.responses[slot] = {"functionResponse": response}
             self.media.extend(media)
         self.add_user(parts)
 
@@ -323,8 +326,8 @@ class _Contents:
         if not self.out or self.out[-1]["role"] != "user":
             self.out.append({"role": "user", "parts": []})
         head = []
-        for call in self.pending:
-            part = self.responses.get(call.tool_id)
+        for slot, call in enumerate(self.pending):
+            part = self.responses.get(slot)
             if part is None:
                 synthesized: dict[str, Any] = {"name": call.name, "response": {"output": NO_RESULT}}
                 if call.gemini_id is not None:
