@@ -255,3 +255,58 @@ def test_r_g10_3_retry_without_signatures() -> None:
                                   replay_signatures=False)
     assert model_parts(body) == [[{"functionCall": {"name": "Read", "args": {}},
                                    "thoughtSignature": signatures.PLACEHOLDER}]]
+
+
+_sig = st.text(alphabet="ABCDEFabcdef0123456789+/=_-", min_size=2, max_size=12)
+_gemini_part = st.one_of(
+    st.builds(lambda t, s: {"text": t, "thought": True, **({"thoughtSignature": s} if s else {})},
+              st.text(max_size=6), st.none() | _sig),
+    st.builds(lambda t: {"text": t}, st.text(max_size=6)),
+    st.builds(lambda n, a, s, i: {"functionCall": {"name": n, "args": {"a": a},
+                                                   **({"id": i} if i else {})},
+                                  **({"thoughtSignature": s} if s else {})},
+              st.sampled_from(["Read", "Bash", "Grep"]), st.integers(0, 3), st.none() | _sig,
+              st.none() | st.sampled_from(["c1", "c2", "bad id!"])),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(gemini_parts=st.lists(_gemini_part, min_size=1, max_size=8),
+       split=st.integers(1, 4))
+def test_generated_responses_round_trip_every_call_signature(
+    gemini_parts: list[dict[str, Any]], split: int
+) -> None:
+    """Each functionCall part gets back exactly its own signature, whatever the response."""
+    chunks = [
+        {"candidates": [{"content": {"role": "model", "parts": gemini_parts[i : i + split]},
+                         "index": 0}], "responseId": "gen"}
+        for i in range(0, len(gemini_parts), split)
+    ]
+    chunks[-1]["candidates"][0]["finishReason"] = "STOP"
+    t = GeminiStreamTranslator(model="claude", input_tokens=1, upstream_model=G3)
+    acc = MessageAccumulator()
+    for e in t.start() + t.feed(sse(*chunks)) + t.finish():
+        acc.feed(e)
+    msg = acc.result()
+    ids = [b["id"] for b in msg["content"] if b["type"] == "tool_use"]
+    assert len(set(ids)) == len(ids)
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "go"}]
+    echo(messages, msg)
+    body = next_request(G3, messages)
+    rebuilt = [p for parts in model_parts(body) for p in parts]
+    sent_calls = [p for p in gemini_parts if "functionCall" in p]
+    got_calls = [p for p in rebuilt if "functionCall" in p]
+    assert [(p["functionCall"]["name"], p["functionCall"]["args"]) for p in got_calls] == [
+        (p["functionCall"]["name"], p["functionCall"]["args"]) for p in sent_calls]
+    for n, (sent, got) in enumerate(zip(sent_calls, got_calls, strict=True)):
+        expected = sent.get("thoughtSignature")
+        if expected is None and n == 0:
+            expected = signatures.PLACEHOLDER  # R-G10.2: the step's first call
+        assert got.get("thoughtSignature") == expected
+    thought_sigs = {p["thoughtSignature"] for p in gemini_parts
+                    if p.get("thought") is True and "thoughtSignature" in p}
+    for p in rebuilt:
+        if p.get("thought"):
+            assert p["thoughtSignature"] in thought_sigs
+        elif "text" in p:
+            assert "thoughtSignature" not in p
