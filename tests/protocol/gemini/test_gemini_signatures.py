@@ -310,3 +310,23 @@ def test_generated_responses_round_trip_every_call_signature(
             assert p["thoughtSignature"] in thought_sigs
         elif "text" in p:
             assert "thoughtSignature" not in p
+
+
+def test_placeholder_reaches_steps_before_a_result_with_an_image() -> None:
+    """A user turn of results plus an attachment does not end the current turn early."""
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                         "data": "AA"}}
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "toolu_01A", "name": "Screenshot", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_01A",
+                                      "content": [image]}]},
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "toolu_01B", "name": "Read", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_01B",
+                                      "content": "x"}]},
+    ]
+    first, second = model_parts(next_request(G3, messages))
+    assert first[0]["thoughtSignature"] == signatures.PLACEHOLDER
+    assert second[0]["thoughtSignature"] == signatures.PLACEHOLDER

@@ -219,7 +219,6 @@ class _Contents:
         self.pending: list[_Call] = []  # calls of the last model content, awaiting results
         self.responses: dict[int, dict[str, Any]] = {}  # pending index → functionResponse
         self.media: list[dict[str, Any]] = []  # tool-result attachments of the open user turn
-        self.calls_by_id: dict[str, _Call] = {}
 
     # model turns -------------------------------------------------------------------------
     def assistant(self, blocks: list[dict[str, Any]]) -> None:
@@ -261,7 +260,6 @@ class _Contents:
                     part["thoughtSignature"] = carried[tool_id]
                 parts.append(part)
                 calls.append(call)
-                self.calls_by_id[tool_id] = call
             else:
                 log.debug("dropping %r block from an assistant message", kind)
         if not parts:
@@ -351,10 +349,19 @@ class _Contents:
 
 
 def _placeholder_signatures(contents: list[dict[str, Any]]) -> None:
-    """R-G10.2: every model step of the current turn has a signed first ``functionCall``."""
+    """
+    R-G10.2: every model step of the current turn has a signed first ``functionCall``.
+
+    Gemini's current turn starts after the last user content with ordinary content. A user
+    content that also carries function responses (with a tool's image, or a mid-conversation
+    system text) may or may not count as ordinary for the service, so the turn is taken to
+    start after the last user content *without* function responses: a superset, and a
+    placeholder on a call Gemini would not have checked is harmless.
+    """
     start = 0
     for i, content in enumerate(contents):
-        if content["role"] == "user" and any("functionResponse" not in p for p in content["parts"]):
+        if content["role"] == "user" and not any("functionResponse" in p
+                                                 for p in content["parts"]):
             start = i + 1
     for content in contents[start:]:
         if content["role"] != "model":
