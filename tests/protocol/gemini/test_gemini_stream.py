@@ -420,3 +420,12 @@ def test_cut_off_event_after_finish_reason_is_harmless() -> None:
 def test_cut_off_event_without_finish_reason_is_an_error() -> None:
     events = run(sse(parts({"text": "x"})) + b'data: {"cand')
     assert events[-1]["type"] == "error"
+
+
+def test_malformed_call_is_flagged_for_a_retry_before_start() -> None:
+    t = make()
+    assert t.feed(load("malformed_call")) == []
+    assert t.malformed_call and t.finish_seen
+    other = make()
+    other.feed(sse(parts({"text": "x"}, finish="MALFORMED_FUNCTION_CALL")))
+    assert not other.malformed_call

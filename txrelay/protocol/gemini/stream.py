@@ -139,6 +139,15 @@ class GeminiStreamTranslator:
         return self._finish is not None or self._blocked is not None
 
     @property
+    def malformed_call(self) -> bool:
+        """
+        Gemini ended with ``MALFORMED_FUNCTION_CALL`` (or a sibling) and produced nothing:
+        §8.2 says retry the upstream call once if nothing was sent to the client yet (check
+        before :meth:`start`); otherwise the stream ends with a short explanatory text.
+        """
+        return self._finish in _MALFORMED_REASONS and not self._content
+
+    @property
     def error(self) -> RelayError | None:
         """The error that ended the stream, if it ended with one."""
         return self._error
