@@ -54,7 +54,8 @@ def test_r_g1_system_blocks_to_system_instruction_without_billing_header() -> No
         {"type": "text", "text": "You are Claude Code."},
         {"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}},
     ])
-    assert body["systemInstruction"] == {"parts": [{"text": "You are Claude Code.\n\nBe brief."}]}
+    assert body["systemInstruction"] == {
+        "role": "user", "parts": [{"text": "You are Claude Code.\n\nBe brief."}]}
 
 
 def test_r_g1_no_system_no_instruction() -> None:
@@ -92,7 +93,8 @@ def test_mid_conversation_system_is_a_user_part_and_keeps_the_prefix() -> None:
     before = build(system="S", messages=[*base, {"role": "user", "content": "c"}])
     after = build(system="S", messages=[*base, {"role": "system", "content": "Reminder"},
                                         {"role": "user", "content": "c"}])
-    assert after["systemInstruction"] == before["systemInstruction"] == {"parts": [{"text": "S"}]}
+    assert after["systemInstruction"] == before["systemInstruction"] == {
+        "role": "user", "parts": [{"text": "S"}]}
     assert after["contents"][:2] == before["contents"][:2]
     assert after["contents"][2] == {"role": "user", "parts": [
         {"text": "<system>\nReminder\n</system>"}, {"text": "c"}]}
@@ -101,7 +103,7 @@ def test_mid_conversation_system_is_a_user_part_and_keeps_the_prefix() -> None:
 def test_leading_system_messages_join_the_instruction() -> None:
     body = build(system="S", messages=[{"role": "system", "content": "T"},
                                        {"role": "user", "content": "u"}])
-    assert body["systemInstruction"] == {"parts": [{"text": "S\n\nT"}]}
+    assert body["systemInstruction"] == {"role": "user", "parts": [{"text": "S\n\nT"}]}
 
 
 # --- tools in history (R-G4, R-G5, R-G6) --------------------------------------------------
@@ -407,7 +409,7 @@ def test_count_tokens_body_ai_studio_and_vertex() -> None:
     studio = build_count_tokens_request(r, upstream_model=G25)
     inner = studio["generateContentRequest"]
     assert inner["model"] == "models/gemini-2.5-flash"
-    assert inner["systemInstruction"] == {"parts": [{"text": "S"}]}
+    assert inner["systemInstruction"] == {"role": "user", "parts": [{"text": "S"}]}
     assert inner["contents"] == [{"role": "user", "parts": [{"text": "hi"}]}]
     assert inner["tools"][0]["functionDeclarations"][0]["name"] == "Read"
     vertex = build_count_tokens_request(r, upstream_model=G25, vertex=True)

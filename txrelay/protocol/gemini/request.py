@@ -600,7 +600,8 @@ def _prompt(
         raise invalid_request("messages: every message is empty; there is nothing to send")
     body: dict[str, Any] = {"contents": contents}
     if system:
-        body["systemInstruction"] = {"parts": [{"text": system}]}
+        # The role is ignored, but Vertex rejects a content without one; the SDK sends "user".
+        body["systemInstruction"] = {"role": "user", "parts": [{"text": system}]}
     declarations = function_declarations(req.tools, names)
     if declarations:
         body["tools"] = [{"functionDeclarations": declarations}]  # one Tool object (§2.3)
