@@ -1,0 +1,84 @@
+"""
+Throughput of the identity-guard phrase filter (``txrelay.protocol.phrases``) on ordinary
+and pathological text, fed in small pieces as a stream would be.
+
+``.venv/bin/python bench/phrases.py [--chars N]`` prints characters per second for each
+input at two sizes: linear time shows as the same rate at both sizes (a quadratic or
+backtracking matcher would slow down by the size ratio on the near-miss inputs). Not a test:
+nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from txrelay.protocol.phrases import Phrase, PhraseSet  # noqa: E402
+
+PHRASES = [
+    Phrase("DeepSeek", "the assistant", ignore_case=True),
+    Phrase("deepseek-ai", "", ignore_case=True),
+    Phrase("Qwen", "the assistant"),
+    Phrase(r"GPT-[345]\.?5?", "a model", pattern=True),
+    Phrase(r"[Vv]\d{1,2}\.?\d?", "", pattern=True),
+    # near-miss bait: a long literal and a bounded pattern sharing a long run of one letter
+    Phrase("a" * 63 + "b", "X"),
+    Phrase(r"a{1,64}c", "Y", pattern=True),
+]
+
+PROSE = ("The quick brown fox answers questions about Python, Twisted and streaming APIs; "
+         "it was built by a team and runs on a server. ")
+
+
+def inputs(n: int) -> dict[str, Callable[[], str]]:
+    return {
+        "prose, no matches": lambda: (PROSE * (n // len(PROSE) + 1))[:n],
+        "prose, a match per 100 chars": lambda: (
+            (PROSE[:88] + "I am DeepSeek") * (n // 101 + 1))[:n],
+        "near misses: 'a' * n (every char starts two phrases)": lambda: "a" * n,
+        "near misses: 'a'*63 + 'x', repeated": lambda: (("a" * 63 + "x") * (n // 64 + 1))[:n],
+        "near misses: 'DeepSee' + 'x', repeated": lambda: (
+            ("DeepSeex" * (n // 8 + 1))[:n]),
+    }
+
+
+def run(ps: PhraseSet, text: str, piece: int) -> tuple[float, int]:
+    scanner = ps.scanner()
+    most = 0
+    start = time.perf_counter()
+    for i in range(0, len(text), piece):
+        scanner.feed(text[i:i + piece])
+        most = max(most, scanner.held)
+    scanner.finish()
+    return time.perf_counter() - start, most
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--chars", type=int, default=200_000, help="the larger input size")
+    parser.add_argument("--piece", type=int, default=7, help="characters per delta")
+    args = parser.parse_args()
+    ps = PhraseSet.compile(PHRASES)
+    sizes = (args.chars // 10, args.chars)
+    print(f"{len(PHRASES)} phrases, {len(ps.tests)} automaton positions, longest match "
+          f"{ps.longest} (most a stream is held: {ps.longest - 1}); deltas of {args.piece} chars")
+    print(f"{'input':56} " + " ".join(f"{f'{s:,} chars':>18}" for s in sizes) + "  max held")
+    for name, make in inputs(args.chars).items():
+        rates = []
+        most = 0
+        for size in sizes:
+            text = make()[:size]
+            seconds, held = run(ps, text, args.piece)
+            most = max(most, held)
+            rates.append(f"{size / seconds / 1e6:11.2f} Mchar/s")
+        print(f"{name:56} " + " ".join(f"{r:>18}" for r in rates) + f"  {most:8}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
