@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from txrelay.protocol.phrases import Phrase, PhraseSet  # noqa: E402
+from txrelay.protocol.phrases import Phrase, PhraseSet
 
 PHRASES = [
     Phrase("DeepSeek", "the assistant", ignore_case=True),

@@ -324,3 +324,25 @@ def test_bad_options_are_config_errors(options: dict[str, Any], complaint: str) 
     with pytest.raises((ConfigError, ValueError)) as info:
         guard(**options)
     assert complaint in str(info.value)
+
+
+def test_the_readme_example_does_what_the_readme_says() -> None:
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from txrelay.config import parse_config
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```toml\n(.*?)```", readme, re.S)
+                 if "identity-guard" in b)
+    raw = tomllib.loads(block)
+    cfg = parse_config(raw, "README", env={"DEEPSEEK_API_KEY": "k"})
+    options = next(p["options"] for p in raw["pipeline"] if p["type"] == "identity-guard")
+    stage = build_stage("identity-guard", options, cfg)
+    result = run_stage(stage, unrouted(body()),
+                       reply=deltas_reply(["I am Deep", "Seek-V3, made by deepseek."]))
+    assert result.text == "I am the assistant-, made by the assistant."
+    assert result.message is not None and result.message["model"] == "claude-sonnet-4-6"
+    system = result.calls[0].require_request().system
+    assert system[0]["text"].startswith("You are the coding assistant of Example Corp.")
