@@ -176,3 +176,28 @@ def test_pathological_near_matches_hold_at_most_longest_minus_one() -> None:
     text = "a" * 5000
     out, most = streamed(ps, list(text))
     assert out == text and most == ps.longest - 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(phrase_sets, st.text(ALPHABET + "x", max_size=60), st.data())
+def test_a_memo_that_keeps_starting_over_changes_nothing(
+        phrases: list[Phrase], text: str, data: st.DataObject) -> None:
+    from unittest import mock
+
+    ps = compiled(phrases)
+    with mock.patch("txrelay.protocol.phrases.MAX_STATES", 2), \
+            mock.patch("txrelay.protocol.phrases.MAX_STEPS", 3):
+        out, most = streamed(ps, data.draw(split(text)))
+    assert out == oracle(phrases, text)
+    assert most <= ps.longest - 1
+
+
+def test_memo_stays_bounded_on_text_that_keeps_making_states() -> None:
+    import random
+
+    from txrelay.protocol import phrases as module
+
+    ps = PhraseSet.compile([Phrase("[ab]{1,30}c", "X", pattern=True), Phrase("a" * 20, "Y")])
+    text = "".join(random.Random(3).choices("aab", k=50_000))
+    assert ps.apply(text) == text.replace("a" * 20, "Y")  # no 'c': only the literal matches
+    assert len(ps._states) <= module.MAX_STATES and len(ps._steps) <= module.MAX_STEPS

@@ -38,6 +38,11 @@ MAX_PHRASE_LENGTH = 256
 CharTest = Callable[[str], bool]
 #: How many characters' start positions a phrase set remembers.
 _FIRST_CACHE = 4096
+#: Bounds on a phrase set's memo of DFA states and steps (a few MiB at most); past either
+#: the memo starts over, so memory stays bounded and time linear on any input.
+MAX_STATES = 4096
+MAX_STATE_ITEMS = 65536
+MAX_STEPS = 32768
 
 
 class PhraseError(ValueError):
@@ -238,16 +243,31 @@ def parse_phrase(phrase: Phrase) -> list[_Atom]:
     return atoms
 
 
+#: A scanner's state: the live partial matches ``(position, age)`` and the complete matches
+#: waiting for a longer or an earlier one ``(start age, end age, phrase)``; an age counts
+#: characters back from the scan point. Every state is finite, so the states form a DFA.
+State = tuple[frozenset[tuple[int, int]], frozenset[tuple[int, int, int]]]
+#: What one step does to the held text: ``(plain, matched, phrase)`` — release ``plain``
+#: characters as they are, then replace the next ``matched`` with the phrase's replacement
+#: (``phrase`` -1: nothing to replace).
+Ops = tuple[tuple[int, int, int], ...]
+
+_EMPTY: State = (frozenset(), frozenset())
+_PLAIN: Ops = ((1, 0, -1),)
+
+
 @attrs.frozen
 class PhraseSet:
     """
-    A compiled phrase set: one NFA for all phrases. Immutable and shared; each text is
-    scanned by its own :class:`PhraseScanner` (:meth:`scanner`).
+    A compiled phrase set: one automaton for all phrases. Immutable to its users and shared;
+    each text is scanned by its own :class:`PhraseScanner` (:meth:`scanner`).
 
-    Positions are numbered across the whole set. ``tests[p]`` is the character test that
-    moves position ``p`` to ``p + 1``; ``closure[p]`` are the positions reachable from
+    The NFA: positions are numbered across the whole set. ``tests[p]`` is the character test
+    that moves position ``p`` to ``p + 1``; ``closure[p]`` are the positions reachable from
     ``p`` without consuming (optional repetitions skipped); ``accepts[p]`` is the index of
-    the phrase a match ending at ``p`` belongs to, or -1.
+    the phrase a match ending at ``p`` belongs to, or -1. The scanner's steps over it are
+    memoised as a lazily built DFA (bounded by :data:`MAX_STATES`, :data:`MAX_STATE_ITEMS`
+    and :data:`MAX_STEPS`; past them the memo starts over).
     """
 
     phrases: tuple[Phrase, ...]
@@ -257,6 +277,11 @@ class PhraseSet:
     starts: tuple[int, ...]
     longest: int
     _first: dict[str, tuple[int, ...]] = attrs.field(factory=dict, eq=False, repr=False)
+    _steps: dict[tuple[State, str], tuple[State, Ops]] = attrs.field(
+        factory=dict, eq=False, repr=False)
+    _states: dict[State, State] = attrs.field(factory=dict, eq=False, repr=False)
+    #: Threads and waiting matches held by the memoised states, together.
+    _items: list[int] = attrs.field(factory=lambda: [0], eq=False, repr=False)
 
     @classmethod
     def compile(cls, phrases: Iterable[Phrase]) -> PhraseSet:
@@ -307,6 +332,72 @@ class PhraseSet:
                 cache[ch] = found
         return found
 
+    def step(self, state: State, ch: str) -> tuple[State, Ops]:
+        """The state after ``ch`` and what to do with the held text (memoised)."""
+        key = (state, ch)
+        found = self._steps.get(key)
+        if found is not None:
+            return found
+        tests, closure, accepts = self.tests, self.closure, self.accepts
+        threads, waiting = state
+        moved: set[tuple[int, int]] = set()
+        for p, age in threads:
+            if tests[p](ch):  # type: ignore[misc]  # live positions always have a test
+                moved.update((q, age + 1) for q in closure[p + 1])
+        for p in self.starting(ch):
+            moved.update((q, 1) for q in closure[p + 1])
+        ends = {age + 1: (end + 1, phrase) for age, end, phrase in waiting}
+        live: set[tuple[int, int]] = set()
+        for q, age in moved:
+            phrase = accepts[q]
+            if phrase < 0:
+                live.add((q, age))
+                continue
+            best = ends.get(age)  # a match ending here (end age 0): longer than any before
+            if best is None or best[0] > 0 or phrase < best[1]:
+                ends[age] = (0, phrase)
+        held = 1 + max((a for _, a in threads), default=0)
+        held = max(held, 1 + max((a for a, _, _ in waiting), default=0))
+        if (len(self._steps) >= MAX_STEPS or len(self._states) >= MAX_STATES
+                or self._items[0] >= MAX_STATE_ITEMS):
+            self._steps.clear()
+            self._states.clear()
+            self._items[0] = 0
+        result = self._settle(held, live, ends)
+        self._steps[key] = result
+        return result
+
+    def final(self, state: State) -> Ops:
+        """What to do with the held text when the text ends in ``state``."""
+        threads, waiting = state
+        held = max([a for _, a in threads] + [a for a, _, _ in waiting], default=0)
+        return self._settle(held, set(), {a: (e, p) for a, e, p in waiting})[1]
+
+    def _settle(self, held: int, live: set[tuple[int, int]],
+                ends: dict[int, tuple[int, int]]) -> tuple[State, Ops]:
+        """Release what no live partial match can change any more (ages: larger = earlier)."""
+        ops: list[tuple[int, int, int]] = []
+        while True:
+            earliest_live = max((a for _, a in live), default=0)
+            if not ends:
+                break
+            age = max(ends)
+            if age <= earliest_live:  # a live match starting there or before may still win
+                break
+            end, phrase = ends.pop(age)
+            ops.append((held - age, age - end, phrase))
+            held = end
+            live = {t for t in live if t[1] <= end}  # matches may not overlap the replaced one
+            ends = {a: v for a, v in ends.items() if a <= end}
+        if held > earliest_live:
+            ops.append((held - earliest_live, 0, -1))
+        state: State = (frozenset(live), frozenset((a, e, p) for a, (e, p) in ends.items()))
+        known = self._states.get(state)
+        if known is None:
+            self._states[state] = known = state
+            self._items[0] += len(state[0]) + len(state[1])
+        return known, tuple(ops)
+
     def scanner(self) -> PhraseScanner:
         """A scanner for one text (one content block)."""
         return PhraseScanner(self)
@@ -335,94 +426,52 @@ class PhraseScanner:
 
     phrases: PhraseSet
     #: Text received but not yet returned (it could begin a match).
-    _buffer: list[str] = attrs.Factory(list)
-    #: Absolute offset of ``_buffer[0]``.
-    _base: int = 0
-    #: Absolute offset of the next character.
-    _pos: int = 0
-    #: Live partial matches: (position, start offset), in no order.
-    _threads: set[tuple[int, int]] = attrs.Factory(set)
-    #: Longest complete match found so far per start offset: start → (end, phrase index).
-    _ends: dict[int, tuple[int, int]] = attrs.Factory(dict)
+    _buffer: str = ""
+    _state: State = _EMPTY
     #: The phrase index of every match replaced so far, in order.
     found: list[int] = attrs.Factory(list)
 
     @property
     def held(self) -> int:
         """How many characters are held back now."""
-        return self._pos - self._base
+        return len(self._buffer)
 
     def feed(self, text: str) -> str:
         """Scan ``text``; return what can be sent now (matches already replaced)."""
         out: list[str] = []
         ps = self.phrases
-        tests, closure, accepts, starting = ps.tests, ps.closure, ps.accepts, ps.starting
-        buffer = self._buffer
+        starting, step = ps.starting, ps.step
+        state, buffer = self._state, self._buffer
         for ch in text:
-            begin = starting(ch)
-            start = self._pos
-            self._pos = end = start + 1
-            if not begin and not self._threads and not self._ends:
+            if state is _EMPTY and not starting(ch):
                 out.append(ch)  # nothing pending and nothing starts here: settled
-                self._base = end
                 continue
-            buffer.append(ch)
-            threads: set[tuple[int, int]] = set()
-            for p, s in self._threads:
-                if tests[p](ch):  # type: ignore[misc]  # live positions always have a test
-                    threads.update((q, s) for q in closure[p + 1])
-            for p in begin:
-                threads.update((q, start) for q in closure[p + 1])
-            live: set[tuple[int, int]] = set()
-            for q, s in threads:
-                phrase = accepts[q]
-                if phrase < 0:
-                    live.add((q, s))
-                    continue
-                best = self._ends.get(s)
-                if best is None or end > best[0] or (end == best[0] and phrase < best[1]):
-                    self._ends[s] = (end, phrase)
-            self._threads = live
-            self._settle(out, final=False)
+            state, ops = step(state, ch)
+            buffer += ch
+            if ops:
+                buffer = self._apply(ops, buffer, out)
+            if not state[0] and not state[1]:
+                state = _EMPTY
+        self._state, self._buffer = state, buffer
         return "".join(out)
 
     def finish(self) -> str:
         """The text is over: return everything held (matches replaced); reset for reuse."""
         out: list[str] = []
-        self._threads = set()
-        self._settle(out, final=True)
-        self._buffer.clear()
-        self._ends.clear()
-        self._base = self._pos = 0
+        self._apply(self.phrases.final(self._state), self._buffer, out)
+        self._state, self._buffer = _EMPTY, ""
         return "".join(out)
 
-    def _settle(self, out: list[str], *, final: bool) -> None:
-        """Release what no live partial match can change any more."""
-        buffer = self._buffer
-        while True:
-            first_live = min((s for _, s in self._threads), default=self._pos)
-            if not self._ends:
-                cut = first_live
-                break
-            s = min(self._ends)
-            if s >= first_live:  # a live match starting at or before s may still win
-                cut = first_live
-                break
-            end, phrase = self._ends.pop(s)
-            out.append("".join(buffer[: s - self._base]))
-            out.append(self.phrases.phrases[phrase].replace)
-            self.found.append(phrase)
-            del buffer[: end - self._base]
-            self._base = end
-            self._threads = {t for t in self._threads if t[1] >= end}
-            for dropped in [k for k in self._ends if k < end]:
-                del self._ends[dropped]
-        if final:
-            cut = self._pos
-        if cut > self._base:
-            out.append("".join(buffer[: cut - self._base]))
-            del buffer[: cut - self._base]
-            self._base = cut
+    def _apply(self, ops: Ops, buffer: str, out: list[str]) -> str:
+        replacements = self.phrases.phrases
+        for plain, matched, phrase in ops:
+            if plain:
+                out.append(buffer[:plain])
+            if phrase >= 0:
+                out.append(replacements[phrase].replace)
+                self.found.append(phrase)
+            buffer = buffer[plain + matched:]
+        return buffer
 
 
 def compile_phrases(phrases: Sequence[Phrase]) -> PhraseSet | None:
