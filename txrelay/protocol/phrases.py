@@ -10,12 +10,17 @@ therefore has a longest possible match, and the longest of the set is what a str
 delayed by.
 
 The whole phrase set is compiled into **one** automaton: a Thompson NFA over character
-predicates (a chain of positions per phrase), run Pike-VM style — every live partial match
-is a ``(position, start)`` pair advanced once per input character. That is linear time on
-any input (each character costs at most ``positions x longest match`` steps, both fixed by
-the configuration) and never backtracks. Aho-Corasick (``pyahocorasick``) covers only the
-literal case, and its search API takes whole strings: it neither resumes across chunks nor
-tells which partial matches are live, which is exactly what holding back needs.
+predicates (a chain of positions per phrase), run Pike-VM style. A scanner's state is the set
+of live partial matches ``(position, age)`` plus the complete matches still waiting for a
+longer or an earlier one; ages are bounded by the longest match, so there are finitely many
+states, and each step (state, character) → (state, what to release) is memoised: a DFA
+built lazily, as RE2 does, with a bounded memo that starts over when full. A step costs one
+dict lookup once seen and at most ``positions x longest match`` NFA moves the first time:
+linear time on any input, never backtracking. ``pyahocorasick`` was considered: it covers only
+literals (no classes or bounded repetition, and case folding would have to rewrite the text),
+and although its search iterator can resume on the next chunk, it reports a match only where
+it ends and does not expose the live partial matches, so neither what to hold back nor a
+leftmost-longest choice can be decided from it.
 
 Matching is leftmost-longest and non-overlapping: scanning left to right, at the first
 position where any phrase matches the longest match wins (the first configured phrase on a
