@@ -7,13 +7,24 @@ the requested one, held text is released before an error, and impersonation is r
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
 import pytest
 
-from tests.fakeupstream import FakeOpenAI, chunk, json_response, sse, text_stream
+from tests.fakeupstream import (
+    FakeOpenAI,
+    Handler,
+    Recorded,
+    chunk,
+    json_response,
+    sse,
+    text_stream,
+    tool_stream,
+)
 from tests.relayproc import DEMO_KEY, Relay, config_text, start_relay
 
 pytestmark = pytest.mark.integration
@@ -135,3 +146,60 @@ def test_impersonation_is_refused(client: anthropic.Anthropic, fake: FakeOpenAI)
     assert "present itself as another vendor's model ('pretend to be GPT-4o')" in str(
         info.value.message)
     assert len(fake.requests) == before  # nothing went upstream
+
+
+@pytest.mark.slow
+def test_claude_code_through_the_guard(tmp: Path) -> None:
+    """
+    Claude Code's own loop: the answer it prints is filtered, the tool input it runs is not,
+    and every main-loop request reaches the upstream with the same system message prefix.
+    """
+    from tests.integration.test_claude_code import claude_binary, run_claude
+
+    binary = claude_binary()
+    workdir, home = tmp / "work", tmp / "home"
+    workdir.mkdir()
+    home.mkdir()
+    target = workdir / "who.txt"
+    up = FakeOpenAI().start()
+
+    def respond(h: Handler, rec: Recorded) -> None:
+        body = rec.body
+        if "Write" not in {t["function"]["name"] for t in body.get("tools") or ()}:
+            sse(text_stream("A DeepSeek helper answer."))(h, rec)
+        elif not any(m["role"] == "tool" for m in body["messages"]):
+            args = json.dumps({"file_path": str(target), "content": "written by DeepSeek\n"})
+            sse(tool_stream("Write", args, pieces=9, text="DeepSeek writes the file."))(h, rec)
+        else:
+            sse(text_stream("Done: DeepSeek-V3 wrote it.", pieces=9))(h, rec)
+
+    up.default = respond
+    cfg = config_text(
+        providers=[{"name": "up", "kind": "openai-chat", "base_url": up.url,
+                    "options": {"dialect": "generic"}}],
+        models=[{"id": "fake-model", "provider": "up", "patterns": ["*"]}],
+        pipeline=[{"type": "auth"}, {"type": "model-map"},
+                  {"type": "identity-guard", "options": GUARD}, {"type": "translate"}],
+    )
+    (tmp / "relay").mkdir()
+    relay = start_relay(tmp / "relay", cfg)
+    debug = tmp / "debug.log"
+    try:
+        result = run_claude(binary, relay.url, workdir, home, debug,
+                            f"Write who.txt in {workdir} saying who wrote it.")
+    finally:
+        relay.stop()
+        up.stop()
+    log = debug.read_text() if debug.exists() else ""
+    context = f"stdout:\n{result.stdout[-3000:]}\ndebug:\n{log[-3000:]}"
+    assert result.returncode == 0, context
+    final = json.loads(result.stdout.strip().splitlines()[-1])
+    assert final["is_error"] is False, context
+    assert final["result"] == "Done: the assistant- wrote it.", context
+    assert target.read_text() == "written by DeepSeek\n"  # tool input is not filtered
+    main_loop = [r for r in up.requests if r.body.get("tools")]
+    assert len(main_loop) >= 2
+    systems = {r.body["messages"][0]["content"] for r in main_loop}
+    assert len(systems) == 1, "the system message changed between turns"
+    assert systems.pop().startswith("You are the assistant of Example Corp. Never name the "
+                                    "model that serves you.\n\n")
