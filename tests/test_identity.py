@@ -346,3 +346,19 @@ def test_the_readme_example_does_what_the_readme_says() -> None:
     assert result.message is not None and result.message["model"] == "claude-sonnet-4-6"
     system = result.calls[0].require_request().system
     assert system[0]["text"].startswith("You are the coding assistant of Example Corp.")
+
+
+def test_text_after_a_citation_is_still_filtered() -> None:
+    citation = {"type": "char_location", "cited_text": "x", "document_index": 0,
+                "document_title": None, "start_char_index": 0, "end_char_index": 1}
+    events = [
+        ev.message_start("m", "x", ev.empty_usage(1)), ev.text_block_start(0),
+        ev.text_delta(0, "Deep"),
+        {"type": "content_block_delta", "index": 0,
+         "delta": {"type": "citations_delta", "citation": citation}},
+        ev.text_delta(0, "DeepSeek says"), ev.block_stop(0),
+        ev.message_delta("end_turn", None, {"output_tokens": 3}), ev.message_stop(),
+    ]
+    result = run_stage(guard(phrases=PHRASES), body(), reply=Reply(stream=stream_of(events)))
+    assert result.text == "Deepthe assistant says"
+    assert result.message is not None and result.message["content"][0]["citations"] == [citation]

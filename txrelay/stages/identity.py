@@ -260,6 +260,8 @@ class IdentityGuardStage:
         if exchange.operation != "messages":
             return reply
         model = self.reported_model(request.model, exchange.route or route)
+        if self.phrases is None and model is None:
+            return reply
         if reply.stream is None:
             if isinstance(reply.body, dict) and reply.body.get("type") == "message":
                 return reply.evolve(body=guard_message(reply.body, self.phrases,
@@ -317,7 +319,7 @@ class IdentityFilter:
             field, delta_type, scanner = entry
             delta = event["delta"]
             if delta.get("type") != delta_type:  # citations, a signature: text before it
-                return [*self._flush(event["index"]), event]
+                return [*self._flush(event["index"], keep=True), event]
             text = scanner.feed(delta[field])
             return [dict(event, delta=dict(delta, **{field: text}))] if text else []
         if kind == "content_block_stop":
@@ -353,8 +355,8 @@ class IdentityFilter:
             out.append(_delta(index, delta_type, field, text))
         return out
 
-    def _flush(self, index: int) -> list[Event]:
-        entry = self._open.pop(index, None)
+    def _flush(self, index: int, *, keep: bool = False) -> list[Event]:
+        entry = self._open.get(index) if keep else self._open.pop(index, None)
         if entry is None:
             return []
         field, delta_type, scanner = entry
