@@ -362,3 +362,10 @@ def test_text_after_a_citation_is_still_filtered() -> None:
     result = run_stage(guard(phrases=PHRASES), body(), reply=Reply(stream=stream_of(events)))
     assert result.text == "Deepthe assistant says"
     assert result.message is not None and result.message["content"][0]["citations"] == [citation]
+
+
+def test_every_bad_option_is_reported_at_once() -> None:
+    with pytest.raises(ValueError) as info:
+        guard(preamble="{vendor}", phrases=[{"text": "a{1,100}", "pattern": True}])
+    assert "unknown placeholder {vendor}" in str(info.value)
+    assert "phrases[0]: pattern 'a{1,100}', at offset 1" in str(info.value)

@@ -161,27 +161,37 @@ class IdentityGuardStage:
 
     @classmethod
     def build(cls, options: IdentityOptions, catalog: ModelCatalog) -> IdentityGuardStage:
-        """Check ``options`` (``ValueError`` naming the key) and make the stage."""
-        check_template(options.preamble, "preamble")
+        """Check ``options`` (``ValueError`` naming every bad key) and make the stage."""
+        problems: list[str] = []
+
+        def check(where: str, text: str) -> None:
+            try:
+                check_template(text, where)
+            except ValueError as e:
+                problems.append(str(e))
+
+        check("preamble", options.preamble)
         for i, route in enumerate(options.routes):
-            check_template(route.preamble, f"routes[{i}].preamble")
+            check(f"routes[{i}].preamble", route.preamble)
             if not route.models and not route.providers:
-                raise ValueError(f"routes[{i}]: give models or providers (or both)")
+                problems.append(f"routes[{i}]: give models or providers (or both)")
             unknown = set(route.providers) - catalog.providers
             if unknown:
-                raise ValueError(f"routes[{i}].providers: no provider named "
-                                 f"{', '.join(sorted(unknown))}")
+                problems.append(f"routes[{i}].providers: no provider named "
+                                f"{', '.join(sorted(unknown))}")
         phrase_list = []
         for i, p in enumerate(options.phrases):
             phrase = Phrase(p.text, p.replace, p.ignore_case, p.pattern)
             try:
                 PhraseSet.compile([phrase])
             except ValueError as e:
-                raise ValueError(f"phrases[{i}]: {e}") from None
+                problems.append(f"phrases[{i}]: {e}")
             phrase_list.append(phrase)
         names = tuple(n for n in options.refuse_impersonation if n.strip())
         if len(names) != len(options.refuse_impersonation):
-            raise ValueError("refuse_impersonation: names must not be empty")
+            problems.append("refuse_impersonation: names must not be empty")
+        if problems:
+            raise ValueError("; ".join(problems))
         return cls(options, catalog, PhraseSet.compile(phrase_list) if phrase_list else None,
                    impersonation_set(names) if names else None)
 
