@@ -282,7 +282,7 @@ class PhraseSet:
     starts: tuple[int, ...]
     longest: int
     _first: dict[str, tuple[int, ...]] = attrs.field(factory=dict, eq=False, repr=False)
-    _steps: dict[tuple[State, str], tuple[State, Ops]] = attrs.field(
+    _steps: dict[tuple[State, str], tuple[State | None, Ops]] = attrs.field(
         factory=dict, eq=False, repr=False)
     _states: dict[State, State] = attrs.field(factory=dict, eq=False, repr=False)
     #: Threads and waiting matches held by the memoised states, together.
@@ -337,32 +337,42 @@ class PhraseSet:
                 cache[ch] = found
         return found
 
-    def step(self, state: State, ch: str) -> tuple[State, Ops]:
-        """The state after ``ch`` and what to do with the held text (memoised)."""
+    def step(self, state: State, ch: str) -> tuple[State | None, Ops]:
+        """
+        The state after ``ch`` and what to do with the held text (memoised). A ``None``
+        state means a match was replaced: the text held after it is to be scanned afresh
+        (matches do not overlap, and scanning resumes after a replaced one).
+        """
         key = (state, ch)
         found = self._steps.get(key)
         if found is not None:
             return found
         tests, closure, accepts = self.tests, self.closure, self.accepts
         threads, waiting = state
-        moved: set[tuple[int, int]] = set()
+        # One thread per position, the earliest start winning: a later start there can
+        # only ever match where the earlier one does, and loses to it (leftmost), unless a
+        # replacement cuts the earlier one off, and then the rest is scanned afresh anyway.
+        moved: dict[int, int] = {}
         for p, age in threads:
             if tests[p](ch):  # type: ignore[misc]  # live positions always have a test
-                moved.update((q, age + 1) for q in closure[p + 1])
+                for q in closure[p + 1]:
+                    if moved.get(q, 0) <= age:
+                        moved[q] = age + 1
         for p in self.starting(ch):
-            moved.update((q, 1) for q in closure[p + 1])
+            for q in closure[p + 1]:
+                moved.setdefault(q, 1)
         ends = {age + 1: (end + 1, phrase) for age, end, phrase in waiting}
-        live: set[tuple[int, int]] = set()
-        for q, age in moved:
+        live: dict[int, int] = {}
+        for q, age in moved.items():
             phrase = accepts[q]
             if phrase < 0:
-                live.add((q, age))
+                live[q] = age
                 continue
             best = ends.get(age)  # a match ending here (end age 0): longer than any before
             if best is None or best[0] > 0 or phrase < best[1]:
                 ends[age] = (0, phrase)
-        held = 1 + max((a for _, a in threads), default=0)
-        held = max(held, 1 + max((a for a, _, _ in waiting), default=0))
+        held = 1 + max(max((a for _, a in threads), default=0),
+                       max((a for a, _, _ in waiting), default=0))
         if (len(self._steps) >= MAX_STEPS or len(self._states) >= MAX_STATES
                 or self._items[0] >= MAX_STATE_ITEMS):
             self._steps.clear()
@@ -372,36 +382,29 @@ class PhraseSet:
         self._steps[key] = result
         return result
 
-    def final(self, state: State) -> Ops:
-        """What to do with the held text when the text ends in ``state``."""
+    def final(self, state: State) -> tuple[State | None, Ops]:
+        """What to do with the held text when the text ends in ``state`` (as :meth:`step`)."""
         threads, waiting = state
         held = max([a for _, a in threads] + [a for a, _, _ in waiting], default=0)
-        return self._settle(held, set(), {a: (e, p) for a, e, p in waiting})[1]
+        return self._settle(held, {}, {a: (e, p) for a, e, p in waiting})
 
-    def _settle(self, held: int, live: set[tuple[int, int]],
-                ends: dict[int, tuple[int, int]]) -> tuple[State, Ops]:
+    def _settle(self, held: int, live: dict[int, int],
+                ends: dict[int, tuple[int, int]]) -> tuple[State | None, Ops]:
         """Release what no live partial match can change any more (ages: larger = earlier)."""
-        ops: list[tuple[int, int, int]] = []
-        while True:
-            earliest_live = max((a for _, a in live), default=0)
-            if not ends:
-                break
+        earliest_live = max(live.values(), default=0)
+        if ends:
             age = max(ends)
-            if age <= earliest_live:  # a live match starting there or before may still win
-                break
-            end, phrase = ends.pop(age)
-            ops.append((held - age, age - end, phrase))
-            held = end
-            live = {t for t in live if t[1] <= end}  # matches may not overlap the replaced one
-            ends = {a: v for a, v in ends.items() if a <= end}
-        if held > earliest_live:
-            ops.append((held - earliest_live, 0, -1))
-        state: State = (frozenset(live), frozenset((a, e, p) for a, (e, p) in ends.items()))
+            if age > earliest_live:  # nothing live starts at or before it: it wins
+                end, phrase = ends[age]
+                return None, ((held - age, age - end, phrase),)
+        ops: Ops = ((held - earliest_live, 0, -1),) if held > earliest_live else ()
+        state: State = (frozenset(live.items()),
+                        frozenset((a, e, p) for a, (e, p) in ends.items()))
         known = self._states.get(state)
         if known is None:
             self._states[state] = known = state
             self._items[0] += len(state[0]) + len(state[1])
-        return known, tuple(ops)
+        return known, ops
 
     def scanner(self) -> PhraseScanner:
         """A scanner for one text (one content block)."""
@@ -444,28 +447,45 @@ class PhraseScanner:
     def feed(self, text: str) -> str:
         """Scan ``text``; return what can be sent now (matches already replaced)."""
         out: list[str] = []
-        ps = self.phrases
-        starting, step = ps.starting, ps.step
-        state, buffer = self._state, self._buffer
-        for ch in text:
-            if state is _EMPTY and not starting(ch):
-                out.append(ch)  # nothing pending and nothing starts here: settled
-                continue
-            state, ops = step(state, ch)
-            buffer += ch
-            if ops:
-                buffer = self._apply(ops, buffer, out)
-            if not state[0] and not state[1]:
-                state = _EMPTY
-        self._state, self._buffer = state, buffer
+        self._scan(text, out)
         return "".join(out)
 
     def finish(self) -> str:
         """The text is over: return everything held (matches replaced); reset for reuse."""
         out: list[str] = []
-        self._apply(self.phrases.final(self._state), self._buffer, out)
-        self._state, self._buffer = _EMPTY, ""
-        return "".join(out)
+        while True:
+            state, ops = self.phrases.final(self._state)
+            rest = self._apply(ops, self._buffer, out)
+            self._state, self._buffer = _EMPTY, ""
+            if state is not None:
+                return "".join(out)
+            self._scan(rest, out)  # what followed a replaced match, afresh
+
+    def _scan(self, text: str, out: list[str]) -> None:
+        ps = self.phrases
+        starting, step = ps.starting, ps.step
+        state, buffer = self._state, self._buffer
+        todo = [(text, 0)]  # (text, offset): a stack, so rescans need no recursion
+        while todo:
+            chars, i = todo.pop()
+            n = len(chars)
+            while i < n:
+                ch = chars[i]
+                i += 1
+                if state is _EMPTY and not starting(ch):
+                    out.append(ch)  # nothing pending and nothing starts here: settled
+                    continue
+                new, ops = step(state, ch)
+                buffer += ch
+                if ops:
+                    buffer = self._apply(ops, buffer, out)
+                if new is None:  # a match was replaced: scan what followed it afresh
+                    todo.append((chars, i))
+                    todo.append((buffer, 0))
+                    state, buffer = _EMPTY, ""
+                    break
+                state = new if new[0] or new[1] else _EMPTY
+        self._state, self._buffer = state, buffer
 
     def _apply(self, ops: Ops, buffer: str, out: list[str]) -> str:
         replacements = self.phrases.phrases
