@@ -10,17 +10,21 @@ therefore has a longest possible match, and the longest of the set is what a str
 delayed by.
 
 The whole phrase set is compiled into **one** automaton: a Thompson NFA over character
-predicates (a chain of positions per phrase), run Pike-VM style. A scanner's state is the set
-of live partial matches ``(position, age)`` plus the complete matches still waiting for a
-longer or an earlier one; ages are bounded by the longest match, so there are finitely many
-states, and each step (state, character) → (state, what to release) is memoised: a DFA
+predicates (a chain of positions per phrase), run Pike-VM style with one thread per position
+(the earliest start wins it) and a fresh scan of the held text after each replacement. A
+scanner's state is the live positions with their ages plus the complete matches waiting for
+a longer or an earlier one; ages are bounded by the longest match, so there are finitely
+many states, and each step (state, character) → (state, what to release) is memoised: a DFA
 built lazily, as RE2 does, with a bounded memo that starts over when full. A step costs one
-dict lookup once seen and at most ``positions x longest match`` NFA moves the first time:
-linear time on any input, never backtracking. ``pyahocorasick`` was considered: it covers only
-literals (no classes or bounded repetition, and case folding would have to rewrite the text),
-and although its search iterator can resume on the next chunk, it reports a match only where
-it ends and does not expose the live partial matches, so neither what to hold back nor a
-leftmost-longest choice can be decided from it.
+dict lookup once seen and at most one move per automaton position the first time, never
+backtracking: linear time on any input (a character is re-scanned only while held, after a
+replacement, so at most ``longest`` times).
+
+``pyahocorasick`` was considered: it covers only literals (no classes or bounded repetition,
+and case folding would have to rewrite the text), and although its search iterator can
+resume on the next chunk, it reports a match only where it ends and does not expose the live
+partial matches, so neither what to hold back nor a leftmost-longest choice can be decided
+from it.
 
 Matching is leftmost-longest and non-overlapping: scanning left to right, at the first
 position where any phrase matches the longest match wins (the first configured phrase on a
