@@ -10,6 +10,7 @@ from zope.interface import implementer
 
 from txrelay.interfaces import IStageFactory, StageServices
 from txrelay.stages.auth import AuthOptions, AuthStage
+from txrelay.stages.identity import IdentityGuardStage, IdentityOptions
 from txrelay.stages.modelmap import ModelMapOptions, ModelMapStage
 from txrelay.stages.toolhygiene import ToolHygieneOptions, ToolHygieneStage
 from txrelay.stages.toolintercept.stage import ToolInterceptOptions, build_tool_intercept
@@ -83,3 +84,16 @@ class _ToolIntercept:
 
 
 tool_intercept = _ToolIntercept()
+
+
+@implementer(IPlugin, IStageFactory)
+@attrs.frozen
+class _IdentityGuard:
+    type_name: str = "identity-guard"
+    options_type: type = IdentityOptions
+
+    def build(self, options: IdentityOptions, services: StageServices) -> Any:
+        return IdentityGuardStage.build(options, services.catalog)
+
+
+identity_guard = _IdentityGuard()
