@@ -144,7 +144,8 @@ def test_an_endpoint_that_fails_later_stops_the_reactor(
     endpoint = LateEndpoint()
     monkeypatch.setattr("txrelay.service.serverFromString", lambda reactor, d: endpoint)
     reactor = MemoryReactorClock()
-    reactor.running = True
+    # A running reactor (Twisted before 26 starts a MemoryReactor with hasStopped true).
+    reactor.running, reactor.hasStopped = True, False
     cfg = demo_config(listen=["later:thing"])
     service = RelayService(App(cfg, never, ModelCatalog.from_config(cfg), {}), reactor)
     service.startService()

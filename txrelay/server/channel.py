@@ -68,6 +68,7 @@ log = RelayLogger()
 
 _DEFAULT_POLICY = FrontDoorPolicy()
 _CONTROL = bytes(range(0x20)) + b"\x7f"
+_FIELD_CONTROL = _CONTROL.replace(b"\t", b"")
 
 
 class _ReportingChunkedDecoder(_ChunkedTransferDecoder):
@@ -169,6 +170,11 @@ class FrontDoorChannel(HTTPChannel):
             parts = line.split(b" ")
             if len(parts) == 3:
                 self._method, self._target = parts[0], parts[1]
+        elif line and len(line.translate(None, _FIELD_CONTROL)) != len(line):
+            # RFC 9110 §5.5: a field value has no control characters but HTAB. Older Twisted
+            # releases let a lone CR or a NUL through into the header value.
+            self.reject(malformed("header lines must not contain control characters"))
+            return
         super().lineReceived(line)  # type: ignore[no-untyped-call]
 
     def lineLengthExceeded(self, line: bytes) -> None:
