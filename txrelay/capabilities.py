@@ -297,9 +297,9 @@ def _map_thinking(req: MessagesRequest, style: ThinkingStyle) -> MessagesRequest
                                            **display}, output_config=config or None)
     if kind != "enabled":  # adaptive / between_tools / effort take these as they are
         return req
-    budget = thinking.get("budget_tokens")
-    if effort is None and isinstance(budget, int):
-        config["effort"] = _effort_for_budget(budget)
+    asked = thinking.get("budget_tokens")
+    if effort is None and isinstance(asked, int):
+        config["effort"] = _effort_for_budget(asked)
     if style == "adaptive":
         return attrs.evolve(req, thinking={"type": "adaptive", **display},
                             output_config=config or None)

@@ -144,7 +144,7 @@ class ModelConfig:
     #: Kind-specific per-model options (merged over the provider's).
     options: dict[str, Any] = attrs.field(factory=dict)
     #: What the model can take (:mod:`txrelay.capabilities`).
-    capabilities: CapabilityTable = CapabilityTable()
+    capabilities: CapabilityTable = attrs.field(factory=CapabilityTable)
 
 
 @attrs.frozen
