@@ -103,15 +103,15 @@ def test_presets_by_upstream_glob_and_their_overrides() -> None:
     assert preset_for("deepseek-chat").name == "deepseek"  # type: ignore[union-attr]
     assert preset_for("deepseek/deepseek-chat").name == "deepseek"  # type: ignore[union-attr]
     assert preset_for("GPT-5.1").name == "openai-reasoning"  # type: ignore[union-attr]
-    assert preset_for("gemini-2.5-pro").name == "gemini-2.5"  # type: ignore[union-attr]
-    assert preset_for("gemini-3-flash-preview").name == "gemini-3"  # type: ignore[union-attr]
+    assert preset_for("gemini-2.0-flash").name == "gemini-2.0"  # type: ignore[union-attr]
+    assert preset_for("gemini-2.5-pro") is None  # the gemini codec maps thinking itself
     assert preset_for("qwen3-coder") is None
     deepseek = resolve(CapabilityTable(), "deepseek-chat")
     assert (deepseek.vision, deepseek.documents, deepseek.thinking) == (False, False, "effort")
     assert resolve(CapabilityTable(vision=True), "deepseek-chat").vision is True
     assert resolve(CapabilityTable(preset="none"), "deepseek-chat") == Capabilities()
-    named = resolve(CapabilityTable(preset="gemini-2.5"), "my-gemini")
-    assert named.thinking == "budget"
+    named = resolve(CapabilityTable(preset="gemini-2.0"), "my-gemini")
+    assert named.thinking == "none"
 
 
 def test_routes_without_a_model_entry_get_their_preset() -> None:
@@ -216,6 +216,7 @@ def test_a_clamped_max_tokens_keeps_the_thinking_budget_below_it() -> None:
     ("budget", {"type": "adaptive", "display": "omitted"}, None,
      {"type": "enabled", "budget_tokens": 24576, "display": "omitted"}, None),
     ("budget", {"type": "disabled"}, "high", {"type": "disabled"}, None),
+    ("budget", {"type": "between_tools"}, "high", {"type": "disabled"}, None),
     ("adaptive", {"type": "enabled", "budget_tokens": 2000}, None, {"type": "adaptive"}, "low"),
     ("adaptive", {"type": "enabled", "budget_tokens": 9000}, "max", {"type": "adaptive"},
      "max"),
@@ -352,3 +353,10 @@ def test_model_objects_reflect_the_table_and_satisfy_the_sdk() -> None:
     caps = ModelCatalog.from_config(plain).listed()[0]["capabilities"]
     assert caps["image_input"] == {"supported": True}
     assert caps["thinking"]["supported"] is False and caps["effort"]["supported"] is False
+
+
+def test_provider_prefixed_names_get_their_presets_capabilities() -> None:
+    cfg = parse_config(config(), env={})
+    obj = ModelCatalog.from_config(cfg).get("p/deepseek-reasoner")
+    assert obj is not None and obj["capabilities"]["image_input"] == {"supported": False}
+    ModelInfo.model_validate(obj)

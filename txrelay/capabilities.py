@@ -120,8 +120,8 @@ PRESETS: tuple[Preset, ...] = (
     Preset("openai", ("gpt-4o*", "gpt-4.1*", "chatgpt-4o*"), CapabilityTable(thinking="none")),
     Preset("openai-text", ("gpt-3.5*", "gpt-4", "gpt-4-0*"),
            CapabilityTable(vision=False, documents=False, thinking="none")),
-    Preset("gemini-2.5", ("gemini-2.5-*",), CapabilityTable(thinking="budget")),
-    Preset("gemini-3", ("gemini-3*",), CapabilityTable(thinking="effort")),
+    # Gemini 2.5 and 3 are left to the gemini codec, which maps every thinking form to
+    # thinkingBudget or thinkingLevel itself (mapping.md §5.5, R-G9).
     Preset("gemini-2.0", ("gemini-2.0-*", "gemini-1.5-*"), CapabilityTable(thinking="none")),
 )
 PRESET_NAMES = tuple(p.name for p in PRESETS)
@@ -291,6 +291,10 @@ def _map_thinking(req: MessagesRequest, style: ThinkingStyle) -> MessagesRequest
     if style == "budget":
         if kind == "enabled":
             return req
+        if kind == "between_tools":  # thinking off, in the newest models' words
+            config.pop("effort", None)
+            return attrs.evolve(req, thinking={"type": "disabled"},
+                                output_config=config or None)
         budget = BUDGET_FOR_EFFORT.get(effort or "high", BUDGET_FOR_EFFORT["high"])
         config.pop("effort", None)
         return attrs.evolve(req, thinking={"type": "enabled", "budget_tokens": budget,

@@ -13,7 +13,11 @@ from typing import Any
 
 import attrs
 
-from txrelay.capabilities import model_capabilities, model_object_capabilities
+from txrelay.capabilities import (
+    capabilities_of,
+    model_capabilities,
+    model_object_capabilities,
+)
 from txrelay.config import ModelConfig, RelayConfig, glob_matches
 from txrelay.protocol.errors import RelayError, not_found
 
@@ -91,7 +95,8 @@ class ModelCatalog:
             return None
         if route.model is None:
             return {"type": "model", "id": name, "display_name": name,
-                    "created_at": "2025-01-01T00:00:00Z"}
+                    "created_at": "2025-01-01T00:00:00Z", "lifecycle": "active",
+                    "capabilities": model_object_capabilities(capabilities_of(route))}
         shown = name if route.model.patterns and name not in self._by_name else route.model.id
         return model_object(route.model, shown, route.upstream_model)
 
