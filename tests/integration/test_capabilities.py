@@ -51,6 +51,8 @@ def relay(fake: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Iterato
              "capabilities": {"vision": True, "max_output_tokens": 4096,
                               "clamp_max_tokens": False},
              "options": {"supports_images": True}},
+            {"id": "tiny-window", "provider": "deepseek", "upstream_model": "deepseek-chat",
+             "capabilities": {"context_window": 50}},
             {"id": "demo-text", "provider": "demo",
              "capabilities": {"vision": False, "documents": False, "tools": False}},
         ],
@@ -113,6 +115,17 @@ def test_max_tokens_clamped_or_refused(client: anthropic.Anthropic, fake: FakeOp
         s.get_final_message()
     parts = fake.requests[-1].body["messages"][-1]["content"]
     assert parts[0]["type"] == "image_url"
+
+
+def test_the_context_window_is_checked_before_the_upstream(
+        client: anthropic.Anthropic, fake: FakeOpenAI) -> None:
+    before = len(fake.requests)
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.messages.create(model="tiny-window", max_tokens=10,
+                               messages=[{"role": "user", "content": "many words " * 200}])
+    assert message(info).startswith("prompt is too long: ")
+    assert message(info).endswith(" tokens > 50 maximum")
+    assert len(fake.requests) == before
 
 
 def test_the_demo_backend_is_held_to_the_same_table(client: anthropic.Anthropic) -> None:
