@@ -112,6 +112,9 @@ def test_presets_by_upstream_glob_and_their_overrides() -> None:
     assert resolve(CapabilityTable(preset="none"), "deepseek-chat") == Capabilities()
     named = resolve(CapabilityTable(preset="gemini-2.0"), "my-gemini")
     assert named.thinking == "none"
+    assert named.reasoning_passback is False  # a model that does not think is sent none
+    assert resolve(CapabilityTable(preset="gemini-2.0", reasoning_passback=True),
+                   "g").reasoning_passback is True
 
 
 def test_routes_without_a_model_entry_get_their_preset() -> None:

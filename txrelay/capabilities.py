@@ -91,7 +91,8 @@ class Capabilities:
     clamp_max_tokens: bool = True
     #: Prompt + output tokens the model holds (``models.max_input_tokens`` is the same).
     context_window: int | None = None
-    #: Thinking from the history is sent back upstream (where the backend kind can).
+    #: Thinking from the history is sent back upstream (where the backend kind can); when
+    #: not given, false for a ``thinking = "none"`` model.
     reasoning_passback: bool = True
     #: A request with ``tools`` is accepted.
     tools: bool = True
@@ -160,6 +161,8 @@ def resolve(table: CapabilityTable, upstream_model: str, *, max_tokens: int | No
             value = getattr(layer, name)
             if value is not None:
                 values[name] = value
+    if values.get("thinking") == "none":
+        values.setdefault("reasoning_passback", False)  # a model that does not think
     return Capabilities(**values)
 
 
