@@ -13,6 +13,11 @@ from typing import Any
 
 import attrs
 
+from txrelay.capabilities import (
+    capabilities_of,
+    model_capabilities,
+    model_object_capabilities,
+)
 from txrelay.config import ModelConfig, RelayConfig, glob_matches
 from txrelay.protocol.errors import RelayError, not_found
 
@@ -90,13 +95,19 @@ class ModelCatalog:
             return None
         if route.model is None:
             return {"type": "model", "id": name, "display_name": name,
-                    "created_at": "2025-01-01T00:00:00Z"}
+                    "created_at": "2025-01-01T00:00:00Z", "lifecycle": "active",
+                    "capabilities": model_object_capabilities(capabilities_of(route))}
         shown = name if route.model.patterns and name not in self._by_name else route.model.id
-        return model_object(route.model, shown)
+        return model_object(route.model, shown, route.upstream_model)
 
 
-def model_object(m: ModelConfig, shown_id: str) -> dict[str, Any]:
-    """One model object (anthropic-messages.md §12)."""
+def model_object(m: ModelConfig, shown_id: str,
+                 upstream_model: str | None = None) -> dict[str, Any]:
+    """
+    One model object (anthropic-messages.md §12), with the limits and ``capabilities`` of
+    the model's capability table (the SDK's ``ModelInfo`` fields).
+    """
+    caps = model_capabilities(m, upstream_model)
     out: dict[str, Any] = {
         "type": "model",
         "id": shown_id,
@@ -104,8 +115,9 @@ def model_object(m: ModelConfig, shown_id: str) -> dict[str, Any]:
         "created_at": m.created_at,
         "lifecycle": "active",
     }
-    if m.max_input_tokens is not None:
-        out["max_input_tokens"] = m.max_input_tokens
-    if m.max_tokens is not None:
-        out["max_tokens"] = m.max_tokens
+    if caps.context_window is not None:
+        out["max_input_tokens"] = caps.context_window
+    if caps.max_output_tokens is not None:
+        out["max_tokens"] = caps.max_output_tokens
+    out["capabilities"] = model_object_capabilities(caps)
     return out

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import attrs
 from cattrs.errors import ClassValidationError
 
+from txrelay.capabilities import CapabilityTable, table_problems
 from txrelay.protocol.structure import error_lines, make_converter
 
 DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
@@ -132,14 +133,18 @@ class ModelConfig:
     #: Glob patterns (``claude-*-haiku-*``) of requested names that route here.
     patterns: tuple[str, ...] = ()
     display_name: str | None = None
-    #: Largest ``max_tokens`` forwarded; larger requests are clamped.
+    #: Largest ``max_tokens`` forwarded; larger requests are clamped (the same limit as
+    #: ``capabilities.max_output_tokens``).
     max_tokens: int | None = None
+    #: The context window (the same limit as ``capabilities.context_window``).
     max_input_tokens: int | None = None
     created_at: str = "2025-01-01T00:00:00Z"
     #: Whether ``GET /v1/models`` lists it.
     listed: bool = True
     #: Kind-specific per-model options (merged over the provider's).
     options: dict[str, Any] = attrs.field(factory=dict)
+    #: What the model can take (:mod:`txrelay.capabilities`).
+    capabilities: CapabilityTable = attrs.field(factory=CapabilityTable)
 
 
 @attrs.frozen
@@ -429,6 +434,9 @@ def _check(cfg: RelayConfig, env: Mapping[str, str], problems: list[str]) -> Rel
                 problems.append(f"{where}.patterns: {pattern!r} is not a valid glob")
         if m.max_tokens is not None and m.max_tokens < 1:
             problems.append(f"{where}.max_tokens: must be at least 1")
+        problems.extend(table_problems(m.capabilities, f"{where}.capabilities",
+                                       max_tokens=m.max_tokens,
+                                       max_input_tokens=m.max_input_tokens))
 
     _, key_problems = key_digests(cfg, env)
     problems.extend(key_problems)

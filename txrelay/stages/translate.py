@@ -1,5 +1,8 @@
-# -*- test-case-name: tests.test_catalog_and_stages -*-
-"""The ``translate`` stage: hands a routed exchange to its provider's backend."""
+# -*- test-case-name: tests.test_catalog_and_stages,tests.test_capabilities -*-
+"""
+The ``translate`` stage: checks a routed exchange against its model's capabilities and hands
+it to its provider's backend.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from typing import Any
 
 import attrs
 
+from txrelay.capabilities import apply_capabilities, capabilities_of
 from txrelay.pipeline import Exchange, Proceed, Reply
 from txrelay.protocol import events as ev
 from txrelay.protocol.errors import api_error
@@ -15,6 +19,21 @@ from txrelay.protocol.events import Event
 from txrelay.protocol.ids import message_id
 from txrelay.protocol.tokens import estimate_input_tokens
 from txrelay.streams import stream_of
+
+
+def check_capabilities(exchange: Exchange) -> None:
+    """
+    Refuse (400) what the routed model cannot take and map what it takes differently
+    (:func:`~txrelay.capabilities.apply_capabilities`), for ``messages`` and
+    ``count_tokens`` alike; the body is replaced only when something changed.
+    """
+    route = exchange.route
+    assert route is not None
+    req = exchange.require_request()
+    checked = apply_capabilities(req, capabilities_of(route), model=route.requested,
+                                 upstream_model=route.upstream_model)
+    if checked is not req:
+        exchange.request = checked
 
 
 @attrs.frozen
@@ -32,6 +51,7 @@ class TranslateStage:
         backend = self.backends.get(route.provider)
         if backend is None:
             raise api_error(f"provider {route.provider!r} is not configured")
+        check_capabilities(exchange)
         if exchange.operation == "count_tokens":
             return Reply.json({"input_tokens": await backend.count_tokens(exchange)})
         req = exchange.require_request()

@@ -18,6 +18,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from zope.interface import implementer
 
 from txrelay import __version__
+from txrelay.capabilities import capabilities_of
 from txrelay.config import ProviderConfig
 from txrelay.interfaces import BackendContext, IBackend
 from txrelay.logs import RelayLogger
@@ -98,7 +99,7 @@ class HTTPBackend:
         route = exchange.route
         assert route is not None
         input_tokens = estimate_input_tokens(req)
-        limit = route.model.max_input_tokens if route.model is not None else None
+        limit = capabilities_of(route).context_window
         if limit is not None and input_tokens > limit:
             raise prompt_too_long(input_tokens, limit)
         call = self.codec.prepare(req, route, input_tokens)

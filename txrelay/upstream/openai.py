@@ -16,6 +16,7 @@ from typing import Any
 
 import attrs
 
+from txrelay.capabilities import capabilities_of
 from txrelay.catalog import Route
 from txrelay.interfaces import BackendContext
 from txrelay.protocol.anthropic import MessagesRequest
@@ -146,17 +147,21 @@ class OpenAIChatCodec:
 
     def prepare(self, request: MessagesRequest, route: Route, input_tokens: int) -> ChatCall:
         """The call for one routed request."""
-        model = route.model
+        caps = capabilities_of(route)
         dialect = self.dialect_for(route)
+        if not caps.reasoning_passback and dialect.reasoning_input is not None:
+            # Thinking from the history is not sent back (DeepSeek's required empty
+            # reasoning_content on tool calls still is).
+            dialect = attrs.evolve(dialect, reasoning_input=None)
         names = ToolNameMap.from_request(request)
         body = build_chat_request(
             request,
             upstream_model=route.upstream_model,
             dialect=dialect,
-            max_output_tokens=model.max_tokens if model else None,
+            max_output_tokens=caps.max_output_tokens,
             stream=request.stream,
             tool_names=names,
-            context_window=model.max_input_tokens if model else None,
+            context_window=caps.context_window,
             prompt_tokens=input_tokens,
         )
         return ChatCall(
