@@ -18,8 +18,8 @@ UNITS = Path(__file__).resolve().parent.parent / "contrib" / "systemd"
 def settings(path: Path) -> dict[str, list[str]]:
     """Every ``Key=value`` of a unit file, values in order (comments dropped)."""
     out: dict[str, list[str]] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
         if not line or line.startswith(("#", ";", "[")):
             continue
         key, _, value = line.partition("=")

@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 from cattrs.errors import ClassValidationError
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.plugin import getPlugins
 from twisted.python.failure import Failure
@@ -484,6 +484,8 @@ class RelayService(Service):
         self.app = app
         done = Deferred.fromCoroutine(self._retire(old, retired))
         self._retiring.add(done)
+        done.addErrback(lambda f: log.failure("retiring configuration generation {generation} "
+                                              "failed", f, generation=retired))
         done.addBoth(lambda _: self._retiring.discard(done))
 
     async def _retire(self, old: App, generation: int) -> None:
@@ -505,7 +507,10 @@ class RelayService(Service):
         timer = self.reactor.callLater(seconds, d.cancel)
         try:
             await d
+        except CancelledError:
+            return False
         except Exception:
+            log.failure("waiting for the drain failed")
             return False
         finally:
             if timer.active():

@@ -35,9 +35,12 @@ ADMIN = [{"name": "ops", "sha256": hash_key(ADMIN_KEY)}]
 @attrs.define(eq=False)
 class Backend:
     closed: int = 0
+    fail: bool = False
 
     def close(self) -> None:
         self.closed += 1
+        if self.fail:
+            raise RuntimeError("close failed")
 
 
 @attrs.define(eq=False)
@@ -400,3 +403,20 @@ def test_reload_without_a_file_is_refused() -> None:
     outcome = r.service.reload()
     assert not outcome.applied and "not started from a file" in outcome.problems[0]
     assert json.loads(json.dumps(outcome.problems))
+
+
+def test_a_retired_backend_that_fails_to_close_is_logged(
+    tmp: Path, logged: list[dict[str, Any]],
+) -> None:
+    path = tmp / "relay.toml"
+    write_config(path)
+    r = relay(str(path))
+
+    r.backend.fail = True
+    assert r.service.reload().applied
+    found = failures(logged)
+    assert len(found) == 1 and found[0]["name"] == "demo"
+    assert "generation 0" in found[0]["which"]
+    assert "close failed" in str(found[0]["log_failure"].value)
+    done = r.service.stopService()
+    assert done.called and not r.service.running
