@@ -166,9 +166,34 @@ def test_admin_drain_and_undo_on_the_real_relay(tmp: Path) -> None:
         assert call(relay.port, "GET", "/health/ready", key=None)[0] == 200
         assert ask(relay, "sonnet", DEMO_KEY).model == "sonnet"
         assert relay.process.poll() is None
+        # An operator's drain, then SIGTERM: the shutdown drain takes over and exits 0.
+        assert call(relay.port, "POST", "/admin/drain")[0] == 200
     finally:
         code = relay.stop()
     assert code == 0
+    log = relay.log()
+    assert "draining on request of an operator" in log and "drain ended by an operator" in log
+    assert "Traceback" not in log
+
+
+def test_a_stream_the_client_cut_is_logged_with_its_id_age_and_last_event(tmp: Path) -> None:
+    relay = start_relay(tmp, config(), serve=False)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=30)
+        conn.request("POST", "/v1/messages", body=json.dumps(STREAM_BODY),
+                     headers={"x-api-key": DEMO_KEY, "content-type": "application/json"})
+        raw = conn.getresponse()
+        rid = raw.getheader("request-id")
+        seen = b""
+        while b"content_block_delta" not in seen:
+            seen += raw.read1(400)
+        conn.close()  # the client goes away mid-stream
+        log = wait_for(relay, f"stream {rid} ended without message_stop")
+    finally:
+        relay.stop()
+    line = next(x for x in log.splitlines() if f"stream {rid} ended" in x)
+    assert re.search(r"after \d+\.\ds \(the client went away\); last event: "
+                     r"content_block_delta", line), line
 
 
 def test_systemd_hears_ready_after_every_endpoint_and_reloading_on_sighup(

@@ -357,7 +357,8 @@ class RelayResource(Resource):
                 log.warn("stream {request_id} ended without message_stop or an error event "
                          "after {age:.1f}s ({why}); last event: {last_event}",
                          request_id=rid, age=self.reactor.seconds() - call.started,
-                         why="the client went away" if call.client_gone else "ended by the relay",
+                         why="the client went away" if call.client_gone or status == 499
+                         else "ended by the relay",
                          last_event=call.stats.last_event or "none")
             if self.access_log:
                 self._log(request, rid, exchange, status, streamed, started)
