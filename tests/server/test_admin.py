@@ -7,7 +7,6 @@ live ones finish on the old configuration and its backends.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -398,11 +397,19 @@ def test_a_reload_swaps_the_keys_the_front_door_checks(tmp: Path) -> None:
         assert conn.response().status == status, conn.response().body
 
 
-def test_reload_without_a_file_is_refused() -> None:
+def test_reload_without_a_file_or_while_stopping_is_refused(tmp: Path) -> None:
     r = relay()
     outcome = r.service.reload()
     assert not outcome.applied and "not started from a file" in outcome.problems[0]
-    assert json.loads(json.dumps(outcome.problems))
+    path = tmp / "relay.toml"
+    write_config(path)
+    r = relay(str(path))
+    stream = r.connect()
+    stream.post(stream=True)
+    r.service.stopService()
+    outcome = r.service.reload()
+    assert not outcome.applied and outcome.problems == ("the relay is shutting down",)
+    assert r.service.resource.generation == 0
 
 
 def test_a_retired_backend_that_fails_to_close_is_logged(
