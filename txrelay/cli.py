@@ -60,7 +60,7 @@ def _serve(path: str) -> int:
                                      redirectStandardIO=False)
 
     async def run(r: Any) -> None:
-        service = RelayService(build_app(cfg, r, path), r)
+        service = RelayService(build_app(cfg, r, path), r, path)
         service.startService()
         r.addSystemEventTrigger("before", "shutdown", service.stopService)
         await Deferred()  # until SIGTERM/SIGINT stop the reactor

@@ -50,24 +50,31 @@ class ConfigError(Exception):
 @attrs.frozen
 class Secret:
     """
-    A credential read at start-up from an environment variable or a file.
+    A credential read at start-up from an environment variable, a file, or a systemd
+    credential (``credential = "name"``: the file ``$CREDENTIALS_DIRECTORY/name`` that
+    ``LoadCredential=`` provides).
 
     The value never appears in ``repr`` or logs.
     """
 
     env: str | None = None
     file: str | None = None
+    credential: str | None = None
     value: str = attrs.field(default="", repr=False, eq=False)
 
 
 @attrs.frozen
 class ClientKey:
-    """A named client key: its SHA-256 hex digest, or an env var or file holding the key."""
+    """
+    A named client key: its SHA-256 hex digest, or an env var, a file or a systemd
+    credential holding the key.
+    """
 
     name: str
     sha256: str | None = None
     env: str | None = None
     file: str | None = None
+    credential: str | None = None
 
 
 @attrs.frozen
@@ -192,6 +199,9 @@ class ServerConfig:
     #: Keys (``Authorization: Bearer`` or ``x-api-key``) that unlock ``/metrics`` on the main
     #: listeners from any peer; given like client keys.
     admin_keys: tuple[ClientKey, ...] = ()
+    #: Endpoints serving the ``/admin/`` endpoints alone; when set, the main listeners do
+    #: not serve them. Either way every admin request needs an admin key.
+    admin_listen: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -242,12 +252,36 @@ def _read_secret_file(path: str, where: str, problems: list[str]) -> str | None:
     return value
 
 
+def credential_path(name: str, where: str, env: Mapping[str, str],
+                    problems: list[str]) -> str | None:
+    """
+    The file of systemd credential ``name`` (``$CREDENTIALS_DIRECTORY/name``), or ``None``
+    after appending the problem.
+    """
+    if not name or "/" in name or name in (".", ".."):
+        problems.append(f"{where}: {name!r} is not a credential name")
+        return None
+    directory = env.get("CREDENTIALS_DIRECTORY", "")
+    if not directory:
+        problems.append(f"{where}: credential {name!r} needs $CREDENTIALS_DIRECTORY, which "
+                        "is not set (systemd sets it for a unit with LoadCredential=)")
+        return None
+    return os.path.join(directory, name)
+
+
 def _resolve_secret(
     secret: Secret, where: str, env: Mapping[str, str], problems: list[str]
 ) -> Secret:
-    if (secret.env is None) == (secret.file is None):
-        problems.append(f"{where}: give exactly one of env or file")
+    given = [k for k in ("env", "file", "credential") if getattr(secret, k) is not None]
+    if len(given) != 1:
+        problems.append(f"{where}: give exactly one of env, file or credential")
         return secret
+    if secret.credential is not None:
+        path = credential_path(secret.credential, f"{where}.credential", env, problems)
+        if path is None:
+            return secret
+        value = _read_secret_file(path, f"{where}.credential", problems)
+        return attrs.evolve(secret, value=value or "")
     if secret.env is not None:
         value = env.get(secret.env, "")
         if not value:
@@ -277,9 +311,12 @@ def admin_key_digests(
 def _key_value(key: ClientKey, env: Mapping[str, str]) -> str | None:
     if key.env is not None:
         return env.get(key.env) or None
-    if key.file is not None:
+    path = key.file
+    if key.credential is not None:
+        path = credential_path(key.credential, "", env, [])
+    if path is not None:
         try:
-            return Path(key.file).read_text("utf-8").strip() or None
+            return Path(path).read_text("utf-8").strip() or None
         except OSError:
             return None
     return None
@@ -326,9 +363,10 @@ def _digests(
     digests: dict[str, bytes] = {}
     for i, key in enumerate(keys):
         where = f"{prefix}[{i}]"
-        given = [k for k in ("sha256", "env", "file") if getattr(key, k) is not None]
+        given = [k for k in ("sha256", "env", "file", "credential")
+                 if getattr(key, k) is not None]
         if len(given) != 1:
-            problems.append(f"{where}: give exactly one of sha256, env or file")
+            problems.append(f"{where}: give exactly one of sha256, env, file or credential")
             continue
         if key.name in digests:
             problems.append(f"{where}.name: duplicate key name {key.name!r}")
@@ -344,8 +382,14 @@ def _digests(
                 continue
             digests[key.name] = hashlib.sha256(value.encode()).digest()
         else:
-            assert key.file is not None
-            file_value = _read_secret_file(key.file, f"{where}.file", problems)
+            field, path = "file", key.file
+            if key.credential is not None:
+                field = "credential"
+                path = credential_path(key.credential, f"{where}.credential", env, problems)
+                if path is None:
+                    continue
+            assert path is not None
+            file_value = _read_secret_file(path, f"{where}.{field}", problems)
             if file_value is not None:
                 digests[key.name] = hashlib.sha256(file_value.encode()).digest()
     return digests, problems
@@ -390,6 +434,8 @@ def _check(cfg: RelayConfig, env: Mapping[str, str], problems: list[str]) -> Rel
     problems.extend(admin_key_digests(cfg, env)[1])
     if s.metrics_listen and not s.metrics:
         problems.append("server.metrics_listen: set, but server.metrics is false")
+    if s.admin_listen and not s.admin_keys:
+        problems.append("server.admin_listen: set, but no server.admin_keys to use it with")
 
     providers: list[ProviderConfig] = []
     names: set[str] = set()

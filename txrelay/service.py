@@ -7,14 +7,17 @@ pipeline, the site and its listeners, plus graceful drain and systemd readiness.
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 from cattrs.errors import ClassValidationError
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.plugin import getPlugins
 from twisted.python.failure import Failure
@@ -40,6 +43,7 @@ from txrelay.metrics import Metrics
 from txrelay.pipeline import Proceed, Stage, compose
 from txrelay.protocol.errors import RelayError
 from txrelay.protocol.structure import error_lines, make_converter
+from txrelay.server.admin import AdminAccess, AdminResource, AdminSite, ReloadOutcome
 from txrelay.server.frontdoor import FrontDoorPolicy
 from txrelay.server.metrics_access import MetricsAccess, MetricsSite
 from txrelay.server.models import catalog_terminal
@@ -211,29 +215,65 @@ def _metrics_observer(metrics: Metrics) -> Callable[[str, RelayError], None]:
     return observe
 
 
-class RelayService(Service):
-    """The relay's listeners, with a drain on stop and systemd notifications."""
+#: Settings a reload cannot change: they are logged as ignored and keep their running value.
+RESTART_ONLY = ("server.listen", "server.metrics_listen", "server.admin_listen",
+                "server.metrics", "server.max_buffered_bytes", "server.workers", "log.format")
 
-    def __init__(self, app: App, reactor: Any) -> None:
+
+def _setting(cfg: RelayConfig, dotted: str) -> Any:
+    section, _, name = dotted.partition(".")
+    return getattr(getattr(cfg, section), name, None)
+
+
+def restart_only_changes(old: RelayConfig, new: RelayConfig) -> tuple[str, ...]:
+    """The :data:`RESTART_ONLY` settings that differ between ``old`` and ``new``."""
+    return tuple(k for k in RESTART_ONLY if _setting(old, k) != _setting(new, k))
+
+
+def _keep_running(old: RelayConfig, new: RelayConfig) -> RelayConfig:
+    """``new`` with the restart-only settings ``old`` runs with."""
+    server = attrs.evolve(new.server, **{
+        k.split(".", 1)[1]: _setting(old, k) for k in RESTART_ONLY
+        if k.startswith("server.") and hasattr(new.server, k.split(".", 1)[1])})
+    return attrs.evolve(new, server=server, log=attrs.evolve(new.log, format=old.log.format))
+
+
+def _front_door(app: App, metrics: Metrics | None) -> FrontDoorPolicy:
+    server = app.config.server
+    return FrontDoorPolicy(
+        max_request_bytes=server.max_request_bytes,
+        max_buffered_bytes=server.max_buffered_bytes,
+        header_timeout=server.header_timeout, min_body_rate=server.min_body_rate,
+        body_grace=server.body_grace, header_checks=app.header_checks,
+        on_reject=_metrics_observer(metrics) if metrics is not None else None)
+
+
+class RelayService(Service):
+    """
+    The relay's listeners, with a drain on stop, systemd notifications, the admin
+    endpoints, and configuration reload (SIGHUP, ``POST /admin/reload``) when it knows the
+    file it was built from (``config_path``).
+    """
+
+    def __init__(self, app: App, reactor: Any, config_path: str | None = None) -> None:
         self.app = app
         self.reactor = reactor
+        self.config_path = os.path.abspath(config_path) if config_path else None
         self.lifecycle = Lifecycle()
         server = app.config.server
-        metrics = Metrics() if server.metrics else None
+        metrics = self.metrics = Metrics() if server.metrics else None
+        admin_digests = admin_key_digests(app.config)[0]
+        self.admin = AdminResource(self, self.lifecycle, reactor,
+                                   AdminAccess(admin_digests, not server.admin_listen))
         self.resource = RelayResource(
             app.pipeline, app.catalog, reactor, server.ping_interval, server.access_log,
             self.lifecycle, metrics,
-            MetricsAccess(admin_key_digests(app.config)[0], loopback=not server.metrics_listen),
+            MetricsAccess(admin_digests, loopback=not server.metrics_listen),
+            self.admin,
         )
-        front_door = FrontDoorPolicy(
-            max_request_bytes=server.max_request_bytes,
-            max_buffered_bytes=server.max_buffered_bytes,
-            header_timeout=server.header_timeout, min_body_rate=server.min_body_rate,
-            body_grace=server.body_grace, header_checks=app.header_checks,
-            on_reject=_metrics_observer(metrics) if metrics is not None else None)
         self.site = RelaySite(self.resource, max_request_bytes=server.max_request_bytes,
                               timeout=server.idle_timeout, reactor=reactor,
-                              front_door=front_door)
+                              front_door=_front_door(app, metrics))
         #: The listening ports, once :meth:`privilegedStartService` bound them.
         self.ports: list[Any] = []
         self._listening = False
@@ -241,6 +281,16 @@ class RelayService(Service):
         self.metrics_site = (MetricsSite(metrics, reactor)
                              if metrics is not None and server.metrics_listen else None)
         self.metrics_ports: list[Any] = []
+        #: ``server.admin_listen``: a site serving ``/admin/…`` alone, and its ports.
+        self.admin_listener = (AdminResource(self, self.lifecycle, reactor,
+                                             AdminAccess(admin_digests))
+                               if server.admin_listen else None)
+        self.admin_site = (AdminSite(self.admin_listener, reactor)
+                           if self.admin_listener is not None else None)
+        self.admin_ports: list[Any] = []
+        #: Backends of replaced configurations, closing once their last request ends.
+        self._retiring: set[Deferred[None]] = set()
+        self._previous_sighup: Any = None
 
     def privilegedStartService(self) -> None:
         """Bind every ``server.listen`` endpoint (before twistd drops privileges)."""
@@ -250,6 +300,7 @@ class RelayService(Service):
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         self._listen()
+        self._install_sighup()
 
     def _listen(self) -> None:
         if self._listening:
@@ -274,6 +325,8 @@ class RelayService(Service):
             self.ports.append(result)
             if factory is self.metrics_site:
                 self.metrics_ports.append(result)
+            if factory is self.admin_site:
+                self.admin_ports.append(result)
             if not starting and waiting == 0:
                 self._announce()
 
@@ -281,6 +334,8 @@ class RelayService(Service):
         endpoints: list[tuple[str, Any]] = [(d, self.site) for d in server.listen]
         if self.metrics_site is not None:
             endpoints += [(d, self.metrics_site) for d in server.metrics_listen]
+        if self.admin_site is not None:
+            endpoints += [(d, self.admin_site) for d in server.admin_listen]
         for description, factory in endpoints:
             try:
                 d = serverFromString(self.reactor, description).listen(factory)
@@ -308,21 +363,154 @@ class RelayService(Service):
         for port in self.ports:
             if port in self.metrics_ports:
                 log.info("serving /metrics on {address}", address=_address(port))
+            elif port in self.admin_ports:
+                log.info("serving /admin on {address}", address=_address(port))
             else:
                 log.info("txrelay listening on {address}", address=_address(port))
         _sd_notify(b"READY=1\nSTATUS=serving")
 
+    def _install_sighup(self) -> None:
+        if self.config_path is None or threading.current_thread() is not threading.main_thread():
+            return
+        self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
+
+    def _on_sighup(self, signum: int, frame: object) -> None:
+        # A signal handler may run between any two bytecodes: only wake the reactor.
+        self.reactor.callFromThread(self._reload_from_signal)
+
+    def _reload_from_signal(self) -> None:
+        log.info("SIGHUP: reloading {path}", path=self.config_path)
+        self.reload()
+
     def stopService(self) -> Deferred[None]:
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
         return Deferred.fromCoroutine(self._drain()).addErrback(
             lambda f: log.failure("drain failed", f)
         )
+
+    # -- the admin endpoints' control (txrelay.server.admin.AdminControl) -----------------
+
+    def start_admin_drain(self) -> None:
+        """Drain without exiting: readiness 503, new requests 529, live ones finish."""
+        if self.lifecycle.draining:
+            return
+        self.lifecycle.draining = True
+        log.info("draining on request of an operator: {count} live request(s); "
+                 "DELETE /admin/drain serves again", count=len(self.lifecycle.live))
+        _sd_notify(b"STATUS=draining (POST /admin/drain)")
+
+    def end_admin_drain(self) -> RelayError | None:
+        """Serve again after :meth:`start_admin_drain`; refused once the process stops."""
+        if self.lifecycle.stopping:
+            return RelayError("invalid_request_error", "the relay is shutting down; its "
+                              "drain cannot be undone", status=409)
+        if self.lifecycle.draining:
+            self.lifecycle.draining = False
+            log.info("drain ended by an operator: serving again")
+            _sd_notify(b"STATUS=serving")
+        return None
+
+    def reload(self) -> ReloadOutcome:
+        """
+        Load ``config_path`` again. A valid file replaces the pipeline, catalog, backends,
+        keys and limits for new requests at once, while live requests finish on what they
+        started with (their backends are closed after the last of them); an invalid one is
+        refused with every problem logged, and the running configuration is kept.
+        """
+        from txrelay.tap import load_checked
+
+        source = self.config_path
+        if source is None:
+            return self._refuse("(no file)", ["the relay was not started from a file"])
+        if self.lifecycle.stopping:
+            return self._refuse(source, ["the relay is shutting down"])
+        _sd_notify(b"RELOADING=1\nMONOTONIC_USEC=%d" % (time.monotonic_ns() // 1000))
+        try:
+            try:
+                cfg = load_checked(source)
+                app = build_app(cfg, self.reactor, source)
+            except ConfigError as e:
+                return self._refuse(source, list(e.problems))
+            except Exception:
+                log.failure("reloading {source} failed", source=source)
+                return self._refuse(source, ["the relay failed while building it (see the "
+                                             "log)"])
+            ignored = restart_only_changes(self.app.config, cfg)
+            for key in ignored:
+                log.warn("reload: {key} changed in {source}; it needs a restart, the running "
+                         "value is kept", key=key, source=source)
+            app = attrs.evolve(app, config=_keep_running(self.app.config, cfg))
+            self._apply(app)
+        finally:
+            _sd_notify(b"READY=1\nSTATUS=" + (b"draining" if self.lifecycle.draining
+                                               else b"serving"))
+        log.info("reloaded {source}: configuration generation {generation} serves new "
+                 "requests; {live} live request(s) finish on the previous one",
+                 source=source, generation=self.resource.generation,
+                 live=len(self.lifecycle.live))
+        return ReloadOutcome(True, (), ignored, self.resource.generation)
+
+    def _refuse(self, source: str, problems: list[str]) -> ReloadOutcome:
+        for problem in problems:
+            log.error("reload refused: {source}: {problem}", source=source, problem=problem)
+        log.error("reload refused: {count} problem(s) in {source}; the running configuration "
+                  "is kept", count=len(problems), source=source)
+        return ReloadOutcome(False, tuple(problems), (), self.resource.generation)
+
+    def _apply(self, app: App) -> None:
+        """Swap ``app`` in for new requests, in one reactor turn."""
+        from txrelay.config import secret_values
+        from txrelay.logs import set_level
+        from txrelay.redact import register_secret
+
+        old, server = self.app, app.config.server
+        register_secret(*secret_values(app.config))
+        set_level(app.config.log.level)
+        admin_digests = admin_key_digests(app.config)[0]
+        r = self.resource
+        r.pipeline, r.catalog = app.pipeline, app.catalog
+        r.ping_interval, r.access_log = server.ping_interval, server.access_log
+        r.metrics_access = MetricsAccess(admin_digests, loopback=not server.metrics_listen)
+        self.admin.access = AdminAccess(admin_digests, not server.admin_listen)
+        if self.admin_listener is not None:
+            self.admin_listener.access = AdminAccess(admin_digests)
+        self.site.front_door = _front_door(app, self.metrics)
+        self.site.max_request_bytes = server.max_request_bytes
+        self.site.timeOut = server.idle_timeout
+        retired = r.generation
+        r.generation += 1
+        self.app = app
+        done = Deferred.fromCoroutine(self._retire(old, retired))
+        self._retiring.add(done)
+        done.addErrback(lambda f: log.failure("retiring configuration generation {generation} "
+                                              "failed", f, generation=retired))
+        done.addBoth(lambda _: self._retiring.discard(done))
+
+    async def _retire(self, old: App, generation: int) -> None:
+        await self.lifecycle.settled(generation)
+        await self._close_backends(old, f"of configuration generation {generation} ")
+
+    async def _close_backends(self, app: App, which: str = "") -> None:
+        for name, backend in app.backends.items():
+            close = getattr(backend, "close", None)
+            if close is None:
+                continue
+            try:
+                await maybeDeferred(close)
+            except Exception:
+                log.failure("closing provider {name} {which}failed", name=name, which=which)
 
     async def _within(self, d: Deferred[Any], seconds: float) -> bool:
         """Wait for ``d`` at most ``seconds``; whether it fired in time."""
         timer = self.reactor.callLater(seconds, d.cancel)
         try:
             await d
+        except CancelledError:
+            return False
         except Exception:
+            log.failure("waiting for the drain failed")
             return False
         finally:
             if timer.active():
@@ -335,12 +523,12 @@ class RelayService(Service):
         answer what is left with ``overloaded_error`` and return once those answers are
         flushed (bounded by :data:`FLUSH_GRACE`).
         """
-        self.lifecycle.draining = True
+        self.lifecycle.draining = self.lifecycle.stopping = True
         _sd_notify(b"STOPPING=1\nSTATUS=draining")
         ceiling = self.app.config.server.drain_timeout
         log.info("draining: {count} live request(s), up to {timeout}s",
                  count=len(self.lifecycle.live), timeout=ceiling)
-        ports, self.ports, self.metrics_ports = self.ports, [], []
+        ports, self.ports, self.metrics_ports, self.admin_ports = self.ports, [], [], []
         for port, result in zip(ports, await DeferredList(
                 [maybeDeferred(p.stopListening) for p in ports], consumeErrors=True),
                 strict=True):
@@ -356,12 +544,7 @@ class RelayService(Service):
             log.warn("aborting {count} connection(s) that did not flush within {grace}s",
                      count=len(self.site.channels), grace=FLUSH_GRACE)
             self.site.abort_all()
-        for name, backend in self.app.backends.items():
-            close = getattr(backend, "close", None)
-            if close is None:
-                continue
-            try:
-                await maybeDeferred(close)
-            except Exception:
-                log.failure("closing provider {name} failed", name=name)
+        # Old configurations' backends: their requests are over, their closing under way.
+        await DeferredList(list(self._retiring))
+        await self._close_backends(self.app)
         super().stopService()  # type: ignore[no-untyped-call]

@@ -78,5 +78,5 @@ def makeService(options: Options) -> IService:
     register_secret(*secret_values(cfg))
     install_log_redaction()
     app = build_app(cfg, reactor, options["config"])
-    service: Any = RelayService(app, reactor)
+    service: Any = RelayService(app, reactor, options["config"])
     return service  # type: ignore[no-any-return]

@@ -27,7 +27,7 @@ from txrelay.protocol.ids import request_id
 from txrelay.protocol.jsoncodec import dumps
 from txrelay.redact import redact_error, redact_headers
 from txrelay.server.metrics_access import MetricsAccess
-from txrelay.server.sse import SSEWriter, end_stream_with
+from txrelay.server.sse import SSEWriter, StreamStats, end_stream_with
 from txrelay.streams import EventStream
 
 log = RelayLogger()
@@ -105,6 +105,15 @@ class InFlight:
     done: Deferred[None] | None = None
     client_gone: bool = False
     abort_reason: RelayError | None = None
+    request_id: str = ""
+    #: ``reactor.seconds()`` when it arrived.
+    started: float = 0.0
+    #: The configuration generation it is served by (see :attr:`RelayResource.generation`).
+    generation: int = 0
+    exchange: Exchange | None = None
+    #: Whether the client asked for a stream.
+    streaming: bool = False
+    stats: StreamStats = attrs.Factory(StreamStats)
 
     def abort(self, reason: RelayError) -> None:
         """Give up on this request now, answering ``reason``."""
@@ -118,15 +127,36 @@ class Lifecycle:
     """Shared state between the service and the resource: readiness and live requests."""
 
     draining: bool = False
+    #: The process is shutting down (a drain that cannot be undone).
+    stopping: bool = False
     live: set[InFlight] = attrs.Factory(set)
     _idle_waiters: list[Deferred[None]] = attrs.Factory(list)
+    #: (generation, waiter) pairs of :meth:`settled`.
+    _generation_waiters: list[tuple[int, Deferred[None]]] = attrs.Factory(list)
 
     def forget(self, call: InFlight) -> None:
         """``call`` is over; fire :meth:`idle` waiters once nothing is live."""
         self.live.discard(call)
+        if self._generation_waiters:
+            self._fire_settled()
         if not self.live:
             waiters, self._idle_waiters = self._idle_waiters, []
             for d in waiters:
+                d.callback(None)
+
+    def settled(self, generation: int) -> Deferred[None]:
+        """Fires once no live request is served by ``generation`` or an older one."""
+        d: Deferred[None] = Deferred()
+        self._generation_waiters.append((generation, d))
+        self._fire_settled()
+        return d
+
+    def _fire_settled(self) -> None:
+        oldest = min((c.generation for c in self.live), default=None)
+        ready = [(g, d) for g, d in self._generation_waiters if oldest is None or oldest > g]
+        if ready:
+            self._generation_waiters = [w for w in self._generation_waiters if w not in ready]
+            for _, d in ready:
                 d.callback(None)
 
     def idle(self) -> Deferred[None]:
@@ -181,6 +211,8 @@ def _route(method: bytes, path: bytes) -> tuple[Operation | str, str | None]:
         return "ready", None
     if path == b"/metrics" and method in (b"GET", b"HEAD"):
         return "metrics", None
+    if path == b"/admin" or path.startswith(b"/admin/"):
+        return "admin", None
     return "404", None
 
 
@@ -197,12 +229,20 @@ class RelayResource(Resource):
     metrics: Metrics | None = None
     #: Who may read ``/metrics`` here (default: loopback peers only).
     metrics_access: MetricsAccess = attrs.Factory(MetricsAccess)
+    #: What answers ``/admin/…`` (:class:`txrelay.server.admin.AdminResource`); 404 if unset.
+    admin: Resource | None = None
+    #: Bumped by each configuration reload; every request records the one it started on.
+    generation: int = 0
     isLeaf = True
 
     def __attrs_post_init__(self) -> None:
         Resource.__init__(self)
 
     def render(self, request: Request) -> Any:
+        assert request.path is not None
+        if self.admin is not None and _route(b"", request.path)[0] == "admin":
+            # Before the drain's answers: an operator drives the drain through these.
+            return self.admin.render(request)
         rid = request_id()
         request.setHeader(b"request-id", rid.encode("ascii"))
         if self.lifecycle.draining:
@@ -221,11 +261,14 @@ class RelayResource(Resource):
             else:
                 request.setHeader(b"content-type", CONTENT_TYPE)
                 return self.metrics.render()
+        if op == "admin":
+            op = "404"
         if op in ("root", "health", "ready"):
             body = self._simple(request, op)
             request.setHeader(b"content-length", str(len(body)).encode("ascii"))
             return b"" if request.method == b"HEAD" else body
-        call = InFlight(request)
+        call = InFlight(request, request_id=rid, started=self.reactor.seconds(),
+                        generation=self.generation)
 
         def client_lost(_: object) -> None:
             # A client that leaves before the reply cancels the pipeline (and the upstream
@@ -268,7 +311,8 @@ class RelayResource(Resource):
                 raise RelayError("invalid_request_error",
                                  f"method {request.method.decode()} is not allowed here; "
                                  f"use {op[4:]}", status=405)
-            exchange = self._exchange(request, rid, cast(Operation, op), model_id)
+            exchange = call.exchange = self._exchange(request, rid, cast(Operation, op),
+                                                      model_id)
             reply = await self.pipeline(exchange)
             status = reply.status
             if reply.stream is not None:
@@ -280,7 +324,7 @@ class RelayResource(Resource):
                     reply.stream.stop()
                     raise
                 if req is not None and req.stream:
-                    streamed = True
+                    streamed = call.streaming = True
                     status, usage, error_type = await self._stream(call, reply,
                                                                    reply.stream)
                     return
@@ -309,6 +353,13 @@ class RelayResource(Resource):
                 self._write_error(call, api_error(f"internal relay error (request {rid})"),
                                   rid)
         finally:
+            if streamed and request.startedWriting and not call.stats.terminal:
+                log.warn("stream {request_id} ended without message_stop or an error event "
+                         "after {age:.1f}s ({why}); last event: {last_event}",
+                         request_id=rid, age=self.reactor.seconds() - call.started,
+                         why="the client went away" if call.client_gone or status == 499
+                         else "ended by the relay",
+                         last_event=call.stats.last_event or "none")
             if self.access_log:
                 self._log(request, rid, exchange, status, streamed, started)
             if self.metrics is not None:
@@ -333,7 +384,8 @@ class RelayResource(Resource):
     ) -> tuple[int, dict[str, Any] | None, str | None]:
         """Relay ``stream``; the status to log, the final usage, and the error type."""
         request = call.request
-        writer = SSEWriter(request, stream, self.reactor, self.ping_interval)
+        writer = SSEWriter(request, stream, self.reactor, self.ping_interval,
+                           stats=call.stats)
         counted = False
         try:
             # Encode every header before setting any, so a bad one leaves a clean response
@@ -403,7 +455,7 @@ class RelayResource(Resource):
         error = redact_error(error)  # no configured secret reaches a client (issue 8.5)
         try:
             if request.startedWriting:
-                end_stream_with(request, error)
+                end_stream_with(request, error, call.stats)
                 return
             for name in _SSE_ONLY:
                 request.responseHeaders.removeHeader(name)

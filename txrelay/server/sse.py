@@ -33,12 +33,31 @@ log = RelayLogger()
 _PING = encode_event(ping())
 
 
-def end_stream_with(request: Request, error: RelayError) -> None:
+@attrs.define(eq=False)
+class StreamStats:
+    """What a stream sent so far, for ``GET /admin/streams`` and the end-of-stream check."""
+
+    bytes_written: int = 0
+    #: The type of the last event sent, pings aside (``error`` after an error event).
+    last_event: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the stream's last event ends it (``message_stop`` or ``error``)."""
+        return self.last_event in ("message_stop", "error")
+
+
+def end_stream_with(request: Request, error: RelayError,
+                    stats: StreamStats | None = None) -> None:
     """
     End a committed event-stream response with ``error`` as an ``event: error`` (R-E4),
     then finish it (the chunked terminator) and close the connection after the flush.
     """
-    request.write(encode_event(redact_error(error).event()))
+    data = encode_event(redact_error(error).event())
+    request.write(data)
+    if stats is not None:
+        stats.bytes_written += len(data)
+        stats.last_event = "error"
     request.channel.persistent = False
     request.finish()
 
@@ -62,6 +81,8 @@ class SSEWriter:
     #: The cumulative usage of the final ``message_delta``, once sent.
     usage: dict[str, Any] | None = None
     client_gone: bool = False
+    #: Bytes and the last event sent (shared with the resource's record of the request).
+    stats: StreamStats = attrs.Factory(StreamStats)
     #: The response is over (ended, failed, or the client left): write nothing more.
     _finished: bool = False
     #: The source has not ended by itself: stopping it is ours to do (a reply's stream may
@@ -115,7 +136,13 @@ class SSEWriter:
             for e in events[-2:]:  # message_delta comes last but for message_stop
                 if e["type"] == "message_delta":
                     self.usage = e.get("usage")
-            self.request.write(encode_events(events))
+            data = encode_events(events)
+            self.request.write(data)
+            self.stats.bytes_written += len(data)
+            for e in reversed(events):
+                if e["type"] != "ping":
+                    self.stats.last_event = e["type"]
+                    break
         except Exception:
             log.failure("writing the event stream failed")
             self._fail(api_error("the relay failed while writing the stream"))
@@ -149,7 +176,7 @@ class SSEWriter:
             if not self.client_gone:
                 self._unregister()
                 if error is not None:
-                    end_stream_with(self.request, error)
+                    end_stream_with(self.request, error, self.stats)
                 else:
                     self.request.finish()
         except Exception:
@@ -196,6 +223,7 @@ class SSEWriter:
         due = self._last_write + self.ping_interval
         if now >= due - 0.001:
             self.request.write(_PING)
+            self.stats.bytes_written += len(_PING)
             self._last_write = now
             due = now + self.ping_interval
         self._ping_call = self.reactor.callLater(max(0.0, due - now), self._send_ping)
