@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import re
 
-from txrelay.protocol.gemini.names import hash62
 from txrelay.protocol.ids import base62
+from txrelay.protocol.toolnames import hash62
 
 PREFIX = "txr1.gem."
 #: Google's documented value that skips signature validation for history the model did not
