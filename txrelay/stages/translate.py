@@ -20,6 +20,12 @@ class TranslateStage:
 
     async def __call__(self, exchange: Exchange, proceed: Proceed) -> Reply:
         if exchange.operation not in ("messages", "count_tokens"):
+            # A backend that serves the models list itself (models_from_upstream).
+            upstream = next((b for b in self.backends.values()
+                             if getattr(b, "serves_models", False)), None)
+            if upstream is not None:
+                reply: Reply = await upstream.models(exchange)
+                return reply
             return await proceed(exchange)
         route = exchange.route
         if route is None:
@@ -29,5 +35,5 @@ class TranslateStage:
             raise api_error(f"provider {route.provider!r} is not configured")
         if exchange.operation == "count_tokens":
             return Reply.json({"input_tokens": await backend.count_tokens(exchange)})
-        reply: Reply = await backend.messages(exchange)
-        return reply
+        answer: Reply = await backend.messages(exchange)
+        return answer
