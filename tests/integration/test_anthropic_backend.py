@@ -9,10 +9,9 @@ from __future__ import annotations
 import json
 import socket
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
-
-import urllib.request
 
 import anthropic
 import pytest

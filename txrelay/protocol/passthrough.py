@@ -281,8 +281,24 @@ class FrameSplitter:
 
     def feed(self, data: bytes) -> list[bytes]:
         """The frames ``data`` completes (each with its blank line)."""
+        self._buf += data
+        frames = self._split(final=False)
+        if len(self._buf) > self._max:
+            raise ValueError(f"a stream event is larger than the {self._max}-byte limit")
+        return frames
+
+    def finish(self) -> tuple[list[bytes], bytes]:
+        """
+        End of input: the frames completed by it (a CR at the very end is a line end now)
+        and what is left (a last event without its blank line).
+        """
+        frames = self._split(final=True)
+        rest, self._buf = bytes(self._buf), bytearray()
+        self._scan = self._line_start = 0
+        return frames, rest
+
+    def _split(self, *, final: bool) -> list[bytes]:
         buf = self._buf
-        buf += data
         frames: list[bytes] = []
         start = 0
         pos = self._scan
@@ -292,7 +308,7 @@ class FrameSplitter:
             if m is None:
                 pos = len(buf)
                 break
-            if m.group() == b"\r" and m.end() == len(buf):
+            if not final and m.group() == b"\r" and m.end() == len(buf):
                 pos = m.start()  # maybe half of a CRLF: wait for the next byte
                 break
             if m.start() == line_start:  # an empty line: the event ends here
@@ -304,15 +320,7 @@ class FrameSplitter:
             pos -= start
             line_start -= start
         self._scan, self._line_start = pos, line_start
-        if len(buf) > self._max:
-            raise ValueError(f"a stream event is larger than the {self._max}-byte limit")
         return frames
-
-    def finish(self) -> bytes:
-        """What is left at end of input (a last event without its blank line)."""
-        rest, self._buf = bytes(self._buf), bytearray()
-        self._scan = self._line_start = 0
-        return rest
 
 
 class PassThroughTranslator:
@@ -362,8 +370,11 @@ class PassThroughTranslator:
         """End of the body: a last frame without its blank line, or a cut stream."""
         if self._done:
             return []
-        rest = self._frames.finish()
-        out = self._events([rest + b"\n\n"]) if rest.strip() else []
+        frames, rest = self._frames.finish()
+        out = self._events(frames)
+        if rest.strip() and not self._done:
+            # The blank line the last event lacks is added, so the client dispatches it.
+            out += self._events([rest + b"\n\n"])
         if not self._done:
             out += self._fail("the upstream closed the stream before message_stop")
         return out

@@ -1,0 +1,214 @@
+"""The sans-IO half of the anthropic pass-through: frames, request edits, errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.fakeanthropic import frame, frames, text_events
+from txrelay.protocol.jsoncodec import loads
+from txrelay.protocol.passthrough import (
+    BetaPolicy,
+    FrameSplitter,
+    PassThroughTranslator,
+    UpstreamAnthropicError,
+    edit_body,
+    event_error,
+    request_bytes,
+    upstream_error,
+)
+from txrelay.protocol.sse import RawEvent, encode_event, encode_events, plain
+from txrelay.streams import CollectingSink, EventStream, ListSource
+
+EVENTS = text_events("Hello, wörld — split me anywhere.", pieces=4, thinking="hmm",
+                     tool={"id": "toolu_01", "name": "Read", "input": {"path": "/x"}})
+
+
+def run(data: bytes, cuts: list[int], model: str | None = "asked"
+        ) -> tuple[list[dict[str, Any]], PassThroughTranslator]:
+    t = PassThroughTranslator(model=model, upstream_name="up")
+    out: list[dict[str, Any]] = []
+    prev = 0
+    for cut in sorted(set(cuts)):
+        out += t.feed(data[prev:cut])
+        prev = cut
+    out += t.feed(data[prev:])
+    out += t.finish()
+    return out, t
+
+
+@settings(max_examples=200, deadline=None)
+@given(eol=st.sampled_from(["\n", "\r\n", "\r"]), cuts=st.lists(st.integers(0, 4000)))
+def test_any_split_gives_the_same_frames_byte_for_byte(eol: str, cuts: list[int]) -> None:
+    data = frames(EVENTS, eol=eol)
+    out, t = run(data, [c % (len(data) + 1) for c in cuts])
+    assert t.done and t.error is None
+    assert [plain(e) for e in out[1:]] == EVENTS[1:]
+    # Everything but message_start is sent as the upstream framed it.
+    assert encode_events(out[1:]) == frames(EVENTS[1:], eol=eol)
+    assert out[0]["message"]["model"] == "asked"
+    assert type(out[0]) is dict  # the rewritten message_start is encoded again
+
+
+def test_every_byte_boundary() -> None:
+    data = frames(EVENTS, eol="\r\n")
+    for i in range(len(data) + 1):
+        out, t = run(data, [i])
+        assert encode_events(out[1:]) == frames(EVENTS[1:], eol="\r\n"), i
+
+
+def test_message_start_kept_as_is_when_the_model_matches() -> None:
+    out, _ = run(frames(EVENTS), [], model=EVENTS[0]["message"]["model"])
+    assert encode_event(out[0]) == frame(EVENTS[0])
+
+
+def test_comments_and_a_last_frame_without_blank_line() -> None:
+    data = b": keep-alive\n\n" + frames(EVENTS)[:-2]
+    out, t = run(data, [5])
+    assert t.done and t.error is None
+    assert out[-1]["type"] == "message_stop"
+
+
+def test_error_event_before_content_keeps_anthropic_status() -> None:
+    data = frames([EVENTS[0], {"type": "error", "error": {
+        "type": "overloaded_error", "message": "Overloaded"}}])
+    out, t = run(data, [])
+    assert out[-1]["type"] == "error"
+    assert t.done and isinstance(t.error, UpstreamAnthropicError)
+    assert t.error.status == 529
+    assert t.error.body("req_x") == {"type": "error", "error": {
+        "type": "overloaded_error", "message": "Overloaded"}}
+
+
+def test_cut_stream_and_garbage_are_errors() -> None:
+    out, t = run(frames(EVENTS[:5]), [])
+    assert out[-1]["type"] == "error" and t.error is not None and t.error.status == 502
+    assert "before message_stop" in t.error.message
+    out, t = run(frames(EVENTS[:2]) + b"event: x\ndata: not json\n\n", [])
+    assert t.error is not None and "not Anthropic's JSON" in t.error.message
+
+
+def test_oversized_frame() -> None:
+    t = PassThroughTranslator(model=None, upstream_name="up", max_event_size=100)
+    out = t.feed(b"data: " + b"x" * 200)
+    assert out[-1]["type"] == "error" and t.done
+
+
+def test_splitter_is_incremental() -> None:
+    s = FrameSplitter()
+    assert s.feed(b"data: a\r") == []
+    assert s.feed(b"\ndata: b\r\n") == []
+    assert s.feed(b"\r\n") == [b"data: a\r\ndata: b\r\n\r\n"]
+    assert s.finish() == ([], b"")
+    assert s.feed(b"data: c\r\r") == []
+    assert s.finish() == ([b"data: c\r\r"], b"")
+
+
+def test_filters_see_plain_events_and_their_output_is_encoded_again() -> None:
+    raw = RawEvent({"type": "ping"}, raw=b"event: ping\ndata: {\"type\": \"ping\"}\n\n")
+    seen: list[Any] = []
+
+    class Upper:
+        def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+            seen.append(type(event))
+            event["touched"] = True  # in place: the raw bytes must not be sent any more
+            return [event]
+
+        def finish(self) -> list[dict[str, Any]]:
+            return []
+
+    sink = CollectingSink()
+    EventStream(ListSource([raw])).through(Upper()).start(sink)
+    assert seen == [dict]
+    assert encode_event(sink.events[0]) == b'event: ping\ndata: {"type":"ping","touched":true}\n\n'
+    unfiltered = CollectingSink()
+    EventStream(ListSource([raw])).start(unfiltered)
+    assert encode_event(unfiltered.events[0]) == raw.raw
+
+
+def test_beta_policy() -> None:
+    policy = BetaPolicy(frozenset({"context-management-2025-06-27"}),
+                        {"old-1": "new-1", "gone-1": ""})
+    assert policy.apply("a, context-management-2025-06-27,old-1 ,gone-1,a") == "a,new-1"
+    assert policy.apply("context-management-2025-06-27") is None
+    assert policy.apply(None) is None
+
+
+def test_edit_body_model_fields_and_untouched_original() -> None:
+    body = {"model": "asked", "max_tokens": 5, "messages": [],
+            "context_management": {"edits": []}, "output_config": {"effort": "high", "x": 1}}
+    before = json.dumps(body)
+    out, changed = edit_body(body, model="up", strip_fields=["context_management",
+                                                             "output_config.x", "nope.y"])
+    assert changed and json.dumps(body) == before
+    assert out == {"model": "up", "max_tokens": 5, "messages": [],
+                   "output_config": {"effort": "high"}}
+    out, changed = edit_body(body, model=None, set_fields={"anthropic_version": "v"})
+    assert "model" not in out and out["anthropic_version"] == "v"
+
+
+def test_request_bytes_unchanged_when_nothing_to_edit() -> None:
+    raw = b'{"model":"m",  "max_tokens":1, "messages":[{"role":"user","content":"\\u00e9"}]}'
+    assert request_bytes(raw, model="m") is raw
+    assert loads(request_bytes(raw, model="n"))["model"] == "n"
+
+
+def test_relay_thinking_dropped_and_thinking_turned_off_when_a_tool_turn_loses_it() -> None:
+    body = {"model": "m", "max_tokens": 5,
+            "thinking": {"type": "adaptive"},
+            "context_management": {"edits": [{"type": "clear_thinking_20251015"},
+                                              {"type": "clear_tool_uses_20250919"}]},
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "t", "signature": "txr1.gem.th.abc"}]},
+                {"role": "user", "content": "again"},
+                {"role": "assistant", "content": [
+                    {"type": "redacted_thinking", "data": "txr1.orx.e30"},
+                    {"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"}]},
+            ]}
+    out, changed = edit_body(body, model="m")
+    assert changed
+    assert [m["role"] for m in out["messages"]] == ["user", "user", "assistant", "user"]
+    assert out["messages"][2]["content"] == [
+        {"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {}}]
+    assert out["thinking"] == {"type": "disabled"}
+    assert out["context_management"] == {"edits": [{"type": "clear_tool_uses_20250919"}]}
+
+
+def test_anthropic_signed_thinking_is_kept() -> None:
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": [
+        {"type": "thinking", "thinking": "t", "signature": "EqQBCkYI"},
+        {"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {}}]}]
+    body = {"model": "m", "max_tokens": 5, "thinking": {"type": "adaptive"}, "messages": msgs}
+    out, changed = edit_body(body, model="m")
+    assert not changed and out["messages"] == msgs
+
+
+def test_upstream_errors() -> None:
+    e = upstream_error(429, b'{"type":"error","error":{"type":"rate_limit_error",'
+                       b'"message":"slow down"},"request_id":"req_u"}',
+                       {"retry-after": "3", "anthropic-ratelimit-requests-reset": "t",
+                        "content-type": "application/json", "x-should-retry": "true"},
+                       upstream_name="up")
+    assert (e.status, e.type, e.message) == (429, "rate_limit_error", "slow down")
+    assert dict(e.headers) == {"retry-after": "3", "anthropic-ratelimit-requests-reset": "t",
+                               "x-should-retry": "true"}
+    assert e.body("req_relay")["request_id"] == "req_u"
+    html = upstream_error(503, b"<html>bad gateway</html>", {}, upstream_name="up")
+    assert html.status == 503 and "up: upstream answered HTTP 503: <html>" in html.message
+    assert html.body("req_r") == {"type": "error", "error": {
+        "type": "api_error", "message": html.message}, "request_id": "req_r"}
+    assert upstream_error(529, b"", {}, upstream_name="up").type == "overloaded_error"
+
+
+@pytest.mark.parametrize(("kind", "status"), [("overloaded_error", 529), ("api_error", 500),
+                                              ("rate_limit_error", 429), ("weird", 500)])
+def test_event_error_status(kind: str, status: int) -> None:
+    assert event_error({"type": kind, "message": "m"}, before_commit=True).status == status
