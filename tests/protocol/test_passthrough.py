@@ -57,7 +57,7 @@ def test_any_split_gives_the_same_frames_byte_for_byte(eol: str, cuts: list[int]
 def test_every_byte_boundary() -> None:
     data = frames(EVENTS, eol="\r\n")
     for i in range(len(data) + 1):
-        out, t = run(data, [i])
+        out, _ = run(data, [i])
         assert encode_events(out[1:]) == frames(EVENTS[1:], eol="\r\n"), i
 
 
