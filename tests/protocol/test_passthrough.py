@@ -206,6 +206,12 @@ def test_upstream_errors() -> None:
     assert html.body("req_r") == {"type": "error", "error": {
         "type": "api_error", "message": html.message}, "request_id": "req_r"}
     assert upstream_error(529, b"", {}, upstream_name="up").type == "overloaded_error"
+    google = upstream_error(429, b'{"error":{"code":429,"message":"Quota exceeded",'
+                            b'"status":"RESOURCE_EXHAUSTED"}}', {}, upstream_name="vtx")
+    assert (google.status, google.type) == (429, "rate_limit_error")
+    assert google.body("r") == {"type": "error", "error": {
+        "type": "rate_limit_error", "message": "vtx: Quota exceeded"}, "request_id": "r"}
+    assert upstream_error(422, b"{}", {}, upstream_name="up").type == "invalid_request_error"
 
 
 @pytest.mark.parametrize(("kind", "status"), [("overloaded_error", 529), ("api_error", 500),

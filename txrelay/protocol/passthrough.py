@@ -228,6 +228,12 @@ class UpstreamAnthropicError(RelayError):
 _TYPE_FOR_STATUS = {v: k for k, v in STATUS_FOR_TYPE.items()}
 
 
+def _type_for(status: int) -> str:
+    if status in _TYPE_FOR_STATUS:
+        return _TYPE_FOR_STATUS[status]
+    return "invalid_request_error" if 400 <= status < 500 else "api_error"
+
+
 def upstream_error(status: int, body: bytes, headers: Mapping[str, str], *,
                    upstream_name: str) -> RelayError:
     """The client's error for an Anthropic upstream's non-2xx answer (never raises)."""
@@ -239,11 +245,15 @@ def upstream_error(status: int, body: bytes, headers: Mapping[str, str], *,
         decoded = None
     error = decoded.get("error") if isinstance(decoded, dict) else None
     if isinstance(error, dict) and isinstance(error.get("message"), str):
-        kind = str(error["type"]) if isinstance(error.get("type"), str) else "api_error"
-        return UpstreamAnthropicError(kind, error["message"], status=status,
-                                      headers=forwarded, upstream_body=decoded)
-    # Not Anthropic's shape (a proxy's HTML page, an empty body): say what came.
-    kind = _TYPE_FOR_STATUS.get(status, "api_error")
+        if isinstance(error.get("type"), str) and decoded.get("type") == "error":
+            return UpstreamAnthropicError(error["type"], error["message"], status=status,
+                                          headers=forwarded, upstream_body=decoded)
+        # Another shape with a message (Vertex AI's own errors are Google's): keep the
+        # wording in Anthropic's shape.
+        return RelayError(_type_for(status), f"{upstream_name}: {error['message']}",
+                          status=status if status >= 400 else 502, headers=forwarded)
+    # Not JSON (a proxy's HTML page, an empty body): say what came.
+    kind = _type_for(status)
     text = body.decode("utf-8", "replace").strip()[:2000]
     detail = f": {text}" if text else ""
     return RelayError(kind, f"{upstream_name}: upstream answered HTTP {status}{detail}",

@@ -109,7 +109,7 @@ class Transport:
         """The URL of a messages call."""
         if self.vertex_models is not None:
             verb = "streamRawPredict" if stream else "rawPredict"
-            return f"{self.base_url}/{self.vertex_models}/{urllib.parse.quote(model)}:{verb}"
+            return f"{self.base_url}/{self.vertex_models}/{urllib.parse.quote(model, safe='@')}:{verb}"
         return self.base_url + "/v1/messages" + _query(query)
 
     def count_tokens_url(self, query: Mapping[str, str]) -> str:
