@@ -109,7 +109,8 @@ class Transport:
         """The URL of a messages call."""
         if self.vertex_models is not None:
             verb = "streamRawPredict" if stream else "rawPredict"
-            return f"{self.base_url}/{self.vertex_models}/{urllib.parse.quote(model, safe='@')}:{verb}"
+            quoted = urllib.parse.quote(model, safe="@")  # Vertex ids pin versions: x@2025…
+            return f"{self.base_url}/{self.vertex_models}/{quoted}:{verb}"
         return self.base_url + "/v1/messages" + _query(query)
 
     def count_tokens_url(self, query: Mapping[str, str]) -> str:
