@@ -61,6 +61,14 @@ def test_every_byte_boundary() -> None:
         assert encode_events(out[1:]) == frames(EVENTS[1:], eol="\r\n"), i
 
 
+def test_line_ends_that_change_mid_stream() -> None:
+    data = frames(EVENTS[:4]) + frames(EVENTS[4:9], eol="\r\n") + frames(EVENTS[9:], eol="\r")
+    for i in range(len(data) + 1):
+        out, t = run(data, [i, i + 7])
+        assert t.error is None, i
+        assert encode_events(out[1:]) == data[len(frame(EVENTS[0])):], i
+
+
 def test_message_start_kept_as_is_when_the_model_matches() -> None:
     out, _ = run(frames(EVENTS), [], model=EVENTS[0]["message"]["model"])
     assert encode_event(out[0]) == frame(EVENTS[0])

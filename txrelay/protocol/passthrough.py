@@ -281,18 +281,24 @@ class FrameSplitter:
     searched once however the reads split it.
     """
 
-    __slots__ = ("_buf", "_line_start", "_max", "_scan")
+    __slots__ = ("_buf", "_lf_only", "_line_start", "_max", "_scan")
 
     def __init__(self, max_frame: int = DEFAULT_MAX_EVENT_SIZE) -> None:
         self._buf = bytearray()
         self._scan = 0
         self._line_start = 0
         self._max = max_frame
+        #: No CR seen yet: events end at the first LF LF (what Anthropic sends).
+        self._lf_only = True
 
     def feed(self, data: bytes) -> list[bytes]:
         """The frames ``data`` completes (each with its blank line)."""
         self._buf += data
-        frames = self._split(final=False)
+        if self._lf_only and b"\r" in data:
+            self._lf_only = False
+            # From here on the general scan, from the start of the incomplete event.
+            self._scan = self._line_start = 0
+        frames = self._split_lf() if self._lf_only else self._split(final=False)
         if len(self._buf) > self._max:
             raise ValueError(f"a stream event is larger than the {self._max}-byte limit")
         return frames
@@ -302,10 +308,23 @@ class FrameSplitter:
         End of input: the frames completed by it (a CR at the very end is a line end now)
         and what is left (a last event without its blank line).
         """
-        frames = self._split(final=True)
+        frames = [] if self._lf_only else self._split(final=True)
         rest, self._buf = bytes(self._buf), bytearray()
         self._scan = self._line_start = 0
         return frames, rest
+
+    def _split_lf(self) -> list[bytes]:
+        buf = self._buf
+        frames: list[bytes] = []
+        start = 0
+        pos = self._scan
+        while (end := buf.find(b"\n\n", pos)) >= 0:
+            frames.append(bytes(buf[start:end + 2]))
+            start = pos = end + 2
+        if start:
+            del buf[:start]
+        self._scan = max(0, len(buf) - 1)
+        return frames
 
     def _split(self, *, final: bool) -> list[bytes]:
         buf = self._buf
@@ -331,6 +350,18 @@ class FrameSplitter:
             line_start -= start
         self._scan, self._line_start = pos, line_start
         return frames
+
+
+def _simple_data(frame: bytes) -> bytes | None:
+    """The data of a frame that is exactly ``event: …`` + one ``data: …`` line, else None."""
+    if not frame.startswith(b"event: ") or not frame.endswith(b"\n\n"):
+        return None
+    nl = frame.find(b"\n")
+    if not frame.startswith(b"data: ", nl + 1) or frame.find(b"\n", nl + 1) != len(frame) - 2:
+        return None
+    if b"\r" in frame:
+        return None
+    return frame[nl + 7:-2]
 
 
 class PassThroughTranslator:
@@ -392,6 +423,16 @@ class PassThroughTranslator:
     def _events(self, frames: list[bytes]) -> list[Event]:
         out: list[Event] = []
         for frame in frames:
+            data = _simple_data(frame)
+            if data is not None:  # the common frame: "event: x\ndata: {…}\n\n"
+                event = self._event(data, frame)
+                if event is None:
+                    return [*out, *self._fail("the upstream sent an event that is not "
+                                              "Anthropic's JSON")]
+                out.append(event)
+                if self._note(event):
+                    return out
+                continue
             # A frame ending in CR: the LF makes the parser dispatch now, not at the next read.
             parse = frame + b"\n" if frame.endswith(b"\r") else frame
             for sse in self._parser.feed(parse):
@@ -400,20 +441,26 @@ class PassThroughTranslator:
                     return [*out, *self._fail("the upstream sent an event that is not "
                                               "Anthropic's JSON")]
                 out.append(event)
-                kind = event["type"]
-                if kind == "error":
-                    self._done = True
-                    self.error = event_error(event.get("error") or {},
-                                             before_commit=not self._committed)
-                    return out
-                if kind in ("content_block_start", "content_block_delta", "message_delta"):
-                    self._committed = True
-                if kind == "message_delta":
-                    self.finish_seen = True
-                elif kind == "message_stop":
-                    self._done = True
+                if self._note(event):
                     return out
         return out
+
+    def _note(self, event: Event) -> bool:
+        """Follow the stream's state; whether it ended with ``event``."""
+        kind = event["type"]
+        if kind == "error":
+            self._done = True
+            self.error = event_error(event.get("error") or {},
+                                     before_commit=not self._committed)
+            return True
+        if kind in ("content_block_start", "content_block_delta", "message_delta"):
+            self._committed = True
+        if kind == "message_delta":
+            self.finish_seen = True
+        elif kind == "message_stop":
+            self._done = True
+            return True
+        return False
 
     def _event(self, data: bytes, frame: bytes) -> Event | None:
         try:
