@@ -72,7 +72,7 @@ def relay(fake: FakeAnthropic, oai: FakeOpenAI,
         ],
         models=[
             {"id": "claude-sonnet-4-6", "provider": "ant", "upstream_model": UPSTREAM_MODEL,
-             "patterns": ["claude-*"]},
+             "patterns": ["claude-*"], "max_tokens": 64000},
             {"id": "vertex-sonnet", "provider": "vtx", "upstream_model": "claude-sonnet-4-6"},
             {"id": "oai-model", "provider": "oai", "upstream_model": "gpt-fake"},
         ],
@@ -174,6 +174,13 @@ def test_body_forwarded_unchanged_but_for_the_model(relay: Relay,
     assert rec.headers["anthropic-version"] == "2026-10-21"
     assert "anthropic-beta" not in rec.headers
     assert rec.body == {**json.loads(body), "model": UPSTREAM_MODEL}
+    fake.push(json_answer(message_json("ok")))
+    req = urllib.request.Request(relay.url + "/v1/messages", data=body.replace(
+        b'"max_tokens": 10', b'"max_tokens": 128000'), headers={
+        "x-api-key": DEMO_KEY, "content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 200
+    assert fake.requests[-1].body["max_tokens"] == 64000  # models.max_tokens clamps
 
 
 def test_non_streaming(client: anthropic.Anthropic, fake: FakeAnthropic) -> None:

@@ -157,6 +157,8 @@ def test_edit_body_model_fields_and_untouched_original() -> None:
                    "output_config": {"effort": "high"}}
     out, changed = edit_body(body, model=None, set_fields={"anthropic_version": "v"})
     assert "model" not in out and out["anthropic_version"] == "v"
+    assert edit_body(body, model="asked", max_tokens=3)[0]["max_tokens"] == 3
+    assert edit_body(body, model="asked", max_tokens=9) == (body, False)
 
 
 def test_request_bytes_unchanged_when_nothing_to_edit() -> None:

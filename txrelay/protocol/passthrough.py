@@ -137,7 +137,7 @@ def _drop_path(body: dict[str, Any], path: str) -> bool:
 
 def edit_body(
     body: dict[str, Any], *, model: str | None, strip_fields: Sequence[str] = (),
-    set_fields: Mapping[str, Any] | None = None,
+    set_fields: Mapping[str, Any] | None = None, max_tokens: int | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """
     The body to send upstream and whether it differs from ``body`` (which is not changed).
@@ -146,6 +146,7 @@ def edit_body(
         in the URL).
     :param strip_fields: top-level fields (or dotted paths) the upstream rejects.
     :param set_fields: fields to set (Vertex AI's ``anthropic_version``).
+    :param max_tokens: the model's configured ceiling: a larger ``max_tokens`` is clamped.
     """
     out = dict(body)
     changed = False
@@ -156,6 +157,10 @@ def edit_body(
         changed = True
     for path in strip_fields:
         changed = _drop_path(out, path) or changed
+    asked = out.get("max_tokens")
+    if max_tokens is not None and isinstance(asked, int) and asked > max_tokens:
+        out["max_tokens"] = max_tokens
+        changed = True
     messages = out.get("messages")
     if isinstance(messages, list):
         kept, removed = _strip_relay_thinking(messages)
@@ -188,7 +193,8 @@ def _drop_thinking_edits(body: dict[str, Any]) -> None:
 
 
 def request_bytes(raw: bytes, *, model: str | None, strip_fields: Sequence[str] = (),
-                  set_fields: Mapping[str, Any] | None = None) -> bytes:
+                  set_fields: Mapping[str, Any] | None = None,
+                  max_tokens: int | None = None) -> bytes:
     """
     The upstream body for the client's (already validated) ``raw`` body: ``raw`` itself
     when no edit applies (R-P1), else the edited body re-encoded.
@@ -197,7 +203,7 @@ def request_bytes(raw: bytes, *, model: str | None, strip_fields: Sequence[str] 
     if not isinstance(body, dict):  # the validator let only objects through
         raise RelayError("invalid_request_error", "request body must be a JSON object")
     edited, changed = edit_body(body, model=model, strip_fields=strip_fields,
-                                set_fields=set_fields)
+                                set_fields=set_fields, max_tokens=max_tokens)
     return dumps(edited) if changed else raw
 
 

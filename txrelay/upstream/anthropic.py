@@ -198,8 +198,10 @@ class AnthropicBackend:
         assert route is not None
         exchange.require_request()  # validated (a 400 naming the path otherwise)
         model, fields = self.transport.body_edits(route.upstream_model, count=count)
+        ceiling = route.model.max_tokens if route.model is not None and not count else None
         return request_bytes(exchange.raw_body, model=model,
-                             strip_fields=self.options.strip_fields, set_fields=fields)
+                             strip_fields=self.options.strip_fields, set_fields=fields,
+                             max_tokens=ceiling)
 
     def _error(self, status: int, body: bytes, headers: Mapping[str, str]) -> RelayError:
         return upstream_error(status, body, headers, upstream_name=self.name)
