@@ -431,3 +431,35 @@ def test_upstream_frames_match_exactly_in_one_event_per_write(
     got, _ = raw_stream_bytes(client, model="claude-sonnet-4-6", max_tokens=10,
                               messages=user())
     assert split_frames(got)[1:] == [frame(e) for e in events[1:]]
+
+
+def test_a_stage_filter_rewrites_pass_through_events(
+        fake: FakeAnthropic, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """tool-hygiene's filter on a pass-through stream: the events it changes are encoded
+    again, the others still arrive as the upstream framed them."""
+    cfg = config_text(
+        providers=[{"name": "ant", "kind": "anthropic", "base_url": fake.url}],
+        models=[{"id": "claude-sonnet-4-6", "provider": "ant", "patterns": ["claude-*"]}],
+        pipeline=[{"type": "auth"}, {"type": "model-map"}, {"type": "tool-hygiene"},
+                  {"type": "translate"}])
+    r = start_relay(tmp_path_factory.mktemp("anthropic-filter"), cfg)
+    read = {"name": "Read", "description": "Read a file", "input_schema": {
+        "type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}
+    try:
+        c = anthropic.Anthropic(base_url=r.url, api_key=DEMO_KEY, max_retries=0)
+        text = 'Reading.<tool_call>{"name": "Read", "arguments": {"path": "/x"}}</tool_call>'
+        fake.push(raw_stream(frames(text_events(text, pieces=4))))
+        with c.messages.stream(model="claude-sonnet-4-6", max_tokens=50, messages=user(),
+                               tools=[read]) as st:  # type: ignore[list-item]
+            message = st.get_final_message()
+        uses = [b for b in message.content if b.type == "tool_use"]
+        assert [(u.name, u.input) for u in uses] == [("Read", {"path": "/x"})]
+        assert message.stop_reason == "tool_use"
+        plain_events = text_events("plain words", pieces=2)
+        fake.push(raw_stream(frames(plain_events)))
+        got, _ = raw_stream_bytes(c, model="claude-sonnet-4-6", max_tokens=10,
+                                  messages=user(), tools=[read])
+        parsed = [json.loads(f.split(b"data: ", 1)[1]) for f in split_frames(got)]
+        assert parsed[1:] == plain_events[1:]
+    finally:
+        r.stop()

@@ -228,3 +228,37 @@ def test_upstream_errors() -> None:
                                               ("rate_limit_error", 429), ("weird", 500)])
 def test_event_error_status(kind: str, status: int) -> None:
     assert event_error({"type": kind, "message": "m"}, before_commit=True).status == status
+
+
+_SIG = st.sampled_from(["txr1.oai.x", "txr1.gem.th.y", "EqQBCkYI", "", "txr1."])
+_BLOCK = st.one_of(
+    st.builds(lambda s: {"type": "thinking", "thinking": "t", "signature": s}, _SIG),
+    st.builds(lambda s: {"type": "redacted_thinking", "data": s}, _SIG),
+    st.just({"type": "text", "text": "x"}),
+    st.just({"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {}}),
+)
+_MESSAGE = st.one_of(
+    st.builds(lambda c: {"role": "assistant", "content": c}, st.lists(_BLOCK, min_size=1, max_size=4)),
+    st.just({"role": "user", "content": "u"}),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(messages=st.lists(_MESSAGE, max_size=6),
+       thinking=st.sampled_from([None, {"type": "adaptive"}, {"type": "disabled"}]))
+def test_any_history_loses_exactly_the_relay_blocks(messages: list[dict[str, Any]],
+                                                    thinking: dict[str, Any] | None) -> None:
+    body: dict[str, Any] = {"model": "m", "max_tokens": 1, "messages": messages}
+    if thinking is not None:
+        body["thinking"] = thinking
+    before = json.dumps(body)
+    out, changed = edit_body(body, model="m")
+    assert json.dumps(body) == before  # the caller's body is never changed
+    assert "txr1." not in json.dumps(out["messages"])
+    kept = [b for m in messages if isinstance(m["content"], list) for b in m["content"]
+            if not str(b.get("signature", b.get("data", ""))).startswith("txr1.")]
+    assert [b for m in out["messages"] if isinstance(m["content"], list)
+            for b in m["content"]] == kept
+    assert all(m["content"] for m in out["messages"])
+    assert changed == (json.dumps(out) != before)
+    assert edit_body(out, model="m") == (out, False)  # idempotent
