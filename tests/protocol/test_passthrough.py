@@ -238,7 +238,8 @@ _BLOCK = st.one_of(
     st.just({"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {}}),
 )
 _MESSAGE = st.one_of(
-    st.builds(lambda c: {"role": "assistant", "content": c}, st.lists(_BLOCK, min_size=1, max_size=4)),
+    st.builds(lambda c: {"role": "assistant", "content": c},
+              st.lists(_BLOCK, min_size=1, max_size=4)),
     st.just({"role": "user", "content": "u"}),
 )
 
