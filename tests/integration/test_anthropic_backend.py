@@ -184,13 +184,21 @@ def test_body_forwarded_unchanged_but_for_the_model(relay: Relay,
 
 
 def test_non_streaming(client: anthropic.Anthropic, fake: FakeAnthropic) -> None:
-    fake.push(json_answer(message_json("plain answer"),
-                          headers={"anthropic-ratelimit-requests-remaining": "41"}))
+    answer = message_json("plain answer")
+    answer["content"] = [
+        {"type": "thinking", "thinking": "hmm", "signature": "EqQBCkYIBRgCKkDsig"},
+        *answer["content"],
+        {"type": "tool_use", "id": "toolu_01A", "name": "Read", "input": {"path": "/x"}}]
+    answer["stop_reason"] = "tool_use"
+    answer["container"] = {"id": "container_1", "expires_at": "2026-12-02T04:00:00Z"}
+    fake.push(json_answer(answer, headers={"anthropic-ratelimit-requests-remaining": "41"}))
     resp = client.messages.with_raw_response.create(
         model="claude-sonnet-4-6", max_tokens=10, messages=user())
     message = resp.parse()
-    assert message.content[0].text == "plain answer"  # type: ignore[union-attr]
+    assert message.content[1].text == "plain answer"  # type: ignore[union-attr]
     assert message.model == "claude-sonnet-4-6"
+    # Every field as the upstream sent it, but the model (R-X5).
+    assert resp.http_response.json() == {**answer, "model": "claude-sonnet-4-6"}
     assert resp.headers["anthropic-ratelimit-requests-remaining"] == "41"
     assert fake.requests[-1].body.get("stream") is None
 
@@ -455,6 +463,11 @@ def test_a_stage_filter_rewrites_pass_through_events(
         uses = [b for b in message.content if b.type == "tool_use"]
         assert [(u.name, u.input) for u in uses] == [("Read", {"path": "/x"})]
         assert message.stop_reason == "tool_use"
+        fake.push(json_answer(message_json(text)))
+        folded = c.messages.create(model="claude-sonnet-4-6", max_tokens=50,
+                                   messages=user(), tools=[read])  # type: ignore[list-item]
+        assert [(b.name, b.input) for b in folded.content if b.type == "tool_use"] == [
+            ("Read", {"path": "/x"})]                  # the filter applies without streaming
         plain_events = text_events("plain words", pieces=2)
         fake.push(raw_stream(frames(plain_events)))
         got, _ = raw_stream_bytes(c, model="claude-sonnet-4-6", max_tokens=10,

@@ -18,9 +18,12 @@ from txrelay.protocol.passthrough import (
     UpstreamAnthropicError,
     edit_body,
     event_error,
+    message_events,
     request_bytes,
     upstream_error,
 )
+from txrelay.protocol.accumulate import MessageAccumulator
+from txrelay.protocol.events import StreamGrammar
 from txrelay.protocol.sse import RawEvent, encode_event, encode_events, plain
 from txrelay.streams import CollectingSink, EventStream, ListSource
 
@@ -263,3 +266,30 @@ def test_any_history_loses_exactly_the_relay_blocks(messages: list[dict[str, Any
     assert all(m["content"] for m in out["messages"])
     assert changed == (json.dumps(out) != before)
     assert edit_body(out, model="m") == (out, False)  # idempotent
+
+
+def test_a_message_as_events_folds_back_to_itself() -> None:
+    message = {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "m",
+        "content": [
+            {"type": "thinking", "thinking": "hmm", "signature": "EqQB"},
+            {"type": "redacted_thinking", "data": "abc"},
+            {"type": "text", "text": "hi", "citations": [{"type": "char_location"}]},
+            {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search",
+             "input": {"query": "q"}},
+            {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": []},
+            {"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {}},
+            {"type": "text", "text": ""},
+        ],
+        "stop_reason": "tool_use", "stop_sequence": None, "container": {"id": "c"},
+        "usage": {"input_tokens": 3, "output_tokens": 4,
+                  "server_tool_use": {"web_search_requests": 1}},
+    }
+    before = json.dumps(message)
+    events = message_events(message)
+    grammar = StreamGrammar()
+    acc = MessageAccumulator()
+    for e in events:
+        grammar.feed(e)
+        acc.feed(e)
+    assert json.dumps(acc.result()) == before

@@ -501,3 +501,49 @@ def response_body(raw: bytes, *, model: str | None, upstream_name: str) -> dict[
     if model is not None:
         body["model"] = model
     return body
+
+
+#: Block types whose ``input`` streams as ``input_json_delta`` (the rest start whole).
+_INPUT_BLOCKS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
+
+
+def message_events(message: dict[str, Any]) -> list[Event]:
+    """
+    A non-streaming answer as the events that stream it, so that stage filters and
+    end-of-stream hooks apply to it as to a stream; folding them
+    (:class:`~txrelay.protocol.accumulate.MessageAccumulator`) gives ``message`` back,
+    every field kept.
+    """
+    head = {**message, "content": [], "stop_reason": None, "stop_sequence": None}
+    usage = message.get("usage")
+    events: list[Event] = [{"type": "message_start", "message": head}, {"type": "ping"}]
+    for index, block in enumerate(message.get("content") or ()):
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        deltas: list[dict[str, Any]] = []
+        start = block
+        if kind == "text" and isinstance(block.get("text"), str):
+            start = {**block, "text": ""}
+            if block["text"]:
+                deltas.append({"type": "text_delta", "text": block["text"]})
+        elif kind == "thinking" and isinstance(block.get("thinking"), str):
+            start = {**block, "thinking": "", "signature": ""}
+            if block["thinking"]:
+                deltas.append({"type": "thinking_delta", "thinking": block["thinking"]})
+            deltas.append({"type": "signature_delta", "signature": block.get("signature", "")})
+        elif kind in _INPUT_BLOCKS and isinstance(block.get("input"), dict):
+            start = {**block, "input": {}}
+            if block["input"]:
+                deltas.append({"type": "input_json_delta",
+                               "partial_json": dumps(block["input"]).decode("utf-8")})
+        events.append({"type": "content_block_start", "index": index, "content_block": start})
+        events += [{"type": "content_block_delta", "index": index, "delta": d} for d in deltas]
+        events.append({"type": "content_block_stop", "index": index})
+    delta = {"stop_reason": message.get("stop_reason"),
+             "stop_sequence": message.get("stop_sequence")}
+    end: Event = {"type": "message_delta", "delta": delta}
+    if isinstance(usage, dict):
+        end["usage"] = usage
+    events += [end, {"type": "message_stop"}]
+    return events

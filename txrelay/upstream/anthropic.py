@@ -38,11 +38,12 @@ from txrelay.protocol.passthrough import (
     BetaPolicy,
     PassThroughTranslator,
     forwarded_headers,
+    message_events,
     request_bytes,
     response_body,
     upstream_error,
 )
-from txrelay.streams import EventStream
+from txrelay.streams import EventStream, stream_of
 from txrelay.upstream.codec import BearerAuth, UpstreamAuth
 from txrelay.upstream.http import UpstreamClient, read_body, response_headers
 from txrelay.upstream.streaming import UpstreamSource
@@ -227,7 +228,9 @@ class AnthropicBackend:
         if not 200 <= response.code < 300:
             raise self._error(response.code, raw, hdrs)
         message = response_body(raw, model=route.requested, upstream_name=self.name)
-        return Reply.json(message).with_headers(*forwarded_headers(hdrs))
+        # As events, so stage filters apply; the resource folds them back into the message.
+        return Reply(stream=stream_of(message_events(message)),
+                     headers=forwarded_headers(hdrs))
 
     async def _streaming(self, model: str, url: str, body: bytes,
                          headers: Mapping[str, str]) -> Reply:
