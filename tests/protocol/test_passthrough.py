@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.fakeanthropic import frame, frames, text_events
+from txrelay.protocol.accumulate import MessageAccumulator
+from txrelay.protocol.events import StreamGrammar
 from txrelay.protocol.jsoncodec import loads
 from txrelay.protocol.passthrough import (
     BetaPolicy,
@@ -22,8 +24,6 @@ from txrelay.protocol.passthrough import (
     request_bytes,
     upstream_error,
 )
-from txrelay.protocol.accumulate import MessageAccumulator
-from txrelay.protocol.events import StreamGrammar
 from txrelay.protocol.sse import RawEvent, encode_event, encode_events, plain
 from txrelay.streams import CollectingSink, EventStream, ListSource
 
