@@ -205,7 +205,11 @@ class AnthropicBackend:
                              max_tokens=ceiling)
 
     def _error(self, status: int, body: bytes, headers: Mapping[str, str]) -> RelayError:
-        return upstream_error(status, body, headers, upstream_name=self.name)
+        error = upstream_error(status, body, headers, upstream_name=self.name)
+        log.info("upstream {provider} answered {status} {type} (upstream request-id "
+                 "{upstream_request_id})", provider=self.name, status=status, type=error.type,
+                 upstream_request_id=headers.get("request-id"))
+        return error
 
     # IBackend
 
