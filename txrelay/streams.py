@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from txrelay.logs import RelayLogger
 from txrelay.protocol.errors import RelayError, api_error
 from txrelay.protocol.events import Event
+from txrelay.protocol.sse import plain
 
 log = RelayLogger()
 
@@ -129,7 +130,7 @@ class _FilteringSink:
         i = 0
         try:
             for event in events:
-                batch = [event]
+                batch = [plain(event)]  # a filter's output is encoded again, never raw
                 for i, f in enumerate(self.filters):  # noqa: B007 - i names the culprit
                     batch = [o for e in batch for o in f.feed(e)]
                 out.extend(batch)

@@ -9,6 +9,7 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from txrelay.interfaces import BackendContext, IBackendFactory
+from txrelay.upstream.anthropic import AnthropicOptions, build_anthropic_backend
 from txrelay.upstream.demo import DemoBackend, DemoOptions
 from txrelay.upstream.openai import (
     OpenAIChatModelOptions,
@@ -39,5 +40,17 @@ class _OpenAIChat:
         return build_openai_backend(options, context)
 
 
+@implementer(IPlugin, IBackendFactory)
+@attrs.frozen
+class _Anthropic:
+    kind: str = "anthropic"
+    options_type: type = AnthropicOptions
+    model_options_type: None = None
+
+    def build(self, options: AnthropicOptions, context: BackendContext) -> Any:
+        return build_anthropic_backend(options, context)
+
+
 demo = _Demo()
+anthropic = _Anthropic()
 openai_chat = _OpenAIChat()

@@ -11,7 +11,7 @@ so a multi-byte character split across reads is harmless.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import attrs
 
@@ -231,8 +231,31 @@ class SSEParser:
         self._event = None
 
 
+class RawEvent(dict[str, Any]):
+    """
+    An event decoded from an upstream frame that keeps the frame's bytes, so that
+    :func:`encode_event` sends them as they came (Anthropic pass-through, R-P4).
+
+    Stream filters never see one (:class:`txrelay.streams.EventStream` hands them a plain
+    copy), so an event a stage changed is always encoded again.
+    """
+
+    __slots__ = ("raw",)
+
+    def __init__(self, decoded: dict[str, Any], *, raw: bytes) -> None:
+        super().__init__(decoded)
+        self.raw = raw
+
+
+def plain(event: Event) -> Event:
+    """``event`` without its original bytes (a copy when it had them)."""
+    return dict(event) if type(event) is RawEvent else event
+
+
 def encode_event(event: Event) -> bytes:
     """One Anthropic event as an SSE frame: ``event:`` line equal to its type (R-X16)."""
+    if type(event) is RawEvent:
+        return event.raw
     kind: str = event["type"]
     return b"event: " + kind.encode("ascii") + b"\ndata: " + dumps(event) + b"\n\n"
 

@@ -44,6 +44,12 @@ class TranslateStage:
 
     async def __call__(self, exchange: Exchange, proceed: Proceed) -> Reply:
         if exchange.operation not in ("messages", "count_tokens"):
+            # A backend that serves the models list itself (models_from_upstream).
+            upstream = next((b for b in self.backends.values()
+                             if getattr(b, "serves_models", False)), None)
+            if upstream is not None:
+                reply: Reply = await upstream.models(exchange)
+                return reply
             return await proceed(exchange)
         route = exchange.route
         if route is None:
@@ -60,8 +66,8 @@ class TranslateStage:
             # backend without that cache is not called at all (mapping.md R-O1).
             return Reply(stream=stream_of(empty_message(route.requested,
                                                         estimate_input_tokens(req))))
-        reply: Reply = await backend.messages(exchange)
-        return reply
+        answer: Reply = await backend.messages(exchange)
+        return answer
 
 
 def empty_message(model: str, input_tokens: int) -> list[Event]:

@@ -167,10 +167,18 @@ class UpstreamClient:
                      "retrying on a new connection", provider=self.provider.name)
             return await self._attempt(self._fresh, url, body, headers, retry=False)
 
-    async def _attempt(self, http: HTTPClient, url: str, body: bytes,
+    async def get(self, url: str, headers: Mapping[str, str]) -> Any:
+        """GET ``url``; like :meth:`post` (timeouts, errors, the stale-connection retry)."""
+        try:
+            return await self._attempt(self.http, url, None, headers, retry=True)
+        except _StaleConnection:
+            return await self._attempt(self._fresh, url, None, headers, retry=False)
+
+    async def _attempt(self, http: HTTPClient, url: str, body: bytes | None,
                        headers: Mapping[str, str], *, retry: bool) -> Any:
         hdrs: dict[bytes | str, list[bytes | str]] = {k: [v] for k, v in headers.items()}
-        d = http.request("POST", url, data=BytesProducer(body), headers=hdrs,
+        data = BytesProducer(body) if body is not None else None
+        d = http.request("POST" if body is not None else "GET", url, data=data, headers=hdrs,
                          unbuffered=True, allow_redirects=False, reactor=self.reactor)
         # Read right after the (synchronous) request call: it describes this request.
         reused = retry and self.pool is not None and self.pool.last_reused
