@@ -10,6 +10,7 @@ from zope.interface import implementer
 
 from txrelay.interfaces import BackendContext, IBackendFactory
 from txrelay.upstream.demo import DemoBackend, DemoOptions
+from txrelay.upstream.gemini import GeminiModelOptions, GeminiOptions, build_gemini_backend
 from txrelay.upstream.openai import (
     OpenAIChatModelOptions,
     OpenAIChatOptions,
@@ -39,5 +40,17 @@ class _OpenAIChat:
         return build_openai_backend(options, context)
 
 
+@implementer(IPlugin, IBackendFactory)
+@attrs.frozen
+class _Gemini:
+    kind: str = "gemini"
+    options_type: type = GeminiOptions
+    model_options_type: type = GeminiModelOptions
+
+    def build(self, options: GeminiOptions, context: BackendContext) -> Any:
+        return build_gemini_backend(options, context)
+
+
 demo = _Demo()
 openai_chat = _OpenAIChat()
+gemini = _Gemini()
