@@ -427,3 +427,61 @@ def test_a_bad_credentials_file_stops_the_relay_at_start(tmp_path: Path, content
     assert f"providers[0].options.credentials_file: service account file {path}: " in text
     assert reason in text
     assert "Traceback" not in text
+
+
+def test_a_rejected_signature_is_retried_once_without_signatures(
+        client: anthropic.Anthropic, fake: FakeGemini, relay: Relay) -> None:
+    """R-G10.3: Gemini no longer takes a replayed signature: the turn goes again without."""
+    fake.push(sse([chunk(call_part("Bash", {"command": "ls"}, signature="c2lnLXJvdGF0ZWQ="),
+                         finish="STOP", usage=usage())]))
+    with client.messages.stream(model="claude-sonnet-4-6", max_tokens=100, tools=[BASH],
+                                messages=user("ls")) as stream:
+        first = stream.get_final_message()
+    (use,) = [b for b in first.content if b.type == "tool_use"]
+    fake.issued_signatures.discard("c2lnLXJvdGF0ZWQ=")  # e.g. the key was rotated since
+    fake.push(sse(text_chunks("Listed.")))
+    history = [*user("ls"), {"role": "assistant", "content": echo(first)},
+               {"role": "user", "content": [
+                   {"type": "tool_result", "tool_use_id": use.id, "content": "a.py"}]}]
+    with client.messages.stream(model="claude-sonnet-4-6", max_tokens=100, tools=[BASH],
+                                messages=history) as stream:
+        assert stream.get_final_message().content[-1].text == "Listed."  # type: ignore[union-attr]
+    rejected, retried = fake.model_requests[-2:]
+    assert rejected.rejected == "Corrupted thought signature."
+    assert rejected.body["contents"][1]["parts"][0]["thoughtSignature"] == "c2lnLXJvdGF0ZWQ="
+    assert retried.rejected is None
+    assert retried.body["contents"][1]["parts"][0]["thoughtSignature"] == PLACEHOLDER
+    assert "thought signature; trying once more" in relay.log()
+
+
+def test_vertex_token_rejected_while_streaming_is_retried(client: anthropic.Anthropic,
+                                                          fake: FakeGemini) -> None:
+    client.messages.create(model="vertex-pro", max_tokens=10, messages=user())
+    fake.expire_tokens()
+    fake.push(sse(text_chunks("Streamed after a refresh.")))
+    with client.messages.stream(model="vertex-pro", max_tokens=10, messages=user()) as stream:
+        text = stream.get_final_message().content[0].text  # type: ignore[union-attr]
+    assert text == "Streamed after a refresh."
+    assert [r.rejected is None for r in fake.model_requests[-2:]] == [False, True]
+
+
+def test_vertex_token_endpoint_refusal_is_a_401(fake: FakeGemini, tmp_path: Path) -> None:
+    """A key Google does not know (deleted service account): a 401 saying so, no traceback."""
+    path = tmp_path / "sa.json"
+    from tests.fakegemini import service_account_file
+    service_account_file(path, fake.token_uri, email="unknown@txrelay-test.iam.gserviceaccount.com")
+    cfg = config_text(providers=[{
+        "name": "vertex", "kind": "gemini", "base_url": fake.vertex_url,
+        "options": {"api": "vertex", "project": PROJECT, "credentials_file": str(path)}}],
+        models=[{"id": "claude-sonnet-4-6", "provider": "vertex",
+                 "upstream_model": "gemini-2.5-flash"}])
+    relay = start_relay(tmp_path, cfg)
+    try:
+        with anthropic.Anthropic(base_url=relay.url, api_key=DEMO_KEY, max_retries=0) as c, \
+                pytest.raises(anthropic.AuthenticationError) as info:
+            c.messages.create(model="claude-sonnet-4-6", max_tokens=10, messages=user())
+    finally:
+        relay.stop()
+    message = info.value.body["error"]["message"]  # type: ignore[index]
+    assert "Google refused to issue a Vertex AI access token" in message
+    assert "invalid_grant" in message and "Traceback" not in relay.log()
