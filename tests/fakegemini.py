@@ -317,6 +317,8 @@ class FakeGemini:
     token_lifetime: int = 3600
     requests: list[Recorded] = attrs.Factory(list)
     script: deque[Responder] = attrs.Factory(deque)
+    #: Answers valid requests when the script is empty (a scripted model), else a greeting.
+    default: Responder | None = None
     #: Public keys of the service accounts whose assertions are accepted, by e-mail.
     accounts: dict[str, Any] = attrs.Factory(dict)
     tokens: dict[str, float] = attrs.Factory(dict)
@@ -473,6 +475,8 @@ class FakeGemini:
             return
         if self.script:
             responder = self.script.popleft()
+        elif self.default is not None and rec.rpc != "countTokens":
+            responder = self.default
         elif rec.rpc == "countTokens":
             responder = answer({"totalTokens": len(json.dumps(rec.body)) // 4})
         elif rec.rpc == "generateContent":
