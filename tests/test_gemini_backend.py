@@ -158,3 +158,34 @@ def test_a_bad_credentials_file_is_a_config_problem(tmp_path: Path) -> None:
     assert backend is None
     assert problems == [f"providers[0].options.credentials_file: service account file {path}: "
                         "cannot be read (no such file or directory)"]
+
+
+def _malformed_stream() -> bytes:
+    body = json.dumps({"candidates": [{"index": 0, "finishReason": "MALFORMED_FUNCTION_CALL"}]})
+    return f"data: {body}\n\n".encode()
+
+
+def test_a_first_attempt_ends_with_a_retryable_error_on_a_malformed_call_before_commit() -> None:
+    backend, _ = build({"api_key": {"env": "GEMINI_KEY"}})
+    call = backend.gemini.prepare(REQUEST, route("gemini-2.5-pro"), 5, may_retry=True)
+    guard = call.translator()
+    guard.committed = lambda: False  # type: ignore[attr-defined]
+    guard.start()
+    assert [e["type"] for e in guard.feed(_malformed_stream())] == ["error"]
+    assert guard.done and guard.error.status == 502 and call.retry_reason == "malformed"
+    assert guard.feed(b"data: {}\n\n") == [] and guard.finish() == []
+
+
+def test_a_malformed_call_after_the_commit_or_on_the_retry_is_explained() -> None:
+    backend, _ = build({"api_key": {"env": "GEMINI_KEY"}})
+    committed = backend.gemini.prepare(REQUEST, route("gemini-2.5-pro"), 5, may_retry=True)
+    guard = committed.translator()
+    guard.committed = lambda: True  # type: ignore[attr-defined]
+    retry = backend.gemini.prepare(REQUEST, route("gemini-2.5-pro"), 5, may_retry=False)
+    for translator in (guard, retry.translator()):
+        translator.start()
+        events = translator.feed(_malformed_stream()) + translator.finish()
+        assert events[-1]["type"] == "message_stop"
+        texts = [e["delta"]["text"] for e in events if e["type"] == "content_block_delta"]
+        assert texts == ["[upstream returned a malformed tool call]"]
+    assert committed.retry_reason is None and retry.retry_reason is None

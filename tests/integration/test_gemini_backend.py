@@ -485,3 +485,40 @@ def test_vertex_token_endpoint_refusal_is_a_401(fake: FakeGemini, tmp_path: Path
     message = info.value.body["error"]["message"]  # type: ignore[index]
     assert "Google refused to issue a Vertex AI access token" in message
     assert "invalid_grant" in message and "Traceback" not in relay.log()
+
+
+MALFORMED = chunk(finish="MALFORMED_FUNCTION_CALL", usage=usage(30, 0))
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_malformed_function_call_is_asked_once_more(client: anthropic.Anthropic,
+                                                      fake: FakeGemini, stream: bool) -> None:
+    """§8.2: Gemini's answer was only a malformed call, nothing was sent yet: ask again."""
+    good = chunk(call_part("Read", {"path": "a.py"}), finish="STOP", usage=usage())
+    fake.push(sse([MALFORMED]) if stream else answer(MALFORMED),
+              sse([good]) if stream else answer(good))
+    before = len(fake.model_requests)
+    msg = client.messages.create(model="gemini-flash", max_tokens=100, tools=[READ],
+                                 messages=user("read a.py"), stream=False) if not stream else \
+        _streamed(client, tools=[READ])
+    assert [b.type for b in msg.content] == ["tool_use"] and msg.stop_reason == "tool_use"
+    assert len(fake.model_requests) - before == 2
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_second_malformed_call_is_explained_to_the_client(client: anthropic.Anthropic,
+                                                            fake: FakeGemini,
+                                                            stream: bool) -> None:
+    fake.push(*([sse([MALFORMED]), sse([MALFORMED])] if stream
+                else [answer(MALFORMED), answer(MALFORMED)]))
+    before = len(fake.model_requests)
+    msg = _streamed(client, tools=[READ]) if stream else client.messages.create(
+        model="gemini-flash", max_tokens=100, tools=[READ], messages=user("read a.py"))
+    assert len(fake.model_requests) - before == 2
+    assert msg.content[0].text == "[upstream returned a malformed tool call]"  # type: ignore[union-attr]
+
+
+def _streamed(client: anthropic.Anthropic, **kwargs: Any) -> anthropic.types.Message:
+    with client.messages.stream(model="gemini-flash", max_tokens=100,
+                                messages=user("read a.py"), **kwargs) as stream:
+        return stream.get_final_message()

@@ -18,15 +18,16 @@ relay authenticates:
 The translation is the sans-IO :mod:`txrelay.protocol.gemini`; this module holds the codec
 glue, the options, and :class:`GeminiBackend`, the generic
 :class:`~txrelay.upstream.httpbackend.HTTPBackend` plus what Gemini needs on top: one retry
-before anything is committed when Vertex rejects the access token (after a refresh) or
-Gemini rejects a replayed thought signature (without signatures, R-G10.3), and
-``count_tokens`` served by ``countTokens`` (R-C1).
+before anything is committed when Vertex rejects the access token (after a refresh), when
+Gemini rejects a replayed thought signature (without signatures, R-G10.3), or when its whole
+answer is a malformed function call (mapping.md §8.2); and ``count_tokens`` served by
+``countTokens`` (R-C1).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Literal
 from urllib.parse import quote
 
@@ -56,9 +57,10 @@ from txrelay.protocol.ids import message_id
 from txrelay.protocol.jsoncodec import dumps
 from txrelay.protocol.tokens import estimate_input_tokens
 from txrelay.protocol.translator import StreamTranslator
-from txrelay.upstream.codec import UpstreamAuth, UpstreamRequest
+from txrelay.upstream.codec import UpstreamAuth, UpstreamCall, UpstreamRequest
 from txrelay.upstream.http import read_body, response_headers
 from txrelay.upstream.httpbackend import HTTPBackend, prompt_too_long
+from txrelay.upstream.streaming import UpstreamSource
 from txrelay.upstream.vertex_auth import DEFAULT_MARGIN, CredentialFileError, vertex_auth
 
 log = RelayLogger()
@@ -73,6 +75,12 @@ _PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,61}[a-z0-9]$|^[a-z0-9.:-]{1,100}$")
 #: A model id or resource path: segments of safe characters, no dot segments.
 _MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]*(/[A-Za-z0-9][A-Za-z0-9._@-]*)*$")
 _THINKING_STYLES = ("budget", "level", "none")
+_RETRY_REASONS = {
+    "credential": "the access token was rejected",
+    "signature": "Gemini rejected a replayed thought signature",
+    "malformed": "Gemini produced a malformed function call and nothing else",
+    "": "retrying",
+}
 
 Api = Literal["ai-studio", "vertex"]
 
@@ -137,18 +145,32 @@ class GeminiCall:
     tool_names: GeminiToolNames
     signature_scope: str
     input_tokens: int
-    #: Set by :meth:`error`: ``"credential"`` (HTTP 401) or ``"signature"`` (a replayed
-    #: thought signature rejected), which a fresh attempt may fix.
+    #: Whether this is a first attempt, which a retry may follow.
+    may_retry: bool = True
+    #: Why a fresh attempt may succeed: ``"credential"`` (HTTP 401), ``"signature"`` (a
+    #: replayed thought signature rejected), ``"malformed"`` (Gemini produced a malformed
+    #: function call and nothing else, mapping.md §8.2).
     retry_reason: str | None = None
 
-    def translator(self) -> StreamTranslator:
-        """A :class:`GeminiStreamTranslator` for this request."""
+    def _translator(self) -> GeminiStreamTranslator:
         return GeminiStreamTranslator(
             model=self.requested_model, input_tokens=self.input_tokens,
             tool_names=self.tool_names, message_id=message_id(),
             upstream_name=self.upstream_name, upstream_model=self.upstream_model,
             signature_scope=self.signature_scope,
         )
+
+    def translator(self) -> StreamTranslator:
+        """A :class:`GeminiStreamTranslator` for this request (guarded for a retry)."""
+        translator = self._translator()
+        return _MalformedGuard(translator, self) if self.may_retry else translator
+
+    def malformed(self) -> RelayError:
+        """Note that a retry may help; the error ending this attempt (never seen by a client
+        unless it already got the answer's start)."""
+        self.retry_reason = "malformed"
+        return RelayError("api_error", f"{self.upstream_name}: Gemini produced a malformed "
+                          "function call", status=502)
 
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> RelayError:
         """The mapped Gemini error (mapping.md §11.3); notes whether a retry may help."""
@@ -177,12 +199,66 @@ class GeminiCall:
     def response_events(self, body: bytes) -> list[Event]:
         """Events of a non-streaming ``generateContent`` answer."""
         decoded = parse_gemini_response(body, upstream_name=self.upstream_name)
-        return gemini_response_events(
-            decoded, model=self.requested_model, input_tokens=self.input_tokens,
-            tool_names=self.tool_names, message_id=message_id(),
-            upstream_name=self.upstream_name, upstream_model=self.upstream_model,
-            signature_scope=self.signature_scope,
-        )
+        if not self.may_retry:
+            return gemini_response_events(
+                decoded, model=self.requested_model, input_tokens=self.input_tokens,
+                tool_names=self.tool_names, message_id=message_id(),
+                upstream_name=self.upstream_name, upstream_model=self.upstream_model,
+                signature_scope=self.signature_scope,
+            )
+        translator = self._translator()  # as gemini_response_events, with a look at the end
+        translator.process_response(decoded)
+        if translator.malformed_call:
+            raise self.malformed()
+        return translator.start(ping=False) + translator.finalize()
+
+
+@attrs.define(eq=False)
+class _MalformedGuard:
+    """
+    A Gemini stream translator that ends the first attempt with an error instead of the
+    explanation text when Gemini produced only a malformed function call and nothing has
+    been committed to the client yet, so :class:`GeminiBackend` can ask once more (§8.2).
+    """
+
+    inner: GeminiStreamTranslator
+    call: GeminiCall
+    #: Whether the client's response was committed (set by the backend once it has a source).
+    committed: Callable[[], bool] = lambda: True
+    _error: RelayError | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._error is not None or self.inner.done
+
+    @property
+    def finish_seen(self) -> bool:
+        return self.inner.finish_seen
+
+    @property
+    def error(self) -> RelayError | None:
+        return self._error or self.inner.error
+
+    def start(self) -> list[Event]:
+        return self.inner.start()
+
+    def feed(self, data: bytes) -> list[Event]:
+        if self._error is not None:
+            return []
+        events = self.inner.feed(data)
+        return self._retry_events() or events
+
+    def finish(self) -> list[Event]:
+        if self._error is not None:
+            return []
+        # Checked before the translator adds its explanation (which counts as content).
+        return self._retry_events() or self.inner.finish()
+
+    def _retry_events(self) -> list[Event]:
+        if self._error is None and self.inner.malformed_call and not self.committed():
+            self._error = self.call.malformed()
+            return [self._error.event()]
+        return []
 
 
 @attrs.frozen
@@ -227,8 +303,11 @@ class GeminiCodec:
         return f"{self.upstream_name}:{route.upstream_model}"
 
     def prepare(self, request: MessagesRequest, route: Route, input_tokens: int, *,
-                replay_signatures: bool = True) -> GeminiCall:
-        """The call for one routed request (``replay_signatures=False``: the R-G10.3 retry)."""
+                replay_signatures: bool = True, may_retry: bool = False) -> GeminiCall:
+        """
+        The call for one routed request (``replay_signatures=False``: the R-G10.3 retry;
+        ``may_retry``: a first attempt, whose malformed-call answer may be asked again).
+        """
         model = route.model
         settings = self.settings_for(route)
         names = GeminiToolNames.from_request(request)
@@ -248,7 +327,7 @@ class GeminiCodec:
         return GeminiCall(
             UpstreamRequest(self.path(route.upstream_model, method), dumps(body), stream=stream),
             route.requested, route.upstream_model, self.upstream_name, names, scope,
-            input_tokens,
+            input_tokens, may_retry,
         )
 
     def prepare_count(self, request: MessagesRequest, route: Route) -> GeminiCall:
@@ -292,7 +371,13 @@ class GeminiBackend(HTTPBackend):
         if call.retry_reason == "credential":
             rejected = getattr(self.auth, "rejected", None)
             return bool(rejected is not None and rejected(headers))
-        return call.retry_reason == "signature"
+        return call.retry_reason in ("signature", "malformed")
+
+    async def _open_stream(self, source: UpstreamSource, call: UpstreamCall, url: str,
+                           headers: Mapping[str, str]) -> None:
+        if isinstance(source.translator, _MalformedGuard):
+            source.translator.committed = lambda: source.ready.called
+        await super()._open_stream(source, call, url, headers)
 
     async def messages(self, exchange: Exchange) -> Reply:
         """Serve a routed ``messages`` exchange, retrying once before the commit."""
@@ -305,7 +390,8 @@ class GeminiBackend(HTTPBackend):
             raise prompt_too_long(input_tokens, limit)
         replay = True
         for attempt in (1, 2):
-            call = self.gemini.prepare(req, route, input_tokens, replay_signatures=replay)
+            call = self.gemini.prepare(req, route, input_tokens, replay_signatures=replay,
+                                       may_retry=attempt == 1)
             headers = await self._headers(call)
             url = self.base_url + call.request.path
             log.debug("upstream {provider} request {request_id}: {size} bytes, model {model}",
@@ -322,8 +408,7 @@ class GeminiBackend(HTTPBackend):
                 replay = False
             log.info("upstream {provider} request {request_id}: {what}; trying once more",
                      provider=self.provider.name, request_id=exchange.request_id,
-                     what="the access token was rejected" if call.retry_reason == "credential"
-                     else "Gemini rejected a replayed thought signature")
+                     what=_RETRY_REASONS[call.retry_reason or ""])
         raise AssertionError("unreachable")
 
     async def count_tokens(self, exchange: Exchange) -> int:
