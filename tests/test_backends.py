@@ -99,6 +99,6 @@ def test_demo_options_and_no_model_options() -> None:
 
 
 def test_unknown_kind_lists_the_available_ones() -> None:
-    _, problems = build({"name": "x", "kind": "gemini"})
-    assert problems[0].startswith("providers[0].kind: unknown provider kind 'gemini' "
-                                  "(available: demo, openai-chat")
+    _, problems = build({"name": "x", "kind": "bard"})
+    assert problems[0].startswith("providers[0].kind: unknown provider kind 'bard' "
+                                  "(available: demo, gemini, openai-chat")
