@@ -281,3 +281,21 @@ def test_application_default_credentials_file_is_checked_at_start(tmp_path: Path
     assert check_adc_file({ADC_ENV: user}) is None  # gcloud's user credentials are fine
     auth = vertex_auth(None, credentials_file=None, env={})
     assert auth.tokens.credentials is None and auth.tokens.make_credentials is not None
+
+
+def test_close_releases_the_token_endpoint_session(tmp_path: Path) -> None:
+    fake = FakeGemini().start()
+    try:
+        path = fake.add_service_account(tmp_path / "sa.json")
+        threads = ManualThreads()
+        auth = VertexAuth(VertexTokens(Clock(), load_service_account(str(path)),
+                                       run_in_thread=threads))
+        d = Deferred.fromCoroutine(auth.headers())
+        threads.run_all()
+        assert results([d])[0]["authorization"].startswith("Bearer ya29.")
+        session = auth.tokens._request.session
+        assert any(a.poolmanager.pools for a in session.adapters.values())  # a kept connection
+        auth.close()
+        assert all(not a.poolmanager.pools for a in session.adapters.values())
+    finally:
+        fake.stop()

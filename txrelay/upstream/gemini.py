@@ -32,7 +32,7 @@ from typing import Literal
 from urllib.parse import quote
 
 import attrs
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 
 from txrelay.catalog import Route
 from txrelay.interfaces import BackendContext
@@ -372,6 +372,13 @@ class GeminiBackend(HTTPBackend):
             rejected = getattr(self.auth, "rejected", None)
             return bool(rejected is not None and rejected(headers))
         return call.retry_reason in ("signature", "malformed")
+
+    def close(self) -> Deferred[None] | None:
+        """Close pooled upstream connections and the token endpoint's."""
+        close_auth = getattr(self.auth, "close", None)
+        if close_auth is not None:
+            close_auth()
+        return super().close()
 
     async def _open_stream(self, source: UpstreamSource, call: UpstreamCall, url: str,
                            headers: Mapping[str, str]) -> None:

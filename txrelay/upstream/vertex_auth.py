@@ -288,6 +288,12 @@ class VertexTokens:
             self._request = self.request_factory(self.timeout)
         return _refresh_blocking(self.credentials, self._request)
 
+    def close(self) -> None:
+        """Close the token endpoint's pooled connections (at shutdown)."""
+        session = getattr(self._request, "session", None)
+        if session is not None and not self._refreshing:
+            session.close()
+
     def _settle(self, outcome: str | RelayError) -> None:
         self._refreshing = False
         waiters, self._waiters = self._waiters, []
@@ -320,6 +326,10 @@ class VertexAuth:
         if self.quota_project:
             out["x-goog-user-project"] = self.quota_project
         return out
+
+    def close(self) -> None:
+        """Release what the token source holds."""
+        self.tokens.close()
 
     def rejected(self, headers: Mapping[str, str]) -> bool:
         """Forget the token in ``headers``; whether a retry with a new one makes sense."""
