@@ -22,6 +22,7 @@ from tests.fakegemini import (
     call_part,
     chunk,
     error,
+    google_error,
     sse,
     text_chunks,
     usage,
@@ -522,3 +523,45 @@ def _streamed(client: anthropic.Anthropic, **kwargs: Any) -> anthropic.types.Mes
     with client.messages.stream(model="gemini-flash", max_tokens=100,
                                 messages=user("read a.py"), **kwargs) as stream:
         return stream.get_final_message()
+
+
+def test_an_error_inside_a_committed_stream_is_an_error_event(relay: Relay,
+                                                              fake: FakeGemini) -> None:
+    from tests.integration.test_openai_backend import raw_stream
+    fake.push(sse([chunk({"text": "partial"}),
+                   google_error(503, "UNAVAILABLE", "The model is overloaded.")]))
+    frames = raw_stream(relay, {"model": "claude-sonnet-4-6", "max_tokens": 10,
+                                "messages": user(), "stream": True})
+    names = [f[0] for f in frames]
+    assert names[0] == "message_start" and names[-1] == "error"
+    assert "message_stop" not in names and "message_delta" not in names
+    assert frames[-1][1]["error"]["type"] == "overloaded_error"
+
+
+def test_a_stream_cut_before_finish_reason_is_an_error(relay: Relay, fake: FakeGemini) -> None:
+    from tests.integration.test_openai_backend import raw_stream
+    fake.push(sse([chunk({"text": "cut "}), chunk({"text": "off"})]))
+    names = [f[0] for f in raw_stream(relay, {"model": "claude-sonnet-4-6", "max_tokens": 10,
+                                              "messages": user(), "stream": True})]
+    assert names[-1] == "error" and "message_stop" not in names
+
+
+def test_vertex_with_application_default_credentials(fake: FakeGemini, tmp_path: Path) -> None:
+    """No credentials_file: google-auth's ADC finds GOOGLE_APPLICATION_CREDENTIALS."""
+    credentials = fake.add_service_account(tmp_path / "adc.json",
+                                           email="adc@txrelay-test.iam.gserviceaccount.com")
+    cfg = config_text(providers=[{
+        "name": "vertex", "kind": "gemini", "base_url": fake.vertex_url,
+        "options": {"api": "vertex", "project": PROJECT, "location": "global"}}],
+        models=[{"id": "claude-sonnet-4-6", "provider": "vertex",
+                 "upstream_model": "gemini-2.5-flash"}])
+    relay = start_relay(tmp_path, cfg, env={"GOOGLE_APPLICATION_CREDENTIALS": str(credentials)})
+    try:
+        with anthropic.Anthropic(base_url=relay.url, api_key=DEMO_KEY, max_retries=0) as c:
+            msg = c.messages.create(model="claude-sonnet-4-6", max_tokens=10, messages=user())
+    finally:
+        relay.stop()
+    assert msg.content[0].text == "Hello from fake Gemini."  # type: ignore[union-attr]
+    sent = fake.model_requests[-1]
+    assert sent.path.startswith(f"/v1/projects/{PROJECT}/locations/global/publishers/google/")
+    assert sent.rejected is None
