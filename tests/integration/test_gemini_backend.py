@@ -403,7 +403,7 @@ def test_concurrent_requests_share_one_token_refresh(fake: FakeGemini, tmp_path:
     assert paths == {f"/v1/projects/{PROJECT}/locations/europe-west4/publishers/google/"
                      "models/gemini-2.5-flash:generateContent"}
     log = relay.log()
-    assert "access token refreshed" in log and "ya29." not in log
+    assert "vertex: Vertex AI access token refreshed" in log and "ya29." not in log
 
 
 @pytest.mark.parametrize(("content", "reason"), [

@@ -212,6 +212,8 @@ class VertexTokens:
     #: Seconds the token endpoint may take (google-auth's own default is 120).
     timeout: float = 30.0
     run_in_thread: Callable[[Callable[[], Any]], Deferred[Any]] | None = None
+    #: Names the token source in logs (the provider's name).
+    label: str = "vertex"
     request_factory: Callable[[float], Any] = _requests_transport
     #: How many refreshes have been started (for logs and tests).
     refreshes: int = 0
@@ -263,8 +265,8 @@ class VertexTokens:
         except Exception as e:
             error = e if isinstance(e, RelayError) else _describe_refresh_failure(e)
             if not isinstance(e, RelayError):
-                log.warn("vertex: refreshing the access token failed: {reason}",
-                         reason=error.message)
+                log.warn("{label}: refreshing the Vertex AI access token failed: {reason}",
+                         label=self.label, reason=error.message)
             self._settle(error)
             return
         if lifetime is None:
@@ -275,8 +277,8 @@ class VertexTokens:
         self._token = Token(token, self.reactor.seconds() + lifetime - margin)
         if old is not None and old.value != token:
             default_redactor.discard(old.value)
-        log.info("vertex: access token refreshed (valid for {lifetime:.0f} s)",
-                 lifetime=lifetime)
+        log.info("{label}: Vertex AI access token refreshed (valid for {lifetime:.0f} s)",
+                 label=self.label, lifetime=lifetime)
         self._settle(token)
 
     def _blocking_refresh(self) -> tuple[str, float | None]:
@@ -343,7 +345,7 @@ class VertexAuth:
 def vertex_auth(reactor: Any, *, credentials_file: str | None,
                 margin: float = DEFAULT_MARGIN, timeout: float = 30.0,
                 quota_project: str | None = None,
-                env: Mapping[str, str] | None = None) -> VertexAuth:
+                env: Mapping[str, str] | None = None, label: str = "vertex") -> VertexAuth:
     """
     The Vertex auth hook for a service-account file, or Application Default Credentials.
 
@@ -352,11 +354,11 @@ def vertex_auth(reactor: Any, *, credentials_file: str | None,
     """
     if credentials_file is not None:
         tokens = VertexTokens(reactor, load_service_account(credentials_file),
-                              margin=margin, timeout=timeout)
+                              margin=margin, timeout=timeout, label=label)
     else:
         problem = check_adc_file(os.environ if env is None else env)
         if problem is not None:
             raise CredentialFileError(problem)
         tokens = VertexTokens(reactor, make_credentials=application_default_credentials,
-                              margin=margin, timeout=timeout)
+                              margin=margin, timeout=timeout, label=label)
     return VertexAuth(tokens, quota_project=quota_project)
