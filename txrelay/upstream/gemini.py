@@ -538,7 +538,7 @@ def build_gemini_backend(options: GeminiOptions, context: BackendContext) -> Gem
         try:
             auth = vertex_auth(context.reactor, credentials_file=options.credentials_file,
                                margin=options.token_refresh_margin,
-                               timeout=provider.timeouts.first_byte,
+                               timeout=min(provider.timeouts.first_byte, 30.0),
                                quota_project=options.quota_project, label=provider.name)
         except CredentialFileError as e:
             context.problem("options.credentials_file" if options.credentials_file
