@@ -103,5 +103,5 @@ def test_unknown_kind_lists_the_available_ones() -> None:
     assert problems[0].startswith("providers[0].kind: unknown provider kind 'bedrock' "
                                   "(available: ")
     available = problems[0].split("(available: ", 1)[1].rstrip(")").split(", ")
-    assert {"anthropic", "demo", "openai-chat"} <= set(available)
+    assert {"anthropic", "demo", "gemini", "openai-chat"} <= set(available)
     assert available == sorted(available)

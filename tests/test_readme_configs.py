@@ -27,6 +27,12 @@ def test_readme_toml_block_is_a_valid_provider_config(block: str, tmp_path: Path
     for provider in raw.get("providers", []):
         if "file" in provider.get("api_key", {}):
             provider["api_key"]["file"] = str(secrets)
+        options = provider.get("options", {})
+        if "credentials_file" in options:  # a service account key, made here
+            from tests.fakegemini import service_account_file
+
+            options["credentials_file"] = str(tmp_path / "sa.json")
+            service_account_file(tmp_path / "sa.json", "https://oauth2.googleapis.com/token")
         if "tls" in provider:  # the README's paths, made here
             from tests.tlsfixtures import issue, make_ca
 
@@ -35,6 +41,6 @@ def test_readme_toml_block_is_a_valid_provider_config(block: str, tmp_path: Path
             provider["tls"] |= {"ca_file": str(ca.cert), "client_cert": str(client.cert),
                                 "client_key": str(client.key)}
     raw.setdefault("pipeline", [{"type": "model-map"}, {"type": "translate"}])
-    env = {"OPENAI_API_KEY": "k", "DEEPSEEK_API_KEY": "k"}
+    env = {"OPENAI_API_KEY": "k", "DEEPSEEK_API_KEY": "k", "GEMINI_API_KEY": "k"}
     cfg = parse_config(raw, "README", env=env)
     build_app(cfg, None, "README")

@@ -27,5 +27,7 @@ def test_wheel_contents(tmp_path: Path) -> None:
     assert "twisted/plugins/__init__.py" not in names
     assert "txrelay/py.typed" in names
     for module in ("txrelay/protocol/openai/stream.py", "txrelay/plugins/txrelay_builtin.py",
-                   "txrelay/testing.py", "txrelay/upstream/openai.py"):
+                   "txrelay/testing.py", "txrelay/upstream/openai.py",
+                   "txrelay/protocol/gemini/stream.py", "txrelay/upstream/gemini.py",
+                   "txrelay/upstream/vertex_auth.py"):
         assert module in names

@@ -11,6 +11,7 @@ from zope.interface import implementer
 from txrelay.interfaces import BackendContext, IBackendFactory
 from txrelay.upstream.anthropic import AnthropicOptions, build_anthropic_backend
 from txrelay.upstream.demo import DemoBackend, DemoOptions
+from txrelay.upstream.gemini import GeminiModelOptions, GeminiOptions, build_gemini_backend
 from txrelay.upstream.openai import (
     OpenAIChatModelOptions,
     OpenAIChatOptions,
@@ -51,6 +52,18 @@ class _Anthropic:
         return build_anthropic_backend(options, context)
 
 
+@implementer(IPlugin, IBackendFactory)
+@attrs.frozen
+class _Gemini:
+    kind: str = "gemini"
+    options_type: type = GeminiOptions
+    model_options_type: type = GeminiModelOptions
+
+    def build(self, options: GeminiOptions, context: BackendContext) -> Any:
+        return build_gemini_backend(options, context)
+
+
 demo = _Demo()
 anthropic = _Anthropic()
 openai_chat = _OpenAIChat()
+gemini = _Gemini()
