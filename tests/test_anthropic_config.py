@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from zope.interface.verify import verifyObject
 
+from tests.fakegemini import service_account_file
 from tests.test_backends import build
 from txrelay.interfaces import IBackend
 from txrelay.service import backend_factories
 from txrelay.upstream.anthropic import AnthropicBackend, ApiKeyAuth, vertex_base_url
 from txrelay.upstream.codec import BearerAuth
+from txrelay.upstream.vertex_auth import VertexAuth
 
 
 def provider(**extra: Any) -> dict[str, Any]:
@@ -60,5 +63,22 @@ def test_vertex_transport_config(monkeypatch: pytest.MonkeyPatch) -> None:
     assert vertex_base_url("global") == "https://aiplatform.googleapis.com/v1"
     _, problems = build(provider(options={"api": "vertex", "project": "p"}))
     assert problems == ["providers[0].options: api = 'vertex' needs project and location"]
-    _, problems = build(provider(options={"api": "vertex", "project": "p", "location": "l"}))
-    assert problems and "Vertex AI needs a credential" in problems[0]
+
+
+def test_claude_on_vertex_uses_the_shared_google_credentials(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    vertex = {"api": "vertex", "project": "p", "location": "us-east5"}
+    # No api_key: Application Default Credentials, through the gemini kind's token source.
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    backend, problems = build(provider(options=vertex))
+    assert problems == [] and isinstance(backend.auth, VertexAuth)
+    # A service-account file, checked at start with its path named.
+    good = tmp_path / "sa.json"
+    service_account_file(good, "http://127.0.0.1:9/token")
+    backend, problems = build(provider(options={**vertex, "credentials_file": str(good)}))
+    assert problems == [] and isinstance(backend.auth, VertexAuth)
+    missing = tmp_path / "missing.json"
+    _, problems = build(provider(options={**vertex, "credentials_file": str(missing)}))
+    assert len(problems) == 1
+    assert problems[0].startswith(f"providers[0].options.credentials_file: service account "
+                                  f"file {missing}: cannot be read"), problems

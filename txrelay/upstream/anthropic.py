@@ -47,6 +47,7 @@ from txrelay.streams import EventStream, stream_of
 from txrelay.upstream.codec import BearerAuth, UpstreamAuth
 from txrelay.upstream.http import UpstreamClient, read_body, response_headers
 from txrelay.upstream.streaming import UpstreamSource
+from txrelay.upstream.vertex_auth import DEFAULT_MARGIN, CredentialFileError, vertex_auth
 
 log = RelayLogger()
 
@@ -79,6 +80,11 @@ class AnthropicOptions:
     location: str | None = None
     #: Vertex AI: the body's ``anthropic_version``.
     vertex_version: str = VERTEX_VERSION
+    #: Vertex AI: a service-account key file; without it (and without ``api_key``),
+    #: Application Default Credentials. Tokens come from ``txrelay.upstream.vertex_auth``.
+    credentials_file: str | None = None
+    #: Vertex AI: seconds before expiry the access token is replaced.
+    token_refresh_margin: float = DEFAULT_MARGIN
 
 
 @attrs.frozen
@@ -347,19 +353,24 @@ def _status_of(kind: str) -> int:
     return STATUS_FOR_TYPE.get(kind, 502)
 
 
-def _vertex_auth(context: BackendContext) -> UpstreamAuth | None:
+def _vertex_auth(context: BackendContext, options: AnthropicOptions) -> UpstreamAuth | None:
     """
-    The OAuth token source of a Vertex provider.
-
-    A fixed token (``api_key``) is sent as a bearer token; Google credentials through
-    ``txrelay.upstream.vertex_auth`` are wired here once it lands (see the report).
+    The OAuth token source of a Vertex provider: a fixed access token in ``api_key`` (sent
+    as a bearer token), else Google credentials (a service-account file or Application
+    Default Credentials) refreshed off the reactor thread, shared with the gemini kind.
     """
     key = context.provider.api_key
     if key is not None:
         return BearerAuth(key.value)
-    context.problem("api_key", "Vertex AI needs a credential: an access token in api_key "
-                    "(Google service-account credentials are not wired yet)")
-    return None
+    try:
+        return vertex_auth(context.reactor, credentials_file=options.credentials_file,
+                           margin=options.token_refresh_margin,
+                           timeout=min(context.provider.timeouts.first_byte, 30.0),
+                           label=context.provider.name)
+    except CredentialFileError as e:
+        context.problem("options.credentials_file" if options.credentials_file
+                        else "options", str(e))
+        return None
 
 
 def build_anthropic_backend(options: AnthropicOptions, context: BackendContext,
@@ -392,7 +403,7 @@ def build_anthropic_backend(options: AnthropicOptions, context: BackendContext,
             context.problem("options.models_from_upstream", "Vertex AI has no models list")
             ok = False
         if auth is None:
-            auth = _vertex_auth(context)
+            auth = _vertex_auth(context, options)
     else:
         context.problem("options.api", f"unknown api {options.api!r} (anthropic or vertex)")
         return None
