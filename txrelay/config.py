@@ -202,6 +202,9 @@ class ServerConfig:
     #: Endpoints serving the ``/admin/`` endpoints alone; when set, the main listeners do
     #: not serve them. Either way every admin request needs an admin key.
     admin_listen: tuple[str, ...] = ()
+    #: Bind every ``tcp:``/``tcp6:`` listener with ``SO_REUSEPORT``, so a new relay process
+    #: can listen on the same ports while this one serves and then drains (README "Swaps").
+    reuse_port: bool = False
 
 
 @attrs.frozen
@@ -436,6 +439,15 @@ def _check(cfg: RelayConfig, env: Mapping[str, str], problems: list[str]) -> Rel
         problems.append("server.metrics_listen: set, but server.metrics is false")
     if s.admin_listen and not s.admin_keys:
         problems.append("server.admin_listen: set, but no server.admin_keys to use it with")
+    if s.reuse_port:
+        from txrelay.server.listeners import parse_tcp
+
+        for key in ("listen", "metrics_listen", "admin_listen"):
+            for j, description in enumerate(getattr(s, key)):
+                try:
+                    parse_tcp(description)
+                except ValueError as e:
+                    problems.append(f"server.{key}[{j}]: {e}")
 
     providers: list[ProviderConfig] = []
     names: set[str] = set()

@@ -18,7 +18,6 @@ import attrs
 from cattrs.errors import ClassValidationError
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
-from twisted.internet.endpoints import serverFromString
 from twisted.plugin import getPlugins
 from twisted.python.failure import Failure
 
@@ -45,6 +44,7 @@ from txrelay.protocol.errors import RelayError
 from txrelay.protocol.structure import error_lines, make_converter
 from txrelay.server.admin import AdminAccess, AdminResource, AdminSite, ReloadOutcome
 from txrelay.server.frontdoor import FrontDoorPolicy
+from txrelay.server.listeners import listening_endpoint
 from txrelay.server.metrics_access import MetricsAccess, MetricsSite
 from txrelay.server.models import catalog_terminal
 from txrelay.server.resource import CEILING_ERROR, Lifecycle, RelayResource
@@ -217,7 +217,9 @@ def _metrics_observer(metrics: Metrics) -> Callable[[str, RelayError], None]:
 
 #: Settings a reload cannot change: they are logged as ignored and keep their running value.
 RESTART_ONLY = ("server.listen", "server.metrics_listen", "server.admin_listen",
-                "server.metrics", "server.max_buffered_bytes", "server.workers", "log.format")
+                "server.metrics", "server.max_buffered_bytes", "server.workers",
+                "server.reuse_port",
+                "log.format")
 
 
 def _setting(cfg: RelayConfig, dotted: str) -> Any:
@@ -338,7 +340,8 @@ class RelayService(Service):
             endpoints += [(d, self.admin_site) for d in server.admin_listen]
         for description, factory in endpoints:
             try:
-                d = serverFromString(self.reactor, description).listen(factory)
+                d = listening_endpoint(self.reactor, description,
+                                       server.reuse_port).listen(factory)
             except Exception as e:
                 failures.append((description, e))
                 break
