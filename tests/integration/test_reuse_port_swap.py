@@ -1,8 +1,13 @@
 """
-The zero-downtime swap without systemd (issue 11.2): with ``server.reuse_port`` a second
-relay binds the port the first one serves; SIGTERM drains the first (it stops listening,
-its live streams finish) while the second takes the new connections. Under sustained
-streaming load no request fails, no stream is torn and no connection is refused.
+Zero-downtime swaps (issue 11.2), both ways, under sustained streaming load: no request
+fails, no stream is torn and no connection is refused.
+
+- Without systemd, ``server.reuse_port``: a second relay binds the port the first one
+  serves; SIGTERM drains the first (it stops listening, its live streams finish) while the
+  second takes the new connections.
+- systemd socket activation (the ``systemd:`` endpoint): the listening socket is inherited
+  and outlives the process, so in a stop-then-start swap the kernel queues new connections
+  until the next relay accepts them.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import json
 import re
 import signal
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -157,3 +163,47 @@ def test_without_reuse_port_the_second_relay_cannot_bind(tmp: Path) -> None:
             start_relay(tmp / "b", cfg)
     finally:
         old.stop()
+
+
+ACTIVATE = ("import os, sys; fd = int(sys.argv[1]); fd == 3 or (os.dup2(fd, 3), os.close(fd)); "
+            "os.environ['LISTEN_PID'] = str(os.getpid()); os.execv(sys.argv[2], sys.argv[2:])")
+
+
+def socket_activated(sock: socket.socket) -> dict[str, object]:
+    """start_relay arguments passing ``sock`` as systemd does: fd 3, named ``http``."""
+    fd = sock.fileno()
+    # LISTEN_PID must be the relay's own pid: set it in a process that then execs the relay.
+    return {"prefix": [sys.executable, "-c", ACTIVATE, str(fd)], "pass_fds": [fd],
+            "env": {"LISTEN_FDS": "1", "LISTEN_FDNAMES": "http"}}
+
+
+def test_socket_activation_stop_then_start_refuses_nothing(tmp: Path) -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(512)
+    port = sock.getsockname()[1]
+    cfg = config_text(server={"listen": ["systemd:domain=INET:name=http"],
+                              "drain_timeout": 20}, providers=SLOW_DEMO)
+    (tmp / "a").mkdir()
+    (tmp / "b").mkdir()
+    old = start_relay(tmp / "a", cfg, **socket_activated(sock))  # type: ignore[arg-type]
+    new = None
+    try:
+        assert old.port == port
+        with Load(port) as load:
+            wait_for_more(load, 2 * CLIENTS)
+            old.process.send_signal(signal.SIGTERM)
+            code = old.process.wait(30)  # the gap: connections queue on the socket
+            new = start_relay(tmp / "b", cfg, **socket_activated(sock))  # type: ignore[arg-type]
+            wait_for_more(load, 2 * CLIENTS)
+        assert (load.refused, load.failed, load.torn) == ([], [], [])
+        assert code == -signal.SIGTERM
+        live = re.search(r"draining: (\d+) live request", old.log())
+        assert live is not None and int(live.group(1)) > 0, old.log()
+        assert old.log().count(ACCESS) > 0 and new.log().count(ACCESS) > 0
+        assert "Traceback" not in old.log() + new.log()
+    finally:
+        old.stop()
+        if new is not None:
+            new.stop()
+        sock.close()
