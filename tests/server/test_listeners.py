@@ -91,3 +91,17 @@ def test_config_names_a_tcp_listener_reuse_port_cannot_bind() -> None:
     assert [p for p in info.value.problems if "listen" in p] == [
         "server.listen[1]: 'tcp:80:ssl=1': with reuse_port, a tcp listener takes only "
         "port, interface and backlog, not ssl"]
+
+
+@pytest.mark.parametrize("server, problem", [
+    ({"workers": 2}, "server.workers: more than 1 needs server.reuse_port = true"),
+    ({"workers": 0}, "server.workers: must be between 1 and 64"),
+    ({"workers": 2, "reuse_port": True, "listen": ["unix:/tmp/x.sock"]},
+     "server.listen[0]: with server.workers, every listener must be tcp: or tcp6: "
+     "('unix:/tmp/x.sock')"),
+])
+def test_config_names_what_workers_need(server: dict[str, object], problem: str) -> None:
+    raw = tomllib.loads(config_text(server=server))
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, "relay.toml", {})
+    assert problem in info.value.problems
