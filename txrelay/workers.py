@@ -20,6 +20,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txrelay.service import _sd_notify
+
 log = Logger()
 
 #: Set in a worker's environment (to its index): that process serves, it does not supervise.
@@ -71,6 +73,9 @@ class Supervisor(Service):
             self._spawn(index)
         self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
         log.info("txrelay supervisor: {count} worker(s) started", count=self.workers)
+        # Sent once the workers are started, not once each listens (they cannot notify:
+        # NOTIFY_SOCKET is kept from them, systemd's NotifyAccess=main would refuse them).
+        _sd_notify(f"READY=1\nSTATUS={self.workers} worker(s)".encode())
 
     def _spawn(self, index: int) -> None:
         if self._stopping:
@@ -113,6 +118,7 @@ class Supervisor(Service):
     def stopService(self) -> Deferred[Any]:
         """SIGTERM every worker; fires once all have drained and exited."""
         self._stopping = True
+        _sd_notify(b"STOPPING=1\nSTATUS=draining the workers")
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
