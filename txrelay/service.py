@@ -18,6 +18,7 @@ import attrs
 from cattrs.errors import ClassValidationError
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
+from twisted.internet.endpoints import serverFromString
 from twisted.plugin import getPlugins
 from twisted.python.failure import Failure
 
@@ -44,7 +45,7 @@ from txrelay.protocol.errors import RelayError
 from txrelay.protocol.structure import error_lines, make_converter
 from txrelay.server.admin import AdminAccess, AdminResource, AdminSite, ReloadOutcome
 from txrelay.server.frontdoor import FrontDoorPolicy
-from txrelay.server.listeners import listening_endpoint
+from txrelay.server.listeners import reuse_port_endpoint
 from txrelay.server.metrics_access import MetricsAccess, MetricsSite
 from txrelay.server.models import catalog_terminal
 from txrelay.server.resource import CEILING_ERROR, Lifecycle, RelayResource
@@ -340,8 +341,11 @@ class RelayService(Service):
             endpoints += [(d, self.admin_site) for d in server.admin_listen]
         for description, factory in endpoints:
             try:
-                d = listening_endpoint(self.reactor, description,
-                                       server.reuse_port).listen(factory)
+                endpoint = (reuse_port_endpoint(self.reactor, description)
+                            if server.reuse_port else None)
+                if endpoint is None:
+                    endpoint = serverFromString(self.reactor, description)
+                d = endpoint.listen(factory)
             except Exception as e:
                 failures.append((description, e))
                 break

@@ -14,8 +14,8 @@ from txrelay.config import ConfigError, parse_config
 from txrelay.server.listeners import (
     ReusePortEndpoint,
     TCPListenSpec,
-    listening_endpoint,
     parse_tcp,
+    reuse_port_endpoint,
     reuse_port_socket,
 )
 
@@ -59,7 +59,8 @@ def test_two_reuse_port_sockets_share_one_address_and_a_plain_one_cannot() -> No
 
 def test_the_endpoint_hands_its_socket_to_adopt_stream_port() -> None:
     reactor = MemoryReactor()
-    endpoint = listening_endpoint(reactor, "tcp:0:interface=127.0.0.1", reuse_port=True)
+    assert reuse_port_endpoint(reactor, "unix:/run/x.sock") is None
+    endpoint = reuse_port_endpoint(reactor, "tcp:0:interface=127.0.0.1")
     assert isinstance(endpoint, ReusePortEndpoint)
     factory = Factory.forProtocol(Protocol)
     ports: list[object] = []

@@ -114,12 +114,8 @@ class ReusePortEndpoint:
         return succeed(port)
 
 
-def listening_endpoint(reactor: Any, description: str, reuse_port: bool) -> Any:
-    """The endpoint for ``description``: a :class:`ReusePortEndpoint` for TCP when
-    ``reuse_port`` is set, else what Twisted's ``serverFromString`` makes of it."""
-    from twisted.internet.endpoints import serverFromString
-
-    spec = parse_tcp(description) if reuse_port else None
-    if spec is None:
-        return serverFromString(reactor, description)
-    return ReusePortEndpoint(reactor, spec)
+def reuse_port_endpoint(reactor: Any, description: str) -> ReusePortEndpoint | None:
+    """A :class:`ReusePortEndpoint` for a ``tcp:``/``tcp6:`` string; ``None`` for other
+    kinds (left to Twisted's ``serverFromString``)."""
+    spec = parse_tcp(description)
+    return None if spec is None else ReusePortEndpoint(reactor, spec)
