@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,16 +110,20 @@ def serve_command(config: Path) -> list[str]:
 
 
 def start_relay(tmp: Path, config: str, *, env: Mapping[str, str] | None = None,
-                timeout: float = 30, serve: bool = False) -> Relay:
-    """Write ``config`` under ``tmp``, start twistd on it and wait until it listens."""
+                timeout: float = 30, serve: bool = False, prefix: Sequence[str] = (),
+                pass_fds: Sequence[int] = ()) -> Relay:
+    """
+    Write ``config`` under ``tmp``, start twistd on it and wait until it listens;
+    ``prefix`` goes before the command line, ``pass_fds`` are inherited.
+    """
     path = tmp / "relay.toml"
     path.write_text(config)
     log_path = tmp / "relay.log"
     out = log_path.open("wb")
     full_env = {**os.environ, **(env or {})}
-    command = serve_command(path) if serve else twistd_command(path)
+    command = [*prefix, *(serve_command(path) if serve else twistd_command(path))]
     proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                            cwd=tmp, env=full_env)
+                            cwd=tmp, env=full_env, pass_fds=tuple(pass_fds))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         text = log_path.read_text("utf-8", "replace")

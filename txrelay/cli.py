@@ -60,7 +60,13 @@ def _serve(path: str) -> int:
                                      redirectStandardIO=False)
 
     async def run(r: Any) -> None:
-        service = RelayService(build_app(cfg, r, path), r, path)
+        from txrelay.workers import Supervisor, is_worker
+
+        service: Any
+        if cfg.server.workers > 1 and not is_worker():
+            service = Supervisor(r, path, cfg.server.workers)
+        else:
+            service = RelayService(build_app(cfg, r, path), r, path)
         service.startService()
         r.addSystemEventTrigger("before", "shutdown", service.stopService)
         await Deferred()  # until SIGTERM/SIGINT stop the reactor

@@ -202,6 +202,12 @@ class ServerConfig:
     #: Endpoints serving the ``/admin/`` endpoints alone; when set, the main listeners do
     #: not serve them. Either way every admin request needs an admin key.
     admin_listen: tuple[str, ...] = ()
+    #: Bind every ``tcp:``/``tcp6:`` listener with ``SO_REUSEPORT``, so a new relay process
+    #: can listen on the same ports while this one serves and then drains (README "Swaps").
+    reuse_port: bool = False
+    #: Relay processes sharing the listeners (``reuse_port`` needed past 1), run and
+    #: restarted by the main process (``txrelay.workers``).
+    workers: int = 1
 
 
 @attrs.frozen
@@ -436,6 +442,23 @@ def _check(cfg: RelayConfig, env: Mapping[str, str], problems: list[str]) -> Rel
         problems.append("server.metrics_listen: set, but server.metrics is false")
     if s.admin_listen and not s.admin_keys:
         problems.append("server.admin_listen: set, but no server.admin_keys to use it with")
+    if not 1 <= s.workers <= 64:
+        problems.append("server.workers: must be between 1 and 64")
+    elif s.workers > 1 and not s.reuse_port:
+        problems.append("server.workers: more than 1 needs server.reuse_port = true")
+    if s.reuse_port:
+        from txrelay.server.listeners import parse_tcp
+
+        for key in ("listen", "metrics_listen", "admin_listen"):
+            for j, description in enumerate(getattr(s, key)):
+                try:
+                    spec = parse_tcp(description)
+                except ValueError as e:
+                    problems.append(f"server.{key}[{j}]: {e}")
+                    continue
+                if spec is None and s.workers > 1:
+                    problems.append(f"server.{key}[{j}]: with server.workers, every "
+                                    f"listener must be tcp: or tcp6: ({description!r})")
 
     providers: list[ProviderConfig] = []
     names: set[str] = set()

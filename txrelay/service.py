@@ -45,6 +45,7 @@ from txrelay.protocol.errors import RelayError
 from txrelay.protocol.structure import error_lines, make_converter
 from txrelay.server.admin import AdminAccess, AdminResource, AdminSite, ReloadOutcome
 from txrelay.server.frontdoor import FrontDoorPolicy
+from txrelay.server.listeners import reuse_port_endpoint
 from txrelay.server.metrics_access import MetricsAccess, MetricsSite
 from txrelay.server.models import catalog_terminal
 from txrelay.server.resource import CEILING_ERROR, Lifecycle, RelayResource
@@ -217,7 +218,9 @@ def _metrics_observer(metrics: Metrics) -> Callable[[str, RelayError], None]:
 
 #: Settings a reload cannot change: they are logged as ignored and keep their running value.
 RESTART_ONLY = ("server.listen", "server.metrics_listen", "server.admin_listen",
-                "server.metrics", "server.max_buffered_bytes", "server.workers", "log.format")
+                "server.metrics", "server.max_buffered_bytes", "server.workers",
+                "server.reuse_port",
+                "log.format")
 
 
 def _setting(cfg: RelayConfig, dotted: str) -> Any:
@@ -338,7 +341,11 @@ class RelayService(Service):
             endpoints += [(d, self.admin_site) for d in server.admin_listen]
         for description, factory in endpoints:
             try:
-                d = serverFromString(self.reactor, description).listen(factory)
+                endpoint = (reuse_port_endpoint(self.reactor, description)
+                            if server.reuse_port else None)
+                if endpoint is None:
+                    endpoint = serverFromString(self.reactor, description)
+                d = endpoint.listen(factory)
             except Exception as e:
                 failures.append((description, e))
                 break

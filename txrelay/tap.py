@@ -77,6 +77,10 @@ def makeService(options: Options) -> IService:
     # twistd chooses the log observers: redact each event before they see it.
     register_secret(*secret_values(cfg))
     install_log_redaction()
+    from txrelay.workers import Supervisor, is_worker
+
+    if cfg.server.workers > 1 and not is_worker():
+        return Supervisor(reactor, options["config"], cfg.server.workers)
     app = build_app(cfg, reactor, options["config"])
     service: Any = RelayService(app, reactor, options["config"])
     return service  # type: ignore[no-any-return]

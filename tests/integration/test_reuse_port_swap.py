@@ -1,0 +1,209 @@
+"""
+Zero-downtime swaps (issue 11.2), both ways, under sustained streaming load: no request
+fails, no stream is torn and no connection is refused.
+
+- Without systemd, ``server.reuse_port``: a second relay binds the port the first one
+  serves; SIGTERM drains the first (it stops listening, its live streams finish) while the
+  second takes the new connections.
+- systemd socket activation (the ``systemd:`` endpoint): the listening socket is inherited
+  and outlives the process, so in a stop-then-start swap the kernel queues new connections
+  until the next relay accepts them.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.relayproc import DEMO_KEY, config_text, start_relay
+
+pytestmark = pytest.mark.integration
+
+SLOW_DEMO = [{"name": "demo", "kind": "demo", "options": {"event_delay": 0.05}}]
+BODY = json.dumps({"model": "sonnet", "max_tokens": 200, "stream": True,
+                   "messages": [{"role": "user", "content": "a short streamed answer"}]})
+CLIENTS = 6
+ACCESS = "POST /v1/messages 200"
+#: Each client loop stops after this many requests at the latest (bounded load).
+MAX_ROUNDS = 400
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Load:
+    """Client loops, each streaming one request per fresh connection until stopped."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.done = 0
+        self.refused: list[str] = []
+        self.failed: list[str] = []
+        self.torn: list[str] = []
+        self.threads = [threading.Thread(target=self.loop, daemon=True)
+                        for _ in range(CLIENTS)]
+
+    def one(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
+        try:
+            conn.request("POST", "/v1/messages", body=BODY,
+                         headers={"x-api-key": DEMO_KEY, "content-type": "application/json"})
+            resp = conn.getresponse()
+            if resp.status != 200:
+                with self.lock:
+                    self.failed.append(f"status {resp.status}: {resp.read()[:200]!r}")
+                return
+            try:
+                # http.client raises IncompleteRead without the chunked terminator.
+                body = resp.read()
+            except (http.client.HTTPException, OSError) as e:
+                with self.lock:
+                    self.torn.append(repr(e))
+                return
+            with self.lock:
+                if b"event: message_stop" not in body:
+                    self.torn.append(body[-200:].decode("utf-8", "replace"))
+                else:
+                    self.done += 1
+        except ConnectionRefusedError as e:
+            with self.lock:
+                self.refused.append(repr(e))
+        except (http.client.HTTPException, OSError) as e:
+            with self.lock:
+                self.failed.append(repr(e))
+        finally:
+            conn.close()
+
+    def loop(self) -> None:
+        for _ in range(MAX_ROUNDS):
+            if self.stop.is_set():
+                return
+            self.one()
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+    def count(self) -> int:
+        with self.lock:
+            return self.done
+
+
+def wait_for_more(load: Load, more: int, timeout: float = 20) -> None:
+    goal, deadline = load.count() + more, time.monotonic() + timeout
+    while load.count() < goal and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert load.count() >= goal, (load.count(), goal)
+
+
+def test_a_second_relay_takes_over_the_port_with_nothing_failed_torn_or_refused(
+    tmp: Path,
+) -> None:
+    port = free_port()
+    cfg = config_text(server={"listen": [f"tcp:{port}:interface=127.0.0.1"],
+                              "reuse_port": True, "drain_timeout": 20},
+                      providers=SLOW_DEMO)
+    (tmp / "a").mkdir()
+    (tmp / "b").mkdir()
+    old = start_relay(tmp / "a", cfg)
+    new = None
+    try:
+        with Load(port) as load:
+            wait_for_more(load, 2 * CLIENTS)
+            new = start_relay(tmp / "b", cfg)  # binds while the old one serves
+            wait_for_more(load, CLIENTS)
+            old.process.send_signal(signal.SIGTERM)
+            code = old.process.wait(30)
+            served_by_old = old.log().count(ACCESS)
+            before = new.log().count(ACCESS)
+            wait_for_more(load, 2 * CLIENTS)  # the new one alone serves on
+        after = new.log().count(ACCESS)
+        assert (load.refused, load.failed, load.torn) == ([], [], [])
+        assert code == -signal.SIGTERM  # twistd re-raises SIGTERM after the drain
+        # The old relay had live streams when the signal came, and they all finished.
+        live = re.search(r"draining: (\d+) live request", old.log())
+        assert live is not None and int(live.group(1)) > 0, old.log()
+        assert "drain ceiling" not in old.log()
+        assert served_by_old > 0 and after > before > 0, (served_by_old, before, after)
+        assert "Traceback" not in old.log() + new.log()
+    finally:
+        old.stop()
+        if new is not None:
+            new.stop()
+
+
+def test_without_reuse_port_the_second_relay_cannot_bind(tmp: Path) -> None:
+    port = free_port()
+    cfg = config_text(server={"listen": [f"tcp:{port}:interface=127.0.0.1"]})
+    (tmp / "a").mkdir()
+    (tmp / "b").mkdir()
+    old = start_relay(tmp / "a", cfg)
+    try:
+        with pytest.raises(RuntimeError, match="cannot listen on"):
+            start_relay(tmp / "b", cfg)
+    finally:
+        old.stop()
+
+
+ACTIVATE = ("import os, sys; fd = int(sys.argv[1]); fd == 3 or (os.dup2(fd, 3), os.close(fd)); "
+            "os.environ['LISTEN_PID'] = str(os.getpid()); os.execv(sys.argv[2], sys.argv[2:])")
+
+
+def socket_activated(sock: socket.socket) -> dict[str, object]:
+    """start_relay arguments passing ``sock`` as systemd does: fd 3, named ``http``."""
+    fd = sock.fileno()
+    # LISTEN_PID must be the relay's own pid: set it in a process that then execs the relay.
+    return {"prefix": [sys.executable, "-c", ACTIVATE, str(fd)], "pass_fds": [fd],
+            "env": {"LISTEN_FDS": "1", "LISTEN_FDNAMES": "http"}}
+
+
+def test_socket_activation_stop_then_start_refuses_nothing(tmp: Path) -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(512)
+    port = sock.getsockname()[1]
+    cfg = config_text(server={"listen": ["systemd:domain=INET:name=http"],
+                              "drain_timeout": 20}, providers=SLOW_DEMO)
+    (tmp / "a").mkdir()
+    (tmp / "b").mkdir()
+    old = start_relay(tmp / "a", cfg, **socket_activated(sock))  # type: ignore[arg-type]
+    new = None
+    try:
+        assert old.port == port
+        with Load(port) as load:
+            wait_for_more(load, 2 * CLIENTS)
+            old.process.send_signal(signal.SIGTERM)
+            code = old.process.wait(30)  # the gap: connections queue on the socket
+            new = start_relay(tmp / "b", cfg, **socket_activated(sock))  # type: ignore[arg-type]
+            wait_for_more(load, 2 * CLIENTS)
+        assert (load.refused, load.failed, load.torn) == ([], [], [])
+        assert code == -signal.SIGTERM
+        live = re.search(r"draining: (\d+) live request", old.log())
+        assert live is not None and int(live.group(1)) > 0, old.log()
+        assert old.log().count(ACCESS) > 0 and new.log().count(ACCESS) > 0
+        assert "Traceback" not in old.log() + new.log()
+    finally:
+        old.stop()
+        if new is not None:
+            new.stop()
+        sock.close()
