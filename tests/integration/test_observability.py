@@ -23,7 +23,8 @@ def _config(fmt: str = "json") -> str:
     return config_text(
         providers=[{"name": "demo", "kind": "demo"},
                    {"name": "dead", "kind": "openai-chat",
-                    "base_url": "http://127.0.0.1:9/v1", "api_key": {"env": "TXRELAY_TEST_DEAD_KEY"},
+                    "base_url": "http://127.0.0.1:9/v1",
+                    "api_key": {"env": "TXRELAY_TEST_DEAD_KEY"},
                     "timeouts": {"connect": 2, "first_byte": 5, "idle": 3}}],
         models=[{"id": "claude-sonnet-4-6", "provider": "demo", "aliases": ["sonnet"]},
                 {"id": "dead-model", "provider": "dead"}],
