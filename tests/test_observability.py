@@ -117,3 +117,13 @@ def test_sse_writer_records_first_token_time_and_full_usage() -> None:
     assert writer.stats.first_content_at == 100.25
     assert writer.usage == {"input_tokens": 7, "output_tokens": 3}
     assert writer.stats.terminal
+
+
+def test_body_excerpt_caps_and_redacts_key_shapes() -> None:
+    from txrelay.logs import body_excerpt
+
+    raw = b'{"k": "sk-proj-' + b"a" * 30 + b'", "t": "AKIAABCDEFGHIJKLMNOP"}' + b"x" * 100
+    out = body_excerpt(raw, 80)
+    assert "sk-proj" not in out and "AKIA" not in out and out.count("[REDACTED]") == 2
+    assert out.endswith(f"… ({len(raw) - 80} more bytes)")
+    assert body_excerpt(b"short", 80) == "short"

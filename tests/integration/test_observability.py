@@ -107,3 +107,24 @@ def test_operator_metrics(tmp_path: Path) -> None:
     # A name no configured model claims is counted, but never becomes a label value.
     assert _sample(text, "txrelay_requests_total", model="other", provider="demo") == 1
     assert "some-unconfigured-model-name" not in text
+
+
+def test_opt_in_body_log_is_capped_and_redacted(tmp_path: Path) -> None:
+    cfg = _config("json").replace('format = "json"\n', 'format = "json"\nbody_bytes = 300\n')
+    relay = start_relay(tmp_path, cfg, env=ENV)
+    pasted = "sk-ant-api03-" + "Q" * 40
+    try:
+        c = anthropic.Anthropic(base_url=relay.url, api_key=DEMO_KEY, max_retries=0)
+        c.messages.create(model="sonnet", max_tokens=5, messages=[{
+            "role": "user",
+            "content": f"keys: {pasted} sk-dead-upstream-key " + "tail" * 500}])
+    finally:
+        relay.stop()
+    text = relay.log()
+    bodies = [e for e in map(json.loads, filter(str.strip, text.splitlines()))
+              if "body" in e and str(e.get("request_id", "")).startswith("req_")]
+    assert len(bodies) == 1
+    body = bodies[0]["body"]
+    assert body.startswith('{"') and '"role"' in body and "[REDACTED]" in body
+    assert "more bytes)" in body and len(body.encode()) < 400
+    assert pasted not in text and "sk-dead-upstream-key" not in text and DEMO_KEY not in text

@@ -17,7 +17,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from txrelay import __version__
 from txrelay.catalog import ModelCatalog
-from txrelay.logs import RelayLogger
+from txrelay.logs import RelayLogger, body_excerpt
 from txrelay.metrics import CONTENT_TYPE, Metrics
 from txrelay.pipeline import Exchange, Operation, Proceed, Reply
 from txrelay.protocol.accumulate import MessageAccumulator
@@ -233,6 +233,8 @@ class RelayResource(Resource):
     admin: Resource | None = None
     #: Bumped by each configuration reload; every request records the one it started on.
     generation: int = 0
+    #: ``log.body_bytes``: log each request body, redacted and cut to this size (0: never).
+    body_log_bytes: int = 0
     isLeaf = True
 
     def __attrs_post_init__(self) -> None:
@@ -367,6 +369,9 @@ class RelayResource(Resource):
                          last_event=call.stats.last_event or "none")
             if self.access_log:
                 self._log(call, rid, status, streamed, started, usage)
+            if self.body_log_bytes > 0 and exchange is not None:
+                log.info("request body {request_id}: {body}", request_id=rid,
+                         body=body_excerpt(exchange.original_body, self.body_log_bytes))
             if self.metrics is not None:
                 self.metrics.observe(
                     operation=op, status=status,
