@@ -368,7 +368,7 @@ class RelayResource(Resource):
                          else "ended by the relay",
                          last_event=call.stats.last_event or "none")
             if self.access_log:
-                self._log(call, rid, status, streamed, started, usage)
+                self._log(call, rid, status, streamed, usage)
             if self.body_log_bytes > 0 and exchange is not None:
                 log.info("request body {request_id}: {body}", request_id=rid,
                          body=body_excerpt(exchange.original_body, self.body_log_bytes))
@@ -481,7 +481,7 @@ class RelayResource(Resource):
                 request.channel.transport.loseConnection()
 
     def _log(
-        self, call: InFlight, rid: str, status: int, streamed: bool, started: float,
+        self, call: InFlight, rid: str, status: int, streamed: bool,
         usage: dict[str, Any] | None,
     ) -> None:
         """The access line: who asked for what, where it went, how it ended, how long."""
@@ -497,7 +497,8 @@ class RelayResource(Resource):
             method=request.method.decode("ascii", "replace"),
             path=request.path.decode("utf-8", "replace"),
             status=status,
-            duration_ms=(time.monotonic() - started) * 1000,
+            # The reactor's clock, like the time to first token beside it.
+            duration_ms=(self.reactor.seconds() - call.started) * 1000,
             request_id=rid,
             client=exchange.client if exchange is not None else None,
             session_id=_session_id(request),
