@@ -216,6 +216,9 @@ class LogConfig:
 
     level: Literal["debug", "info", "warn", "error"] = "info"
     format: Literal["text", "json"] = "text"
+    #: Log each request's body after its access line, redacted and cut to this many bytes
+    #: (0: never, the default; bodies hold users' conversations).
+    body_bytes: int = 0
 
 
 @attrs.frozen

@@ -7,6 +7,7 @@ that drops events below the level at the source, and the bridge from stdlib ``lo
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import IO, Any
 
@@ -112,3 +113,24 @@ def bridge_stdlib_logging(level: str) -> TwistedLogHandler:
     root.addHandler(handler)
     logging.getLogger("txrelay").setLevel(_TO_STDLIB[level])
     return handler
+
+
+# Credential shapes a pasted body may carry even when the relay was not told of them:
+# Anthropic/OpenAI ``sk-…``, Google ``AIza…``, bearer tokens, AWS access key ids.
+_KEY_SHAPES = re.compile(
+    r"sk-[A-Za-z0-9_-]{16,}|AIza[0-9A-Za-z_-]{30,}|(?i:bearer)\s+[A-Za-z0-9._~+/-]{16,}=*"
+    r"|AKIA[0-9A-Z]{16}")
+
+
+def body_excerpt(raw: bytes, limit: int) -> str:
+    """
+    At most ``limit`` bytes of a request body for the opt-in body log, with every configured
+    secret and anything shaped like an API key replaced by ``[REDACTED]``.
+    """
+    from txrelay.redact import default_redactor
+
+    cut = raw[:limit].decode("utf-8", "replace")
+    text = _KEY_SHAPES.sub("[REDACTED]", default_redactor.redact(cut))
+    if len(raw) > limit:
+        text += f"… ({len(raw) - limit} more bytes)"
+    return text

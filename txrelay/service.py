@@ -272,7 +272,7 @@ class RelayService(Service):
             app.pipeline, app.catalog, reactor, server.ping_interval, server.access_log,
             self.lifecycle, metrics,
             MetricsAccess(admin_digests, loopback=not server.metrics_listen),
-            self.admin,
+            self.admin, body_log_bytes=app.config.log.body_bytes,
         )
         self.site = RelaySite(self.resource, max_request_bytes=server.max_request_bytes,
                               timeout=server.idle_timeout, reactor=reactor,
@@ -479,6 +479,7 @@ class RelayService(Service):
         r = self.resource
         r.pipeline, r.catalog = app.pipeline, app.catalog
         r.ping_interval, r.access_log = server.ping_interval, server.access_log
+        r.body_log_bytes = app.config.log.body_bytes
         r.metrics_access = MetricsAccess(admin_digests, loopback=not server.metrics_listen)
         self.admin.access = AdminAccess(admin_digests, not server.admin_listen)
         if self.admin_listener is not None:

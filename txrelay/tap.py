@@ -83,4 +83,40 @@ def makeService(options: Options) -> IService:
         return Supervisor(reactor, options["config"], cfg.server.workers)
     app = build_app(cfg, reactor, options["config"])
     service: Any = RelayService(app, reactor, options["config"])
+    if cfg.log.format == "json":
+        parent = getattr(options, "parent", None)
+        logfile = parent.get("logfile") if parent is not None else None
+        service = _with_log_observer(service, json_observer(cfg.log, logfile))
     return service  # type: ignore[no-any-return]
+
+
+def json_observer(cfg: Any, logfile: str | None) -> Any:
+    """The configured observer, writing to twistd's ``--logfile`` when one is given."""
+    from twisted.python.logfile import LogFile
+
+    from txrelay.logs import make_observer
+
+    if logfile and logfile != "-":
+        return make_observer(cfg, LogFile.fromFullPath(logfile))
+    return make_observer(cfg)
+
+
+def _with_log_observer(service: Any, observer: Any) -> Any:
+    """
+    ``service``, made to hand ``observer`` to twistd: twistd builds its ``Application``
+    after ``makeService`` and, unless ``--logger`` is given, logs to the application's
+    ``ILogObserver`` component when it has one (the documented ``.tac`` mechanism), so the
+    service sets that component when twistd attaches it to the application.
+    """
+    from twisted.logger import ILogObserver
+    from twisted.python.components import Componentized
+
+    attach = service.setServiceParent
+
+    def set_service_parent(parent: Any) -> Any:
+        if isinstance(parent, Componentized) and parent.getComponent(ILogObserver) is None:
+            parent.setComponent(ILogObserver, observer)
+        return attach(parent)
+
+    service.setServiceParent = set_service_parent
+    return service

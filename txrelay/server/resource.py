@@ -17,7 +17,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from txrelay import __version__
 from txrelay.catalog import ModelCatalog
-from txrelay.logs import RelayLogger
+from txrelay.logs import RelayLogger, body_excerpt
 from txrelay.metrics import CONTENT_TYPE, Metrics
 from txrelay.pipeline import Exchange, Operation, Proceed, Reply
 from txrelay.protocol.accumulate import MessageAccumulator
@@ -233,10 +233,15 @@ class RelayResource(Resource):
     admin: Resource | None = None
     #: Bumped by each configuration reload; every request records the one it started on.
     generation: int = 0
+    #: ``log.body_bytes``: log each request body, redacted and cut to this size (0: never).
+    body_log_bytes: int = 0
     isLeaf = True
 
     def __attrs_post_init__(self) -> None:
         Resource.__init__(self)
+        if self.metrics is not None:
+            lifecycle = self.lifecycle
+            self.metrics.watch_drain(lambda: lifecycle.draining)
 
     def render(self, request: Request) -> Any:
         assert request.path is not None
@@ -314,6 +319,8 @@ class RelayResource(Resource):
             exchange = call.exchange = self._exchange(request, rid, cast(Operation, op),
                                                       model_id)
             reply = await self.pipeline(exchange)
+            if self.metrics is not None:
+                self.metrics.observe_first_byte(exchange.route, time.monotonic() - started)
             status = reply.status
             if reply.stream is not None:
                 try:
@@ -361,14 +368,20 @@ class RelayResource(Resource):
                          else "ended by the relay",
                          last_event=call.stats.last_event or "none")
             if self.access_log:
-                self._log(request, rid, exchange, status, streamed, started)
+                self._log(call, rid, status, streamed, usage)
+            if self.body_log_bytes > 0 and exchange is not None:
+                log.info("request body {request_id}: {body}", request_id=rid,
+                         body=body_excerpt(exchange.original_body, self.body_log_bytes))
             if self.metrics is not None:
                 self.metrics.observe(
                     operation=op, status=status,
                     route=exchange.route if exchange is not None else None,
                     client=exchange.client if exchange is not None else None,
                     seconds=time.monotonic() - started, stream=streamed, usage=usage,
-                    error_type=error_type)
+                    error_type=error_type, upstream_error=_upstream_failed(call, status))
+                if call.stats.first_content_at is not None and exchange is not None:
+                    self.metrics.observe_first_token(
+                        exchange.route, call.stats.first_content_at - call.started)
 
     def _exchange(
         self, request: Request, rid: str, op: Operation, model_id: str | None
@@ -468,20 +481,50 @@ class RelayResource(Resource):
                 request.channel.transport.loseConnection()
 
     def _log(
-        self, request: Request, rid: str, exchange: Exchange | None, status: int,
-        streamed: bool, started: float,
+        self, call: InFlight, rid: str, status: int, streamed: bool,
+        usage: dict[str, Any] | None,
     ) -> None:
+        """The access line: who asked for what, where it went, how it ended, how long."""
+        request, exchange = call.request, call.exchange
         route = exchange.route if exchange is not None else None
+        first = call.stats.first_content_at
+        usage = usage or {}
         log.info(
             "{method} {path} {status} {duration_ms:.1f}ms request_id={request_id} "
-            "client={client} model={model} provider={provider} stream={stream}",
+            "client={client} model={model} provider={provider} served={served_model} "
+            "session={session_id} stream={stream} ttft_ms={ttft_ms} "
+            "tokens={input_tokens}/{output_tokens}",
             method=request.method.decode("ascii", "replace"),
             path=request.path.decode("utf-8", "replace"),
             status=status,
-            duration_ms=(time.monotonic() - started) * 1000,
+            # The reactor's clock, like the time to first token beside it.
+            duration_ms=(self.reactor.seconds() - call.started) * 1000,
             request_id=rid,
             client=exchange.client if exchange is not None else None,
+            session_id=_session_id(request),
             model=route.requested if route else None,
+            served_model=route.upstream_model if route else None,
             provider=route.provider if route else None,
             stream=streamed,
+            ttft_ms=None if first is None else round((first - call.started) * 1000, 1),
+            input_tokens=usage.get("input_tokens"),
+            output_tokens=usage.get("output_tokens"),
+            cache_read_tokens=usage.get("cache_read_input_tokens"),
+            cache_creation_tokens=usage.get("cache_creation_input_tokens"),
         )
+
+
+def _session_id(request: Request) -> str | None:
+    """Claude Code's session id, capped and printable (it is client-supplied)."""
+    raw = request.getHeader(b"x-claude-code-session-id")
+    if not raw:
+        return None
+    text = raw[:128].decode("latin-1")
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+def _upstream_failed(call: InFlight, status: int) -> bool:
+    """Whether a routed request failed on its backend's side, not the client's or a drain's."""
+    exchange = call.exchange
+    return (exchange is not None and exchange.route is not None
+            and call.abort_reason is None and (status >= 500 or status in (408, 429)))

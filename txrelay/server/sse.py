@@ -40,6 +40,8 @@ class StreamStats:
     bytes_written: int = 0
     #: The type of the last event sent, pings aside (``error`` after an error event).
     last_event: str | None = None
+    #: ``reactor.seconds()`` when the first content delta was written (time to first token).
+    first_content_at: float | None = None
 
     @property
     def terminal(self) -> bool:
@@ -91,6 +93,7 @@ class SSEWriter:
     _registered: bool = False
     _ping_call: IDelayedCall | None = None
     _last_write: float = 0.0
+    _start_usage: dict[str, Any] = attrs.Factory(dict)
 
     def start(self) -> None:
         """Register as the request's producer and start the stream."""
@@ -133,12 +136,18 @@ class SSEWriter:
         if self._finished:
             return
         try:
+            if events and events[0]["type"] == "message_start":
+                # message_delta's usage is cumulative but may leave out the input counts
+                self._start_usage = dict(events[0].get("message", {}).get("usage") or {})
             for e in events[-2:]:  # message_delta comes last but for message_stop
                 if e["type"] == "message_delta":
-                    self.usage = e.get("usage")
+                    self.usage = {**self._start_usage, **(e.get("usage") or {})}
             data = encode_events(events)
             self.request.write(data)
             self.stats.bytes_written += len(data)
+            if self.stats.first_content_at is None and any(
+                    e["type"] == "content_block_delta" for e in events):
+                self.stats.first_content_at = self.reactor.seconds()
             for e in reversed(events):
                 if e["type"] != "ping":
                     self.stats.last_event = e["type"]
