@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.protocol.strategies import json_values
@@ -98,6 +98,9 @@ def assert_gemini_schema(node: Any, path: str = "$") -> None:
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(schema=_schemas() | _rooted() | json_values)
+# Found by hypothesis: allOf merging trusted the outer schema's properties to be an object.
+@example(schema={'anyOf': {}, 'const': {}, 'contains': {}, 'allOf': [{}], 'properties': [{}]})
+@example(schema={'allOf': [{}], 'required': 3})
 def test_any_schema_in_only_allow_listed_keywords_out(schema: Any) -> None:
     assert_gemini_schema(clean_schema(schema))
     params = clean_parameters(schema)

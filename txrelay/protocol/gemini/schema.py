@@ -208,8 +208,10 @@ class _Cleaner:
     ) -> dict[str, Any]:
         """``allOf``: one schema with the union of properties and required names."""
         merged: dict[str, Any] = {k: v for k, v in schema.items() if k != "allOf"}
-        props: dict[str, Any] = dict(merged.get("properties") or {})
-        required: list[Any] = list(merged.get("required") or [])
+        # The outer schema's own fields may be of any JSON type: only well-typed ones count.
+        given_props, given_required = merged.get("properties"), merged.get("required")
+        props: dict[str, Any] = dict(given_props) if isinstance(given_props, dict) else {}
+        required: list[Any] = list(given_required) if isinstance(given_required, list) else []
         for given in parts:
             part = given
             if isinstance(given, dict) and isinstance(given.get("$ref"), str):
