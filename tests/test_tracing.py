@@ -264,3 +264,24 @@ def test_configure_turns_tracing_on_and_off() -> None:
     finally:
         tracing.configure(tracing.TracingConfig())
     assert tracing.active() is None
+
+
+def test_tracing_on_without_opentelemetry_is_a_configuration_error() -> None:
+    # In a fresh interpreter where OpenTelemetry cannot be imported.
+    code = """
+import sys
+sys.modules["opentelemetry"] = None
+from txrelay.config import ConfigError, parse_config
+from txrelay.service import build_app
+cfg = parse_config({"server": {"listen": ["tcp:0"]}, "providers": [{"name": "demo",
+    "kind": "demo"}], "models": [{"id": "m", "provider": "demo"}],
+    "pipeline": [{"type": "translate"}],
+    "tracing": {"enabled": True, "exporter": "console"}}, env={})
+try:
+    build_app(cfg, None)
+except ConfigError as e:
+    print(e)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert "tracing.enabled: OpenTelemetry is not installed" in out.stdout

@@ -173,6 +173,8 @@ def build_app(cfg: RelayConfig, reactor: Any, source: str = "config") -> App:
             names.append(st.label)
         except (ValueError, TypeError) as e:
             problems.append(f"{where}.options: {e}")
+    if (missing := tracing.missing_problem(cfg.tracing)) is not None:
+        problems.append(missing)
     if problems:
         raise ConfigError(source, problems)
     checks = tuple(s for s in stages if IHeaderCheck.providedBy(s))

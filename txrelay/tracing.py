@@ -50,7 +50,11 @@ class TracingConfig:
 
 
 def tracing_problems(cfg: TracingConfig, where: str = "tracing") -> list[str]:
-    """What is wrong with ``cfg``, in plain words (empty: nothing)."""
+    """
+    What is wrong with ``cfg``, in plain words (empty: nothing). Whether OpenTelemetry is
+    installed is the environment's matter, checked when the app is built
+    (:func:`missing_problem`).
+    """
     problems: list[str] = []
     if not 0.0 <= cfg.sample_ratio <= 1.0:
         problems.append(f"{where}.sample_ratio: must be between 0 and 1")
@@ -65,10 +69,15 @@ def tracing_problems(cfg: TracingConfig, where: str = "tracing") -> list[str]:
             problems.append(f"{where}.endpoint: not a URL (expected http:// or https://…)")
         if cfg.exporter != "otlp":
             problems.append(f"{where}.endpoint: only used by the otlp exporter")
-    if cfg.enabled and not available():
-        problems.append(f"{where}.enabled: OpenTelemetry is not installed; install "
-                        "txrelay[tracing]")
     return problems
+
+
+def missing_problem(cfg: TracingConfig) -> str | None:
+    """The problem to report when ``cfg`` turns tracing on without OpenTelemetry installed."""
+    if cfg.enabled and not available():
+        return ("tracing.enabled: OpenTelemetry is not installed; "
+                "pip install 'txrelay[tracing]'")
+    return None
 
 
 def available() -> bool:
