@@ -173,7 +173,8 @@ def build_app(cfg: RelayConfig, reactor: Any, source: str = "config") -> App:
             names.append(st.label)
         except (ValueError, TypeError) as e:
             problems.append(f"{where}.options: {e}")
-    if (missing := tracing.missing_problem(cfg.tracing)) is not None:
+    # At start-up (and reload) only: validating a config needs no tracing extra.
+    if reactor is not None and (missing := tracing.missing_problem(cfg.tracing)) is not None:
         problems.append(missing)
     if problems:
         raise ConfigError(source, problems)
