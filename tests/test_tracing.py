@@ -287,3 +287,14 @@ except ConfigError as e:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert "tracing.enabled: OpenTelemetry is not installed" in out.stdout
+
+
+def test_a_malformed_traceparent_starts_a_new_trace(exporter: InMemorySpanExporter) -> None:
+    upstream = FakeWire()
+    conn = Harness.over(upstream_terminal(upstream, text_reply("hi"))).connect()
+    conn.post(headers=[("traceparent", "00-not-a-trace-01"), ("tracestate", "a=1")])
+    assert conn.response().status == 200
+    server = by_name(exporter.get_finished_spans())["POST /v1/messages"]
+    assert server.parent is None
+    assert upstream.sent[0]["traceparent"].split("-")[1] == f"{server.context.trace_id:032x}"
+    assert "tracestate" not in upstream.sent[0]  # a state without its trace is dropped
