@@ -24,6 +24,7 @@ from cattrs.errors import ClassValidationError
 
 from txrelay.capabilities import CapabilityTable, table_problems
 from txrelay.protocol.structure import error_lines, make_converter
+from txrelay.tracing import TracingConfig, tracing_problems
 
 DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_BUFFERED_BYTES = 256 * 1024 * 1024
@@ -231,6 +232,7 @@ class RelayConfig:
     server: ServerConfig = ServerConfig()
     keys: tuple[ClientKey, ...] = ()
     log: LogConfig = LogConfig()
+    tracing: TracingConfig = attrs.Factory(TracingConfig)
 
     def provider(self, name: str) -> ProviderConfig | None:
         """The provider called ``name``."""
@@ -512,6 +514,8 @@ def _check(cfg: RelayConfig, env: Mapping[str, str], problems: list[str]) -> Rel
 
     _, key_problems = key_digests(cfg, env)
     problems.extend(key_problems)
+
+    problems.extend(tracing_problems(cfg.tracing))
 
     types = [st.type for st in cfg.pipeline]
     if "translate" not in types:

@@ -17,6 +17,7 @@ import cattrs
 from twisted.internet.defer import CancelledError
 from twisted.logger import LogLevel
 
+from txrelay import tracing
 from txrelay.catalog import Route
 from txrelay.logs import RelayLogger
 from txrelay.protocol.anthropic import MessagesRequest, parse_request
@@ -221,9 +222,14 @@ def compose(stages: Sequence[Stage], terminal: Proceed,
 
 
 def _bind(stage: Stage, name: str, proceed: Proceed) -> Proceed:
+    # Decided when the chain is built: with tracing off a stage call makes no span.
+    traced = tracing.active()
+
     async def call(exchange: Exchange) -> Reply:
         token = current_stage.set(StageContext(name, exchange.request_id))
         try:
+            if traced is not None:
+                return await _traced(traced, stage, name, exchange, proceed)
             return await stage(exchange, proceed)
         except (RelayError, CancelledError):
             raise
@@ -237,3 +243,22 @@ def _bind(stage: Stage, name: str, proceed: Proceed) -> Proceed:
             current_stage.reset(token)
 
     return call
+
+
+async def _traced(traced: tracing.Tracing, stage: Stage, name: str, exchange: Exchange,
+                  proceed: Proceed) -> Reply:
+    """Run ``stage`` in a span named ``name``; it ends when the stage returns or raises."""
+    with tracing.internal_span(traced, name) as span:
+        try:
+            reply = await stage(exchange, proceed)
+        except RelayError as e:
+            tracing.set_error(span, e.type)
+            raise
+        except CancelledError:
+            span.set_attribute("txrelay.cancelled", True)
+            raise
+        except Exception as e:
+            tracing.set_error(span, "api_error", type(e).__name__)
+            raise
+        span.set_attribute("http.response.status_code", reply.status)
+        return reply

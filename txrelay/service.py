@@ -19,10 +19,12 @@ from cattrs.errors import ClassValidationError
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.threads import deferToThreadPool
 from twisted.plugin import getPlugins
 from twisted.python.failure import Failure
 
 import txrelay.plugins
+from txrelay import tracing
 from txrelay.catalog import ModelCatalog
 from txrelay.config import (
     ConfigError,
@@ -172,9 +174,14 @@ def build_app(cfg: RelayConfig, reactor: Any, source: str = "config") -> App:
             names.append(st.label)
         except (ValueError, TypeError) as e:
             problems.append(f"{where}.options: {e}")
+    # At start-up (and reload) only: validating a config needs no tracing extra.
+    if reactor is not None and (missing := tracing.missing_problem(cfg.tracing)) is not None:
+        problems.append(missing)
     if problems:
         raise ConfigError(source, problems)
     checks = tuple(s for s in stages if IHeaderCheck.providedBy(s))
+    if reactor is not None:  # before compose: it decides whether stages make spans
+        tracing.configure(cfg.tracing)
     return App(cfg, compose(stages, catalog_terminal(catalog), names), catalog, backends,
                checks)
 
@@ -555,4 +562,8 @@ class RelayService(Service):
         # Old configurations' backends: their requests are over, their closing under way.
         await DeferredList(list(self._retiring))
         await self._close_backends(self.app)
+        traced = tracing.detach()
+        if traced is not None:  # flush the last spans (the exporter may block: a thread)
+            await deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                    traced.provider.shutdown)
         super().stopService()  # type: ignore[no-untyped-call]

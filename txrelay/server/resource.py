@@ -15,7 +15,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from txrelay import __version__
+from txrelay import __version__, tracing
 from txrelay.catalog import ModelCatalog
 from txrelay.logs import RelayLogger, body_excerpt
 from txrelay.metrics import CONTENT_TYPE, Metrics
@@ -114,6 +114,9 @@ class InFlight:
     #: Whether the client asked for a stream.
     streaming: bool = False
     stats: StreamStats = attrs.Factory(StreamStats)
+    #: The status and error type it was answered with (set when its handling ends).
+    status: int = 0
+    error_type: str | None = None
 
     def abort(self, reason: RelayError) -> None:
         """Give up on this request now, answering ``reason``."""
@@ -299,6 +302,35 @@ class RelayResource(Resource):
         return dumps({"status": "ok"})
 
     async def _handle(self, call: InFlight, rid: str, op: str, model_id: str | None) -> None:
+        traced = tracing.active()
+        if traced is None:
+            return await self._serve(call, rid, op, model_id)
+        request = call.request
+        method = request.method.decode("latin-1")
+        route = ("/v1/models/{model_id}" if op == "models.get"
+                 else request.path.decode("utf-8", "replace"))
+        with tracing.server_span(traced, f"{method} {route}", _headers(request), {
+            "http.request.method": method, "http.route": route,
+            "url.path": request.path.decode("utf-8", "replace"),
+            "txrelay.request_id": rid, "txrelay.operation": op,
+        }) as span:
+            # _serve returns once the reply is over: for a stream, when the stream ended.
+            try:
+                await self._serve(call, rid, op, model_id)
+            finally:
+                span.set_attribute("http.response.status_code", call.status)
+                exchange = call.exchange
+                if exchange is not None and exchange.client is not None:
+                    span.set_attribute("txrelay.client", exchange.client)
+                if exchange is not None and exchange.route is not None:
+                    span.set_attribute("txrelay.provider", exchange.route.provider)
+                    span.set_attribute("gen_ai.request.model", exchange.route.upstream_model)
+                if call.error_type is not None:
+                    tracing.set_error(span, call.error_type)
+                elif call.status == 499:
+                    span.set_attribute("txrelay.client_gone", True)
+
+    async def _serve(self, call: InFlight, rid: str, op: str, model_id: str | None) -> None:
         request = call.request
         started = time.monotonic()
         exchange: Exchange | None = None
@@ -360,6 +392,7 @@ class RelayResource(Resource):
                 self._write_error(call, api_error(f"internal relay error (request {rid})"),
                                   rid)
         finally:
+            call.status, call.error_type = status, error_type
             if streamed and request.startedWriting and not call.stats.terminal:
                 log.warn("stream {request_id} ended without message_stop or an error event "
                          "after {age:.1f}s ({why}); last event: {last_event}",

@@ -30,6 +30,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
+from txrelay import tracing
 from txrelay.config import ProviderConfig
 from txrelay.logs import RelayLogger
 from txrelay.protocol.errors import RelayError, connection_error
@@ -160,6 +161,33 @@ class UpstreamClient:
         no answer within ``timeouts.first_byte``; :class:`CancelledError` when the caller
         cancelled (a client that left, a drain), which is never reported as a timeout.
         """
+        traced = tracing.active()
+        if traced is not None:
+            return await self._traced(traced, "POST", url, body, headers)
+        return await self._post(url, body, headers)
+
+    async def _traced(self, traced: tracing.Tracing, method: str, url: str,
+                      body: bytes | None, headers: Mapping[str, str]) -> Any:
+        """:meth:`post`/:meth:`get` in a CLIENT span, sending its ``traceparent`` upstream."""
+        sent = dict(headers)
+        with tracing.client_span(traced, method, url, sent) as span:
+            try:
+                if body is None:
+                    response = await self._get(url, sent)
+                else:
+                    response = await self._post(url, body, sent)
+            except RelayError as e:
+                tracing.set_error(span, e.type)
+                raise
+            except CancelledError:
+                span.set_attribute("txrelay.cancelled", True)
+                raise
+            span.set_attribute("http.response.status_code", response.code)
+            if response.code >= 400:
+                tracing.set_error(span, str(response.code))
+            return response
+
+    async def _post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Any:
         try:
             return await self._attempt(self.http, url, body, headers, retry=True)
         except _StaleConnection:
@@ -169,6 +197,12 @@ class UpstreamClient:
 
     async def get(self, url: str, headers: Mapping[str, str]) -> Any:
         """GET ``url``; like :meth:`post` (timeouts, errors, the stale-connection retry)."""
+        traced = tracing.active()
+        if traced is not None:
+            return await self._traced(traced, "GET", url, None, headers)
+        return await self._get(url, headers)
+
+    async def _get(self, url: str, headers: Mapping[str, str]) -> Any:
         try:
             return await self._attempt(self.http, url, None, headers, retry=True)
         except _StaleConnection:
