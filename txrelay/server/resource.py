@@ -233,6 +233,8 @@ class RelayResource(Resource):
     admin: Resource | None = None
     #: Bumped by each configuration reload; every request records the one it started on.
     generation: int = 0
+    #: The status page's recorder (:class:`txrelay.server.status_page.StatusRecorder`).
+    status: Any = None
     isLeaf = True
 
     def __attrs_post_init__(self) -> None:
@@ -369,6 +371,12 @@ class RelayResource(Resource):
                     client=exchange.client if exchange is not None else None,
                     seconds=time.monotonic() - started, stream=streamed, usage=usage,
                     error_type=error_type)
+            if self.status is not None:
+                self.status.observe(
+                    route=exchange.route if exchange is not None else None,
+                    client=exchange.client if exchange is not None else None,
+                    status=status, seconds=time.monotonic() - started, usage=usage,
+                    error_type=error_type, now=time.time())
 
     def _exchange(
         self, request: Request, rid: str, op: Operation, model_id: str | None
