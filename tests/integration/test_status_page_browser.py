@@ -35,19 +35,23 @@ class DevTools:
         assert CHROMIUM is not None
         self._to_r, self._to_w = os.pipe()
         self._from_r, self._from_w = os.pipe()
-        # Chromium reads commands on fd 3 and writes replies on fd 4: the shell puts the
-        # pipe ends there (no preexec_fn, which is unsafe with threads).
+        # Chromium reads commands on fd 3 and writes replies on fd 4. preexec_fn only
+        # dup2()s (async-signal-safe); the test starts its thread after this.
         command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
                    "--disable-dev-shm-usage", "--remote-debugging-pipe", "--no-first-run",
                    f"--user-data-dir={profile}", "about:blank"]
         self.process = subprocess.Popen(
-            ["sh", "-c", f'exec "$@" 3<&{self._to_r} 4>&{self._from_w}', "sh", *command],
-            pass_fds=(self._to_r, self._from_w), stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
+            command, pass_fds=(3, 4), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=self._fds)  # noqa: PLW1509
+
         os.close(self._to_r)
         os.close(self._from_w)
         self._next = 0
         self._buffer = b""
+
+    def _fds(self) -> None:
+        os.dup2(self._to_r, 3)
+        os.dup2(self._from_w, 4)
 
     def send(self, method: str, params: dict[str, Any] | None = None,
              session: str | None = None, timeout: float = 30) -> dict[str, Any]:

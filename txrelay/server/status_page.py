@@ -279,7 +279,7 @@ _PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 "use strict";
 function cell(row, value) {
   const td = document.createElement("td");
-  td.textContent = value === null || value === undefined ? "–" : String(value);
+  td.textContent = value === null || value === undefined ? "-" : String(value);
   row.appendChild(td);
   return td;
 }
