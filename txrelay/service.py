@@ -52,6 +52,7 @@ from txrelay.server.metrics_access import MetricsAccess, MetricsSite
 from txrelay.server.models import catalog_terminal
 from txrelay.server.resource import CEILING_ERROR, Lifecycle, RelayResource
 from txrelay.server.site import RelaySite
+from txrelay.server.status_page import StatusPage
 
 log = RelayLogger()
 _options_converter = make_converter(forbid_extra_keys=True)
@@ -273,13 +274,16 @@ class RelayService(Service):
         server = app.config.server
         metrics = self.metrics = Metrics() if server.metrics else None
         admin_digests = admin_key_digests(app.config)[0]
+        self.status_page = StatusPage(generation=lambda: self.resource.generation)
         self.admin = AdminResource(self, self.lifecycle, reactor,
-                                   AdminAccess(admin_digests, not server.admin_listen))
+                                   AdminAccess(admin_digests, not server.admin_listen),
+                                   self.status_page)
         self.resource = RelayResource(
             app.pipeline, app.catalog, reactor, server.ping_interval, server.access_log,
             self.lifecycle, metrics,
             MetricsAccess(admin_digests, loopback=not server.metrics_listen),
             self.admin, body_log_bytes=app.config.log.body_bytes,
+            status=self.status_page.recorder,
         )
         self.site = RelaySite(self.resource, max_request_bytes=server.max_request_bytes,
                               timeout=server.idle_timeout, reactor=reactor,
@@ -293,7 +297,7 @@ class RelayService(Service):
         self.metrics_ports: list[Any] = []
         #: ``server.admin_listen``: a site serving ``/admin/…`` alone, and its ports.
         self.admin_listener = (AdminResource(self, self.lifecycle, reactor,
-                                             AdminAccess(admin_digests))
+                                             AdminAccess(admin_digests), self.status_page)
                                if server.admin_listen else None)
         self.admin_site = (AdminSite(self.admin_listener, reactor)
                            if self.admin_listener is not None else None)

@@ -9,6 +9,8 @@ sent as ``Authorization: Bearer`` or ``x-api-key``):
 * ``GET /admin/streams`` lists the live requests: request id, key name, model requested and
   served, provider, age, bytes written and the last event sent.
 * ``POST /admin/reload`` reloads the configuration file, as SIGHUP does.
+* ``GET /admin`` is the status page, ``GET /admin/status`` its JSON, ``POST /admin/login``
+  its login form (:mod:`txrelay.server.status_page`; a session cookie opens those two).
 
 They are served on the main listeners, or, once ``server.admin_listen`` is set, on those
 endpoints alone (the main listeners then answer 403). No admin key configured: 403.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -30,6 +33,7 @@ from txrelay.protocol.ids import request_id
 from txrelay.protocol.jsoncodec import dumps
 from txrelay.server.metrics_access import write_error
 from txrelay.server.resource import InFlight, Lifecycle
+from txrelay.server.status_page import StatusPage
 from txrelay.stages.auth import presented_key
 
 
@@ -122,6 +126,8 @@ class AdminResource(Resource):
     lifecycle: Lifecycle
     reactor: Any
     access: AdminAccess = attrs.Factory(AdminAccess)
+    #: The status page (``GET /admin``, ``/admin/status``, ``/admin/login``); 404 if unset.
+    status_page: StatusPage | None = None
     isLeaf = True
 
     def __attrs_post_init__(self) -> None:
@@ -131,10 +137,13 @@ class AdminResource(Resource):
         rid = request_id()
         request.setHeader(b"request-id", rid.encode("ascii"))
         request.setHeader(b"cache-control", b"no-store")
-        if (denied := self.access.denied(request)) is not None:
-            return write_error(request, denied, rid)
         path = (request.path or b"").rstrip(b"/")
         method = request.method or b""
+        if self.status_page is not None and (
+                answer := self._page(request, path, method, rid)) is not None:
+            return answer
+        if (denied := self.access.denied(request)) is not None:
+            return write_error(request, denied, rid)
         try:
             body = self._answer(path, method)
         except RelayError as e:
@@ -143,6 +152,37 @@ class AdminResource(Resource):
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"content-length", str(len(data)).encode("ascii"))
         return b"" if method == b"HEAD" else data
+
+    def _page(self, request: Request, path: bytes, method: bytes, rid: str) -> bytes | None:
+        """The status page's answer, or ``None`` to go on as an API admin request."""
+        page = self.status_page
+        assert page is not None
+        if path not in (b"/admin", b"/admin/status", b"/admin/login", b"/admin/logout"):
+            return None
+        if not self.access.served_here or not self.access.admin_digests:
+            return None  # the API's 403 says why
+        digests = self.access.admin_digests
+        if path == b"/admin/login" and method == b"POST":
+            return page.login(request, digests)
+        if path == b"/admin/logout" and method == b"POST":
+            return page.logout(request)
+        if method not in (b"GET", b"HEAD"):
+            return write_error(request, _methods((b"GET",)), rid)
+        with_session = page.session_ok(request, digests)
+        if path == b"/admin/status":
+            if not with_session and self.access.denied(request) is not None:
+                return None  # the API's 401
+            data = dumps(page.status(self.lifecycle, self._streams(), time.time()))
+            request.setHeader(b"content-type", b"application/json")
+            request.setHeader(b"content-length", str(len(data)).encode("ascii"))
+            return b"" if method == b"HEAD" else data
+        if path == b"/admin/login" or not with_session:
+            return page.login_form(request)
+        return page.page(request)
+
+    def _streams(self) -> list[dict[str, Any]]:
+        now = self.reactor.seconds()
+        return [describe(c, now) for c in sorted(self.lifecycle.live, key=lambda c: c.started)]
 
     def _answer(self, path: bytes, method: bytes) -> Any:
         if path == b"/admin/drain":
@@ -157,10 +197,9 @@ class AdminResource(Resource):
         if path == b"/admin/streams":
             if method not in (b"GET", b"HEAD"):
                 raise _methods((b"GET",))
-            now = self.reactor.seconds()
-            calls = sorted(self.lifecycle.live, key=lambda c: c.started)
-            return {"draining": self.lifecycle.draining, "count": len(calls),
-                    "streams": [describe(c, now) for c in calls]}
+            streams = self._streams()
+            return {"draining": self.lifecycle.draining, "count": len(streams),
+                    "streams": streams}
         if path == b"/admin/reload":
             if method != b"POST":
                 raise _methods((b"POST",))

@@ -238,6 +238,8 @@ class RelayResource(Resource):
     generation: int = 0
     #: ``log.body_bytes``: log each request body, redacted and cut to this size (0: never).
     body_log_bytes: int = 0
+    #: The status page's recorder (:class:`txrelay.server.status_page.StatusRecorder`).
+    status: Any = None
     isLeaf = True
 
     def __attrs_post_init__(self) -> None:
@@ -415,6 +417,12 @@ class RelayResource(Resource):
                 if call.stats.first_content_at is not None and exchange is not None:
                     self.metrics.observe_first_token(
                         exchange.route, call.stats.first_content_at - call.started)
+            if self.status is not None:
+                self.status.observe(
+                    route=exchange.route if exchange is not None else None,
+                    client=exchange.client if exchange is not None else None,
+                    status=status, seconds=time.monotonic() - started, usage=usage,
+                    error_type=error_type, now=time.time())
 
     def _exchange(
         self, request: Request, rid: str, op: Operation, model_id: str | None
