@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.server.test_status_page -*-
+# -*- test-case-name: tests.integration.test_status_page_browser -*-
 """
 The operator's status page (issue 11.9): ``GET /admin`` is one HTML page, no build step and
 no external asset, that polls ``GET /admin/status`` (JSON) every few seconds.
