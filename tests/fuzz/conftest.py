@@ -8,6 +8,7 @@ upstream), a keep-alive HTTP client, and the checks every answer must pass.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -58,12 +59,10 @@ class Target:
             if self._conn is None:
                 self._conn = http.client.HTTPConnection("127.0.0.1", self.relay.port, timeout=30)
             try:
-                try:
+                # An early answer (413 for a body over the limit, 7.8) closes the connection
+                # while the body is still being sent: read that answer.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self._conn.request("POST", path, body, hdrs)
-                except (BrokenPipeError, ConnectionResetError):
-                    # An early answer (413 for a body over the limit, 7.8) closes the
-                    # connection while the body is still being sent: read that answer.
-                    pass
                 response = self._conn.getresponse()
                 data = response.read()
                 if response.getheader("connection", "").lower() == "close":
