@@ -139,6 +139,12 @@ class BackendContext:
         self.problems.append(f"{path if absolute else f'{self.where}.{path}'}: {message}")
 
 
+def _memory_store() -> Any:
+    from txrelay.state.memory import MemoryStore
+
+    return MemoryStore()
+
+
 @attrs.frozen
 class StageServices:
     """What a stage factory may use to build its stage."""
@@ -149,3 +155,6 @@ class StageServices:
     #: Client key name → SHA-256 digest.
     key_digests: Mapping[str, bytes]
     reactor: Any
+    #: The shared state store (:class:`~txrelay.state.interfaces.IStateStore`): in-process
+    #: unless configured otherwise; it outlives configuration reloads.
+    state: Any = attrs.Factory(_memory_store)

@@ -139,10 +139,18 @@ class App:
     backends: Mapping[str, Any]
     #: The pipeline's stages that also check request headers before the body is read.
     header_checks: tuple[Any, ...] = ()
+    #: The shared state store (:class:`~txrelay.state.interfaces.IStateStore`).
+    state: Any = None
 
 
-def build_app(cfg: RelayConfig, reactor: Any, source: str = "config") -> App:
-    """Assemble the relay; raise :class:`ConfigError` listing every problem."""
+def build_app(cfg: RelayConfig, reactor: Any, source: str = "config",
+              state: Any = None) -> App:
+    """
+    Assemble the relay; raise :class:`ConfigError` listing every problem.
+
+    :param state: the shared state store the stages use; a new in-process one when None
+        (a reload passes the running one, so counters and slots survive it).
+    """
     problems: list[str] = []
     catalog = ModelCatalog.from_config(cfg)
     backends: dict[str, Any] = {}
@@ -155,7 +163,11 @@ def build_app(cfg: RelayConfig, reactor: Any, source: str = "config") -> App:
         if backend is not None:
             backends[p.name] = backend
     digests, _ = key_digests(cfg)  # key problems were reported by load_config
-    services = StageServices(cfg, catalog, backends, digests, reactor)
+    if state is None:
+        from txrelay.state.memory import MemoryStore
+
+        state = MemoryStore()
+    services = StageServices(cfg, catalog, backends, digests, reactor, state)
     factories = stage_factories()
     stages: list[Stage] = []
     names: list[str] = []
@@ -184,7 +196,7 @@ def build_app(cfg: RelayConfig, reactor: Any, source: str = "config") -> App:
     if reactor is not None:  # before compose: it decides whether stages make spans
         tracing.configure(cfg.tracing)
     return App(cfg, compose(stages, catalog_terminal(catalog), names), catalog, backends,
-               checks)
+               checks, state)
 
 
 def _sd_notify(message: bytes) -> None:
@@ -448,7 +460,7 @@ class RelayService(Service):
         try:
             try:
                 cfg = load_checked(source)
-                app = build_app(cfg, self.reactor, source)
+                app = build_app(cfg, self.reactor, source, self.app.state)
             except ConfigError as e:
                 return self._refuse(source, list(e.problems))
             except Exception:
@@ -566,6 +578,11 @@ class RelayService(Service):
         # Old configurations' backends: their requests are over, their closing under way.
         await DeferredList(list(self._retiring))
         await self._close_backends(self.app)
+        if self.app.state is not None:
+            try:
+                await self.app.state.close()
+            except Exception:
+                log.failure("closing the state store failed")
         traced = tracing.detach()
         if traced is not None:  # flush the last spans (the exporter may block: a thread)
             await deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
