@@ -139,6 +139,12 @@ class BackendContext:
         self.problems.append(f"{path if absolute else f'{self.where}.{path}'}: {message}")
 
 
+def _health() -> Any:
+    from txrelay.health import Health
+
+    return Health()
+
+
 def _memory_store() -> Any:
     from txrelay.state.memory import MemoryStore
 
@@ -158,3 +164,6 @@ class StageServices:
     #: The shared state store (:class:`~txrelay.state.interfaces.IStateStore`): in-process
     #: unless configured otherwise; it outlives configuration reloads.
     state: Any = attrs.Factory(_memory_store)
+    #: Readiness reports (:class:`~txrelay.health.Health`) shown by ``GET /health/ready``;
+    #: it outlives configuration reloads.
+    health: Any = attrs.Factory(_health)

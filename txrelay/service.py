@@ -33,6 +33,7 @@ from txrelay.config import (
     admin_key_digests,
     key_digests,
 )
+from txrelay.health import Health
 from txrelay.interfaces import (
     BackendContext,
     IBackendFactory,
@@ -141,15 +142,18 @@ class App:
     header_checks: tuple[Any, ...] = ()
     #: The shared state store (:class:`~txrelay.state.interfaces.IStateStore`).
     state: Any = None
+    #: Readiness reports of the components (:class:`~txrelay.health.Health`).
+    health: Any = None
 
 
 def build_app(cfg: RelayConfig, reactor: Any, source: str = "config",
-              state: Any = None) -> App:
+              state: Any = None, health: Any = None) -> App:
     """
     Assemble the relay; raise :class:`ConfigError` listing every problem.
 
     :param state: the shared state store the stages use; a new in-process one when None
         (a reload passes the running one, so counters and slots survive it).
+    :param health: the readiness reports; likewise kept across reloads.
     """
     problems: list[str] = []
     catalog = ModelCatalog.from_config(cfg)
@@ -167,7 +171,9 @@ def build_app(cfg: RelayConfig, reactor: Any, source: str = "config",
         from txrelay.state.memory import MemoryStore
 
         state = MemoryStore()
-    services = StageServices(cfg, catalog, backends, digests, reactor, state)
+    if health is None:
+        health = Health()
+    services = StageServices(cfg, catalog, backends, digests, reactor, state, health)
     factories = stage_factories()
     stages: list[Stage] = []
     names: list[str] = []
@@ -196,7 +202,7 @@ def build_app(cfg: RelayConfig, reactor: Any, source: str = "config",
     if reactor is not None:  # before compose: it decides whether stages make spans
         tracing.configure(cfg.tracing)
     return App(cfg, compose(stages, catalog_terminal(catalog), names), catalog, backends,
-               checks, state)
+               checks, state, health)
 
 
 def _sd_notify(message: bytes) -> None:
@@ -295,7 +301,7 @@ class RelayService(Service):
             self.lifecycle, metrics,
             MetricsAccess(admin_digests, loopback=not server.metrics_listen),
             self.admin, body_log_bytes=app.config.log.body_bytes,
-            status=self.status_page.recorder,
+            status=self.status_page.recorder, health=app.health,
         )
         self.site = RelaySite(self.resource, max_request_bytes=server.max_request_bytes,
                               timeout=server.idle_timeout, reactor=reactor,
@@ -460,7 +466,8 @@ class RelayService(Service):
         try:
             try:
                 cfg = load_checked(source)
-                app = build_app(cfg, self.reactor, source, self.app.state)
+                app = build_app(cfg, self.reactor, source, self.app.state,
+                                self.app.health)
             except ConfigError as e:
                 return self._refuse(source, list(e.problems))
             except Exception:

@@ -240,6 +240,8 @@ class RelayResource(Resource):
     body_log_bytes: int = 0
     #: The status page's recorder (:class:`txrelay.server.status_page.StatusRecorder`).
     status: Any = None
+    #: Components' readiness reports (:class:`txrelay.health.Health`) for /health/ready.
+    health: Any = None
     isLeaf = True
 
     def __attrs_post_init__(self) -> None:
@@ -295,13 +297,22 @@ class RelayResource(Resource):
 
     def _simple(self, request: Request, op: str) -> bytes:
         request.setHeader(b"content-type", _JSON)
-        if op == "ready" and self.lifecycle.draining:
-            request.setResponseCode(503)
-            request.setHeader(b"retry-after", b"5")
-            return dumps({"status": "draining"})
         if op == "root":
             return dumps({"name": "txrelay", "version": __version__, "api": "/v1/messages"})
-        return dumps({"status": "ok"})
+        if op != "ready":
+            return dumps({"status": "ok"})
+        body: dict[str, Any] = {"status": "ok"}
+        if self.health is not None:
+            if not self.health.ready:
+                body["status"] = "degraded"
+            if detail := self.health.detail():
+                body["detail"] = detail
+        if self.lifecycle.draining:
+            body["status"] = "draining"
+        if body["status"] != "ok":
+            request.setResponseCode(503)
+            request.setHeader(b"retry-after", b"5")
+        return dumps(body)
 
     async def _handle(self, call: InFlight, rid: str, op: str, model_id: str | None) -> None:
         traced = tracing.active()
