@@ -66,7 +66,12 @@ def _serve(path: str) -> int:
         if cfg.server.workers > 1 and not is_worker():
             service = Supervisor(r, path, cfg.server.workers)
         else:
-            service = RelayService(build_app(cfg, r, path), r, path)
+            from txrelay.health import Health
+            from txrelay.state.build import build_state
+
+            health = Health()
+            service = RelayService(build_app(cfg, r, path, build_state(cfg.state, r, health),
+                                             health), r, path)
         service.startService()
         r.addSystemEventTrigger("before", "shutdown", service.stopService)
         await Deferred()  # until SIGTERM/SIGINT stop the reactor

@@ -93,7 +93,7 @@ def test_a_server_that_never_answers_raises_store_unavailable() -> None:
     s = reactorthread.call_in_reactor(RedisStore(
         RedisAddress(port=port), reactorthread.reactor(), timeout=0.2).connect)
     try:
-        with pytest.raises(StoreUnavailable, match="no answer within 0.2s"):
+        with pytest.raises(StoreUnavailable, match=r"no answer within 0\.2s"):
             run_in_reactor(s.increment("c", 1, 60))
         with pytest.raises(StoreUnavailable):
             run_in_reactor(s.acquire("s", "h", 1, 60))
@@ -126,7 +126,7 @@ def test_the_store_reconnects_after_the_server_restarts(tmp_path: Path) -> None:
 
 
 def test_a_url_with_a_password_is_refused() -> None:
-    with pytest.raises(ValueError, match="state.password"):
+    with pytest.raises(ValueError, match=r"state\.password"):
         RedisAddress.from_url("redis://:hunter2@127.0.0.1:6379/0")
     assert str(RedisAddress.from_url("redis://r.example:6380/2")) == "redis://r.example:6380/2"
     with pytest.raises(ValueError, match="redis://"):

@@ -13,6 +13,7 @@ re-established in the background (txredisapi's ``ClientService`` with backoff).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 from collections.abc import Mapping
@@ -233,7 +234,6 @@ class RedisStore:
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            try:
+            # A pool that never connected has nothing to release.
+            with contextlib.suppress(Exception):
                 await client.disconnect()
-            except Exception:  # closing a pool that never connected: nothing to release
-                pass
