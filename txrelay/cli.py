@@ -4,7 +4,8 @@ The ``txrelay`` command.
 
 ``txrelay serve --config FILE`` runs the relay in the foreground (as ``twistd -n relay`` does),
 ``txrelay check-config FILE`` validates a configuration and lists every problem with its key
-path, ``txrelay hash-key`` prints the SHA-256 a ``[[keys]]`` entry expects.
+path, ``txrelay hash-key`` prints the SHA-256 a ``[[keys]]`` entry expects, ``txrelay keys
+add|disable|enable|rotate|remove|list`` manages client keys in the shared store.
 """
 
 from __future__ import annotations
@@ -91,6 +92,13 @@ def _hash(key: str | None) -> int:
     return 0
 
 
+def _keys(args: Any) -> int:
+    from txrelay.keys import keys_command
+
+    cfg = _load(args.config)
+    return 1 if cfg is None else keys_command(cfg, args, sys.stdout, sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``txrelay`` console script."""
     parser = argparse.ArgumentParser(prog="txrelay", description=__doc__.split("\n\n")[0])
@@ -102,11 +110,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("config", help="TOML configuration file")
     hk = sub.add_parser("hash-key", help="print the SHA-256 of a client key for [[keys]]")
     hk.add_argument("key", nargs="?", help="the key (read from stdin when omitted)")
+    from txrelay.keys import add_keys_parser
+
+    add_keys_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "check-config":
         return _check(args.config)
     if args.command == "hash-key":
         return _hash(args.key)
+    if args.command == "keys":
+        return _keys(args)
     return _serve(args.config)
 
 
