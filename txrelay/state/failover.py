@@ -2,10 +2,10 @@
 """
 Keeping the relay serving while its shared store (Redis) is unreachable.
 
-:class:`FailoverStore` sends every operation to the primary store. When one raises
+:class:`FailoverStore` sends every operation to the primary store and pings it every
+``probe_interval`` seconds. When an operation or a ping raises
 :class:`~txrelay.state.interfaces.StoreUnavailable`, it marks the primary down (logging it
-once), probes it every ``probe_interval`` seconds with ``ping`` and marks it up again when
-it answers (logging that once too). While it is down:
+once) and marks it up again when a ping answers (logging that once too). While it is down:
 
 * ``on_unavailable = "open"``: operations go to an in-process
   :class:`~txrelay.state.memory.MemoryStore`, so limits still hold per relay (each relay
@@ -65,7 +65,7 @@ class FailoverStore:
     _closed: bool = attrs.field(default=False, init=False)
 
     def start(self) -> None:
-        """Check the primary now (the first report), then only after failures."""
+        """Check the primary now (the first report), then every ``probe_interval``."""
         self._report()
         self._probe = self.reactor.callLater(0, self._run_probe)
 
@@ -120,6 +120,7 @@ class FailoverStore:
                 log.info("state store {where} answers again: shared state in use",
                          where=self.where)
             self._report()
+            self._schedule_probe()  # a quiet relay notices an outage too
 
         if not self._closed:
             Deferred.fromCoroutine(probe()).addErrback(

@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlsplit
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, globalLogPublisher
 from zope.interface import implementer
 
 from txrelay.state.interfaces import Counted, IStateStore, StoreUnavailable
@@ -69,6 +70,13 @@ return 1
 HOLDERS = _NOW + b"""
 return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
 """
+
+
+@implementer(ILogObserver)
+def _warnings_only(event: LogEvent) -> None:
+    level = event.get("log_level")
+    if level is not None and level >= LogLevel.warn:
+        globalLogPublisher(event)
 
 
 def _sha(script: bytes) -> str:
@@ -134,13 +142,24 @@ class RedisStore:
     def connect(self) -> RedisStore:
         """Start connecting (in the background; operations wait for it up to ``timeout``)."""
         import txredisapi
+        from twisted.application.internet import ClientService
 
-        self._client = txredisapi.lazyConnectionPool(
-            self.address.host, self.address.port, dbid=self.address.db or None,
-            poolsize=self.poolsize, reconnect=True, charset=None, password=self.password,
-            username=self.address.username, ssl_context_factory=self.address.tls,
-            connectTimeout=self.connect_timeout, replyTimeout=self.timeout,
-            convertNumbers=False)
+        # Each pool slot's ClientService logs every reconnection attempt at info level; the
+        # failover store logs the outage once instead, so keep only its warnings.
+        saved = ClientService.__dict__.get("_log")
+        if saved is not None:
+            ClientService._log = Logger(namespace="txrelay.state.redis",
+                                        observer=_warnings_only)
+        try:
+            self._client = txredisapi.lazyConnectionPool(
+                self.address.host, self.address.port, dbid=self.address.db or None,
+                poolsize=self.poolsize, reconnect=True, charset=None, password=self.password,
+                username=self.address.username, ssl_context_factory=self.address.tls,
+                connectTimeout=self.connect_timeout, replyTimeout=self.timeout,
+                convertNumbers=False)
+        finally:
+            if saved is not None:
+                ClientService._log = saved
         factory = self._client._factory
         # Come back soon after an outage: the default backoff grows to 10 s.
         factory.initialDelay, factory.maxDelay = 0.2, 2.0
