@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Coroutine, Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -163,3 +164,20 @@ def test_config_keys_carry_no_groups_by_default() -> None:
     exchange = make_exchange(headers={"x-api-key": "k"})
     run_stage(stage, exchange)
     assert exchange.state["key"] == KeyInfo("alice", "config")
+
+
+def test_the_keys_command_refuses_what_it_cannot_do(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.relayproc import config_text
+    from txrelay.cli import main
+
+    memory = tmp_path / "memory.toml"
+    memory.write_text(config_text())
+    assert main(["keys", "-c", str(memory), "list"]) == 2
+    assert 'kind = "redis"' in capsys.readouterr().err
+    redis = tmp_path / "redis.toml"
+    redis.write_text(config_text() + '\n[state]\nkind = "redis"\n')
+    for args, fragment in ((("add", "tester"), "[[keys]] entry"),
+                           (("add", "bad name"), "not a key name")):
+        assert main(["keys", "-c", str(redis), *args]) == 2
+        assert fragment in capsys.readouterr().err
