@@ -112,3 +112,32 @@ def test_memory_kind_and_addresses() -> None:
     assert str(redis_address(StateConfig(kind="redis"))) == "redis://127.0.0.1:6379/0"
     assert str(redis_address(StateConfig(kind="redis", host="r", port=7000, db=3))) == \
         "redis://r:7000/3"
+
+
+def test_state_settings_are_restart_only() -> None:
+    import attrs
+
+    from txrelay.config import parse_config
+    from txrelay.service import _keep_running, restart_only_changes
+
+    raw = {"providers": [{"name": "demo", "kind": "demo"}],
+           "models": [{"id": "m", "provider": "demo"}], "pipeline": [{"type": "translate"}]}
+    old = parse_config(raw, env={})
+    new = parse_config({**raw, "state": {"kind": "redis", "url": "redis://r:6380/1",
+                                          "on_unavailable": "closed"}}, env={})
+    assert set(restart_only_changes(old, new)) == {"state.kind", "state.url",
+                                                   "state.on_unavailable"}
+    assert _keep_running(old, new).state == old.state
+    assert attrs.evolve(new, state=old.state) == _keep_running(old, new)
+
+
+def test_the_password_is_a_secret() -> None:
+    from txrelay.config import parse_config, secret_values
+
+    raw = {"providers": [{"name": "demo", "kind": "demo"}],
+           "models": [{"id": "m", "provider": "demo"}], "pipeline": [{"type": "translate"}],
+           "state": {"kind": "redis", "password": {"env": "REDIS_PW"}}}
+    cfg = parse_config(raw, env={"REDIS_PW": "s3cret-redis"})
+    assert cfg.state.password is not None and cfg.state.password.value == "s3cret-redis"
+    assert "s3cret-redis" not in repr(cfg)
+    assert "s3cret-redis" in secret_values(cfg, env={})
