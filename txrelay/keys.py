@@ -279,6 +279,8 @@ def shared_managed_keys(store: Any, reactor: Any, refresh: float,
     keys = ManagedKeys(store, reactor, refresh=refresh, reserved=reserved)
     _shared[id(store)] = (store, keys)
     keys.start()
+    # Stop reading before the drain closes the store.
+    reactor.addSystemEventTrigger("before", "shutdown", keys.stop)
     return keys
 
 
