@@ -131,3 +131,11 @@ def test_a_url_with_a_password_is_refused() -> None:
     assert str(RedisAddress.from_url("redis://r.example:6380/2")) == "redis://r.example:6380/2"
     with pytest.raises(ValueError, match="redis://"):
         RedisAddress.from_url("http://127.0.0.1")
+
+
+def test_rediss_verifies_the_server_certificate() -> None:
+    from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+
+    tls = RedisStore(RedisAddress.from_url("rediss://redis.example:6380/0"), None)._tls()
+    assert IOpenSSLClientConnectionCreator.providedBy(tls)
+    assert RedisStore(RedisAddress(), None)._tls() is False

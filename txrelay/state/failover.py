@@ -15,6 +15,9 @@ once) and marks it up again when a ping answers (logging that once too). While i
   (529, or 503 ``api_error`` where the request cannot be retried elsewhere) with a message
   saying the shared limits cannot be checked, and never a 429 (nothing was exceeded).
 
+Nothing is copied between the two: counters and slots taken in-process during an outage are
+forgotten when Redis is back (a slot released meanwhile expires there by its ttl).
+
 The condition is reported to ``health`` (``GET /health/ready`` detail ``state``; with
 "closed", readiness turns 503 while the primary is down), counted for metrics
 (:func:`register_metrics`: ``txrelay_state_store_up``, ``txrelay_state_store_failures_total``)

@@ -154,7 +154,7 @@ class RedisStore:
             self._client = txredisapi.lazyConnectionPool(
                 self.address.host, self.address.port, dbid=self.address.db or None,
                 poolsize=self.poolsize, reconnect=True, charset=None, password=self.password,
-                username=self.address.username, ssl_context_factory=self.address.tls,
+                username=self.address.username, ssl_context_factory=self._tls(),
                 connectTimeout=self.connect_timeout, replyTimeout=self.timeout,
                 convertNumbers=False)
         finally:
@@ -164,6 +164,15 @@ class RedisStore:
         # Come back soon after an outage: the default backoff grows to 10 s.
         factory.initialDelay, factory.maxDelay = 0.2, 2.0
         return self
+
+    def _tls(self) -> Any:
+        """For rediss://: the server's certificate verified against the system's CAs for its
+        host name (txredisapi's own ``True`` would not verify it)."""
+        if not self.address.tls:
+            return False
+        from twisted.internet.ssl import optionsForClientTLS
+
+        return optionsForClientTLS(self.address.host)
 
     async def _call(self, method: str, *args: Any, passing: tuple[type[Exception], ...] = (),
                     **kwargs: Any) -> Any:
