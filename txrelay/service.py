@@ -107,7 +107,7 @@ def build_backend(provider: ProviderConfig, where: str, reactor: Any,
     model_options: dict[str, Any] = {}
     model_where: dict[str, str] = {}
     for i, m in enumerate(cfg.models if cfg is not None else ()):
-        if m.provider != provider.name:
+        if provider.name not in m.provider_names():
             continue
         model_where[m.id] = f"models[{i}]"
         if m.options:
