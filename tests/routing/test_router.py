@@ -140,7 +140,7 @@ def test_a_long_retry_after_is_not_waited_for() -> None:
     p0 = FakeBackend(slow, slow)
     w = World(config({"attempts": 3, "max_retry_after": 30}, targets=1), {"p0": p0})
     before = w.clock.seconds()
-    exchange, reply = w.send()
+    _, reply = w.send()
     assert isinstance(reply, RelayError) and reply.headers == (("retry-after", "600"),)
     assert len(p0.seen) == 1 and w.clock.seconds() - before < 30
 
@@ -202,7 +202,7 @@ def test_a_rate_limited_key_cools_and_another_key_serves() -> None:
     limited = RelayError("rate_limit_error", "slow", headers=(("retry-after", "40"),))
     p0 = FakeBackend(limited)
     w = World(config(keys=2, targets=1), {"p0": p0})
-    exchange, reply = w.send()
+    _, reply = w.send()
     assert isinstance(reply, Reply)
     used = [s[2] for s in p0.seen]
     assert len(used) == 2 and used[0] != used[1]
