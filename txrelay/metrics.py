@@ -50,6 +50,9 @@ class Metrics:
     first_byte: Any = None
     first_token: Any = None
     draining: Any = None
+    route_attempts: Any = None
+    route_retries: Any = None
+    _routing_watched: bool = False
     # Label children by label values: ``labels()`` validates and locks on every call.
     _request_children: dict[tuple[str, ...], tuple[Any, Any]] = attrs.Factory(dict)
     _token_children: dict[tuple[str, ...], Any] = attrs.Factory(dict)
@@ -88,10 +91,35 @@ class Metrics:
             ["provider", "model"], registry=r, buckets=latency)
         self.draining = Gauge("txrelay_draining", "1 while the relay drains, else 0.",
                               registry=r)
+        # Routes, fallbacks and key pools (txrelay.routing): configured names only.
+        self.route_attempts = Counter(
+            "txrelay_route_attempts",
+            "Upstream attempts by model, target, pool key and outcome (served, an error "
+            "type, breaker_open, unfit).", ["model", "target", "key", "outcome"], registry=r)
+        self.route_retries = Histogram(
+            "txrelay_route_attempts_per_request", "Upstream attempts one request made.",
+            ["model"], registry=r, buckets=(1, 2, 3, 4, 6, 10))
 
     def watch_drain(self, draining: Callable[[], bool]) -> None:
         """Read the drain state from ``draining`` at each scrape."""
         self.draining.set_function(lambda: 1.0 if draining() else 0.0)
+
+    def watch_routing(self, health: Any) -> None:
+        """Export breaker and key-pool states from the ``routing`` readiness report."""
+        from txrelay.routing.collector import RoutingCollector
+
+        if not self._routing_watched:
+            self._routing_watched = True
+            self.registry.register(RoutingCollector(health))
+
+    def _observe_route(self, route: Route) -> None:
+        if not route.attempts:
+            return
+        model = model_label(route)
+        for a in route.attempts:
+            self.route_attempts.labels(model, a.target, a.key or "-", a.outcome).inc()
+        self.route_retries.labels(model).observe(
+            sum(1 for a in route.attempts if a.outcome not in ("breaker_open", "unfit")))
 
     def observe_first_byte(self, route: Route | None, seconds: float) -> None:
         """Record the time until a routed request's reply headers."""
@@ -118,6 +146,8 @@ class Metrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+        if route is not None:
+            self._observe_route(route)
         if error_type is not None:
             self.errors.labels(error_type, provider).inc()
             if upstream_error:
