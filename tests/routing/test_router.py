@@ -22,7 +22,7 @@ from txrelay.state.memory import MemoryStore
 from txrelay.streams import stream_of
 from txrelay.testing import make_exchange
 
-Outcome = RelayError | None | Callable[[Exchange], RelayError | None]
+Outcome = RelayError | Reply | None | Callable[[Exchange], RelayError | None]
 
 
 class FakeBackend:
@@ -41,6 +41,8 @@ class FakeBackend:
         outcome = self.script.pop(0) if self.script else None
         if callable(outcome):
             outcome = outcome(exchange)
+        if isinstance(outcome, Reply):
+            return outcome
         if outcome is not None:
             raise outcome
         return Reply(stream=stream_of([]))
@@ -291,6 +293,8 @@ def test_a_store_that_is_down_fails_open() -> None:
     [{"id": "m", "targets": [{"provider": "p0"}, {"provider": "p0"}]}],
     [{"id": "m", "targets": [{"provider": "p0"}], "routing": {"attempts": 0}}],
     [{"id": "m", "targets": [{"provider": "p0"}], "routing": {"breaker_window": 0}}],
+    [{"id": "m", "targets": [{"provider": "p0"}], "routing": {"bogus": 1}}],
+    [{"id": "m", "targets": [{"provider": "p0", "bogus": 1}]}],
     [{"id": "m", "targets": [{"provider": "p0", "name": "x", "upstream_model": "a"}]},
      {"id": "n", "targets": [{"provider": "p0", "name": "x", "upstream_model": "b"}]}],
 ])
@@ -320,3 +324,36 @@ def test_bad_key_pools_are_named_by_their_key_path() -> None:
         "providers[0].api_keys[2].env: environment variable MISSING is not set",
         "providers[0].api_keys[3]: give exactly one of env, file or credential",
     ]
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self.ended: list[RelayError | None] = []
+
+    def write_events(self, events: list[Any]) -> None:
+        self.events.extend(events)
+
+    def end(self, error: RelayError | None) -> None:
+        self.ended.append(error)
+
+
+def test_a_stream_broken_after_the_commit_is_not_retried_but_counts() -> None:
+    from txrelay.routing.breaker import BreakerPolicy, window_of
+    from txrelay.testing import text_events
+
+    cut = RelayError("api_error", "upstream went away", status=502)
+    broken = Reply(stream=stream_of(text_events("partial")[:3], error=cut))
+    p0, p1 = FakeBackend(broken), FakeBackend()
+    w = World(config({"breaker_window": 60}), {"p0": p0, "p1": p1})
+    exchange, reply = w.send()
+    assert isinstance(reply, Reply) and reply.stream is not None
+    sink = Sink()
+    reply.stream.start(sink)
+    w.clock.advance(0)
+    assert sink.ended == [cut] and p1.seen == []
+    assert attempts(exchange) == [("p0/up0", None, "served")]
+    window = window_of(w.clock.seconds(), BreakerPolicy(window=60))
+    count = Deferred.fromCoroutine(
+        w.store.get_count(f"routing:failures:p0/up0:{window}"))  # type: ignore[arg-type]
+    assert count.result == 1

@@ -222,10 +222,14 @@ class Router:
     # breaker bookkeeping
 
     async def failed(self, target: Target, policy: br.BreakerPolicy,
-                     record: br.BreakerRecord | None, probe: bool, request_id: str) -> None:
-        """Count a failure of ``target``; open its breaker when that was one too many."""
+                     record: br.BreakerRecord | None, probe: bool,
+                     request_id: str) -> br.BreakerRecord | None:
+        """
+        Count a failure of ``target``; open its breaker when that was one too many (or the
+        failure was its probe's). The breaker's record when it is open now.
+        """
         if not policy.enabled:
-            return
+            return None
         now = self.reactor.seconds()
         if probe:
             new = br.opened(now, policy, record)
@@ -235,7 +239,7 @@ class Router:
             log.warn("circuit breaker of {target} stays open: its probe failed "
                      "(again in {cooldown:g}s)", target=target.name, cooldown=policy.cooldown)
             self.board.breaker(target.name, new, now)
-            return
+            return new
         window = br.window_of(now, policy)
         counted = await self._store(
             self.state.increment(f"routing:failures:{target.name}:{window}", 1,
@@ -247,6 +251,8 @@ class Router:
                      "(probed again in {cooldown:g}s)", target=target.name,
                      failures=counted.value, cooldown=policy.cooldown)
             self.board.breaker(target.name, new, now)
+            return new
+        return None
 
     async def recovered(self, target: Target, request_id: str) -> None:
         """A half-open target's probe succeeded: close its breaker."""
@@ -373,6 +379,8 @@ class _Run:
                 self.attempts.append(Attempt(target.name, key, e.type))
                 last = (target, e)
                 if not is_retryable(e):
+                    if probe:  # the upstream answered: it is back
+                        await router.recovered(target, self.exchange.request_id)
                     self._finish(target)
                     raise
                 log.info("upstream attempt {n} of request {request_id} on {target} "
@@ -396,8 +404,10 @@ class _Run:
                     candidates.remove(target)
                     continue
                 elif counts_against_target(e):
-                    await router.failed(target, policy.breaker, record, probe,
-                                        self.exchange.request_id)
+                    new = await router.failed(target, policy.breaker, record, probe,
+                                              self.exchange.request_id)
+                    if new is not None:
+                        self.breakers[target.name] = new
                     if probe:
                         candidates.remove(target)
                         continue
