@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -51,3 +53,36 @@ def test_cooldowns_and_their_encoding() -> None:
     assert cooldown_for(12.0) == 12.0
     assert cooldown_for(1e9) == 3600.0
     assert decode_cooling({"a": encode_cooling(12.5), "b": b"junk"}) == {"a": 12.5}
+
+
+def _auth_headers(backend: Any, key: str | None) -> Any:
+    from twisted.internet.defer import Deferred
+
+    with using_key("up", key):
+        d = Deferred.fromCoroutine(backend.auth.headers())
+    return d.result
+
+
+@pytest.mark.parametrize(("kind", "options", "header", "prefix"), [
+    ("openai-chat", {"dialect": "openai"}, "authorization", "Bearer "),
+    ("anthropic", {}, "x-api-key", ""),
+    ("anthropic", {"auth": "bearer"}, "authorization", "Bearer "),
+    ("gemini", {}, "x-goog-api-key", ""),
+])
+def test_every_http_kind_sends_the_attempts_pool_key(kind: str, options: dict[str, Any],
+                                                     header: str, prefix: str) -> None:
+    from txrelay.config import parse_config
+    from txrelay.service import build_backend
+
+    raw = {"providers": [{"name": "up", "kind": kind, "base_url": "https://up.example/v1",
+                          "options": options,
+                          "api_keys": [{"env": "A", "name": "a"}, {"env": "B"}]}],
+           "models": [{"id": "m", "provider": "up"}], "pipeline": [{"type": "translate"}]}
+    cfg = parse_config(raw, env={"A": "value-a", "B": "value-b"})
+    assert cfg.providers[0].api_key_names() == ("a", "key1")
+    problems: list[str] = []
+    backend = build_backend(cfg.providers[0], "providers[0]", None, problems, cfg)
+    assert problems == [] and backend is not None
+    assert _auth_headers(backend, "key1") == {header: prefix + "value-b"}
+    assert _auth_headers(backend, "a") == {header: prefix + "value-a"}
+    assert _auth_headers(backend, None) == {header: prefix + "value-a"}
