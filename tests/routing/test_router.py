@@ -66,11 +66,14 @@ def config(routing: dict[str, Any] | None = None, keys: int = 0,
 
 
 class World:
-    def __init__(self, raw: dict[str, Any], backends: dict[str, FakeBackend]) -> None:
-        self.clock = Clock()
-        self.clock.advance(1_000_000)
+    def __init__(self, raw: dict[str, Any], backends: dict[str, Any],
+                 store: MemoryStore | None = None, clock: Clock | None = None) -> None:
+        if clock is None:
+            clock = Clock()
+            clock.advance(1_000_000)
+        self.clock = clock
         self.cfg = parse_config(raw, env={f"K{j}": f"secret{j}" for j in range(5)})
-        self.store = MemoryStore(clock=self.clock.seconds)
+        self.store = store or MemoryStore(clock=self.clock.seconds)
         self.health = Health()
         self.backends = backends
         self.catalog = ModelCatalog.from_config(self.cfg)
@@ -81,11 +84,12 @@ class World:
             b.pool = self.router.pools.get(name)
         self.stage = TranslateStage(backends, self.router)
 
-    def send(self, headers: dict[str, str] | None = None,
-             body: dict[str, Any] | None = None) -> tuple[Exchange, Reply | RelayError]:
+    def start(self, headers: dict[str, str] | None = None, body: dict[str, Any] | None = None,
+              request_id: str = "req_test") -> tuple[Exchange, list[Any]]:
         route = self.catalog.resolve("m")
         exchange = make_exchange({"model": "m", **(body or {})}, route=route,
                                  headers=headers)
+        exchange.request_id = request_id
 
         async def proceed(_: Exchange) -> Reply:
             raise AssertionError("translate does not proceed")
@@ -93,6 +97,11 @@ class World:
         d = Deferred.fromCoroutine(self.stage(exchange, proceed))
         out: list[Any] = []
         d.addBoth(out.append)
+        return exchange, out
+
+    def send(self, headers: dict[str, str] | None = None,
+             body: dict[str, Any] | None = None) -> tuple[Exchange, Reply | RelayError]:
+        exchange, out = self.start(headers, body)
         for _ in range(1000):
             if out:
                 break
@@ -357,3 +366,37 @@ def test_a_stream_broken_after_the_commit_is_not_retried_but_counts() -> None:
     count = Deferred.fromCoroutine(
         w.store.get_count(f"routing:failures:p0/up0:{window}"))  # type: ignore[arg-type]
     assert count.result == 1
+
+
+class Held:
+    """A backend whose answers wait until the test releases them."""
+
+    def __init__(self) -> None:
+        self.waiting: list[Deferred[None]] = []
+
+    async def messages(self, exchange: Exchange) -> Reply:
+        d: Deferred[None] = Deferred()
+        self.waiting.append(d)
+        await d
+        return Reply(stream=stream_of([]))
+
+
+def test_one_probe_for_the_whole_fleet() -> None:
+    down = connection_error("refused", upstream="p0")
+    raw = config({"breaker_failures": 1, "breaker_cooldown": 30, "affinity": False})
+    first = World(raw, {"p0": FakeBackend(down), "p1": FakeBackend()})
+    held = Held()
+    # a second relay sharing the first one's store and clock
+    second = World(raw, {"p0": held, "p1": FakeBackend()}, first.store, first.clock)
+    first.send()  # opens p0's breaker for everyone
+    first.clock.advance(31)
+    probing, out = second.start(request_id="req_probe")
+    assert len(held.waiting) == 1 and out == []  # this request is the probe, in flight
+    exchange, reply = first.send()  # meanwhile the other relay does not probe too
+    assert isinstance(reply, Reply)
+    assert attempts(exchange) == [("p0/up0", None, "breaker_open"), ("p1/up1", None, "served")]
+    held.waiting[0].callback(None)
+    assert isinstance(out[0], Reply)
+    assert attempts(probing) == [("p0/up0", None, "served")]
+    exchange, _ = first.send()  # closed again, for both relays
+    assert attempts(exchange)[0] == ("p0/up0", None, "served")
