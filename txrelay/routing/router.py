@@ -311,7 +311,7 @@ class _Run:
         all_open_until: float | None = None
         keys_soonest: float | None = None
         #: Keys rate-limited during this request: never tried again by it.
-        limited: set[str] = set()
+        limited: set[tuple[str, str]] = set()
         i = 0
         while candidates and calls < policy.retry.attempts:
             target = candidates[i % len(candidates)]
@@ -341,7 +341,7 @@ class _Run:
                 cooling = await self.cooling(pool)
                 key = pool.choose(cooling, now, router.rand,
                                   sticky_key if target.name == sticky_target else None,
-                                  tuple(limited))
+                                  tuple(k for p, k in limited if p == pool.provider))
                 if key is None:
                     soon = pool.soonest(cooling, now)
                     keys_soonest = soon if keys_soonest is None else min(keys_soonest, soon)
@@ -392,9 +392,10 @@ class _Run:
                 if pool is not None and key is not None and e.status == 429:
                     cooling = await self.cooling(pool)
                     await router.cool(pool, key, cooldown_for(after), cooling)
-                    limited.add(key)
+                    limited.add((pool.provider, key))
                     now = router.reactor.seconds()
-                    if pool.choose(cooling, now, router.rand, None, tuple(limited)) is not None:
+                    spent = tuple(k for p, k in limited if p == pool.provider)
+                    if pool.choose(cooling, now, router.rand, None, spent) is not None:
                         # Another key of the same target: right away, not a retry.
                         calls -= 1
                         tried.discard(target.name)
