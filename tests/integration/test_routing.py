@@ -79,7 +79,7 @@ def relay(fakes: tuple[FakeOpenAI, FakeOpenAI],
                 {"provider": "b", "upstream_model": "model-b", "priority": 1}],
              "routing": {"attempts": 2, "breaker": False, "affinity": False}},
             {"id": "fallback-quick", "targets": [
-                {"provider": "a-quick", "upstream_model": "model-a", "name": "a/model-a"},
+                {"provider": "a-quick", "upstream_model": "model-a"},
                 {"provider": "b", "upstream_model": "model-b", "priority": 1}],
              "routing": {"attempts": 2, "breaker": False, "affinity": False}},
             # a target that refuses connections, with a breaker that opens after 2
@@ -89,6 +89,11 @@ def relay(fakes: tuple[FakeOpenAI, FakeOpenAI],
                  "name": "b-backup"}],
              "routing": {"breaker_failures": 2, "breaker_window": 600,
                          "breaker_cooldown": 600, "affinity": False}},
+            # a breaker with a short cool-down, to see it probed back in
+            {"id": "recovering", "targets": [
+                {"provider": "a", "upstream_model": "model-r", "name": "comeback"},
+                {"provider": "b", "upstream_model": "model-b", "priority": 1}],
+             "routing": {"breaker_failures": 2, "breaker_cooldown": 1, "affinity": False}},
             {"id": "pooled", "provider": "pool", "upstream_model": "model-pool"},
             # two equal targets, with and without affinity
             {"id": "sticky", "targets": [
@@ -304,3 +309,26 @@ def test_cache_affinity_keeps_the_prompt_cache_hitting(
     assert len({(key, model) for key, model, _ in cache.log}) == 2
     assert sum(loose) < sum(sticky)
     assert any(got < 2 * n * 100 for n, got in enumerate(loose) if n)
+
+
+def test_an_open_breaker_is_probed_back_in(
+        relay: Relay, client: anthropic.Anthropic,
+        fakes: tuple[FakeOpenAI, FakeOpenAI]) -> None:
+    a, _ = fakes
+    a.push(rate_limited(None, status=500), rate_limited(None, status=502))
+    ask(client, "recovering")
+    ask(client, "recovering")
+    detail = json.loads(get(relay, "/health/ready")[1])["detail"]["routing"]
+    assert detail["targets"]["comeback"]["state"] == "open"
+    # after the cool-down one request probes the target; a healthy answer closes it
+    deadline = time.monotonic() + 60
+    while True:
+        before = len(access_lines(relay, "recovering"))
+        ask(client, "recovering")
+        if "target=comeback " in access_line(relay, "recovering", before):
+            break
+        assert time.monotonic() < deadline, "the breaker was never probed"
+        time.sleep(0.2)
+    detail = json.loads(get(relay, "/health/ready")[1])["detail"]["routing"]
+    assert detail["targets"]["comeback"] == {"state": "closed"}
+    assert [r.body["model"] for r in a.requests] == ["model-r"] * 3
