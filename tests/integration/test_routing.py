@@ -150,6 +150,13 @@ def access_line(relay: Relay, model: str, before: int) -> str:
     return lines[before]
 
 
+def wait_log(relay: Relay, text: str) -> None:
+    deadline = time.monotonic() + 30
+    while text not in relay.log():
+        assert time.monotonic() < deadline, f"{text!r} not logged:\n{relay.log()[-3000:]}"
+        time.sleep(0.02)
+
+
 def get(relay: Relay, path: str) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(relay.url + path, timeout=10) as r:
@@ -267,6 +274,10 @@ def test_a_rate_limited_key_cools_while_the_other_serves(
     assert info.value.status_code == 429
     retry_after = int(info.value.response.headers["retry-after"])
     assert 0 < retry_after <= 120
+    # each key cooled for the retry-after its 429 gave (key names only in the log)
+    wait_log(relay, f"upstream key {cooling[0]} of pool rate-limited: cooling for 120s")
+    other = ({"zero", "one"} - set(cooling)).pop()
+    wait_log(relay, f"upstream key {other} of pool rate-limited: cooling for 300s")
     assert info.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
     text = get(relay, "/metrics")[1].decode()
     assert 'txrelay_upstream_key_cooling{key="one",provider="pool"} 1.0' in text
