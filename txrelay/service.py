@@ -48,7 +48,7 @@ from txrelay.protocol.errors import RelayError
 from txrelay.protocol.structure import error_lines, make_converter
 from txrelay.server.admin import AdminAccess, AdminResource, AdminSite, ReloadOutcome
 from txrelay.server.frontdoor import FrontDoorPolicy
-from txrelay.server.listeners import reuse_port_endpoint
+from txrelay.server.listeners import TLSEndpoint, reuse_port_endpoint, tls_endpoint
 from txrelay.server.metrics_access import MetricsAccess, MetricsSite
 from txrelay.server.models import catalog_terminal
 from txrelay.server.resource import CEILING_ERROR, Lifecycle, RelayResource
@@ -320,6 +320,8 @@ class RelayService(Service):
         self.admin_site = (AdminSite(self.admin_listener, reactor)
                            if self.admin_listener is not None else None)
         self.admin_ports: list[Any] = []
+        #: The ``ssl:`` listeners, whose certificates a reload reads again.
+        self.tls_endpoints: list[TLSEndpoint] = []
         #: Backends of replaced configurations, closing once their last request ends.
         self._retiring: set[Deferred[None]] = set()
         self._previous_sighup: Any = None
@@ -370,8 +372,11 @@ class RelayService(Service):
             endpoints += [(d, self.admin_site) for d in server.admin_listen]
         for description, factory in endpoints:
             try:
-                endpoint = (reuse_port_endpoint(self.reactor, description)
-                            if server.reuse_port else None)
+                endpoint: Any = tls_endpoint(self.reactor, description, server.reuse_port)
+                if endpoint is not None:  # ssl: a certificate that reloads (SIGHUP)
+                    self.tls_endpoints.append(endpoint)
+                elif server.reuse_port:
+                    endpoint = reuse_port_endpoint(self.reactor, description)
                 if endpoint is None:
                     endpoint = serverFromString(self.reactor, description)
                 d = endpoint.listen(factory)
@@ -457,6 +462,10 @@ class RelayService(Service):
         """
         from txrelay.tap import load_checked
 
+        # Certificates first, and whatever the file says: a renewal must not wait for a
+        # configuration edit to be fixed. Each listener keeps its old one if the new is bad.
+        certificates = tuple(problem for tls in self.tls_endpoints
+                             if (problem := tls.reload()) is not None)
         source = self.config_path
         if source is None:
             return self._refuse("(no file)", ["the relay was not started from a file"])
@@ -487,7 +496,7 @@ class RelayService(Service):
                  "requests; {live} live request(s) finish on the previous one",
                  source=source, generation=self.resource.generation,
                  live=len(self.lifecycle.live))
-        return ReloadOutcome(True, (), ignored, self.resource.generation)
+        return ReloadOutcome(True, (), ignored, self.resource.generation, certificates)
 
     def _refuse(self, source: str, problems: list[str]) -> ReloadOutcome:
         for problem in problems:
@@ -595,3 +604,7 @@ class RelayService(Service):
             await deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
                                     traced.provider.shutdown)
         super().stopService()  # type: ignore[no-untyped-call]
+        # twistd re-raises the SIGTERM it stopped on (status 143); a drain that ran to its
+        # end is a clean stop, so it exits 0 like ``txrelay serve``.
+        if getattr(self.reactor, "_exitSignal", None) == signal.SIGTERM:
+            self.reactor._exitSignal = None
