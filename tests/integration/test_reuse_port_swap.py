@@ -192,7 +192,7 @@ def test_a_second_relay_takes_over_the_port_with_nothing_failed_torn_or_refused(
             wait_for_more(load, 2 * CLIENTS)  # the new one alone serves on
         after = new.log().count(ACCESS)
         assert (load.refused, load.failed, load.torn) == ([], [], []), load.retried
-        assert code == -signal.SIGTERM  # twistd re-raises SIGTERM after the drain
+        assert code == 0  # a completed drain is a clean exit, under twistd too
         # The old relay had live streams when the signal came, and they all finished.
         live = re.search(r"draining: (\d+) live request", old.log())
         assert live is not None and int(live.group(1)) > 0, old.log()
@@ -251,7 +251,7 @@ def test_socket_activation_stop_then_start_refuses_nothing(tmp: Path) -> None:
             new = start_relay(tmp / "b", cfg, **socket_activated(sock))  # type: ignore[arg-type]
             wait_for_more(load, 2 * CLIENTS)
         assert (load.refused, load.failed, load.torn) == ([], [], []), load.retried
-        assert code == -signal.SIGTERM
+        assert code == 0
         live = re.search(r"draining: (\d+) live request", old.log())
         assert live is not None and int(live.group(1)) > 0, old.log()
         assert old.log().count(ACCESS) > 0 and new.log().count(ACCESS) > 0
