@@ -22,6 +22,7 @@ import anthropic
 import httpx2
 import pytest
 from cryptography import x509
+from OpenSSL import SSL
 
 from tests.relayproc import DEMO_KEY, Relay, config_text, start_relay
 from tests.tlsfixtures import Issued, issue, make_ca
@@ -60,6 +61,17 @@ def handshake(port: int, ctx: ssl.SSLContext) -> tuple[int, str | None, str | No
         assert der is not None
         return (x509.load_der_x509_certificate(der).serial_number, tls.version(),
                 tls.selected_alpn_protocol())
+
+
+def chain_sent(port: int) -> int:
+    """How many certificates the server sends in its handshake."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.setblocking(True)  # pyOpenSSL needs a blocking socket (no timeout) here
+        conn = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), raw)
+        conn.set_tlsext_host_name(b"localhost")
+        conn.set_connect_state()
+        conn.do_handshake()
+        return len(conn.get_peer_cert_chain() or [])
 
 
 def certbot_layout(root: Path, ca: Issued, n: int) -> Issued:
@@ -109,6 +121,7 @@ def test_the_sdk_talks_to_the_relay_over_tls_streaming_and_not(tmp: Path) -> Non
         serial, version, alpn = handshake(relay.port, ctx)
         assert serial == first.certificate.serial_number
         assert version in ("TLSv1.2", "TLSv1.3") and alpn == "http/1.1"
+        assert chain_sent(relay.port) == 2  # all of fullchain.pem: the leaf, then the CA
         with httpx2.Client(verify=ctx) as http_client:
             client = anthropic.Anthropic(base_url=f"https://localhost:{relay.port}",
                                          api_key=DEMO_KEY, max_retries=0,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import warnings
 from typing import Any
 
 import attrs
@@ -261,8 +262,8 @@ def load_identity(spec: TLSListenSpec, now: datetime.datetime | None = None) -> 
             chain += x509.load_pem_x509_certificates(
                 _read(spec.extra_cert_chain, "certificate chain"))
         except ValueError:
-            raise CertificateProblem(
-                f"{spec.extra_cert_chain} holds no PEM certificate") from None
+            raise CertificateProblem(f"the certificate chain {spec.extra_cert_chain} holds "
+                                     "no PEM certificate") from None
     key_pem = _read(spec.private_key, "private key")
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
@@ -283,14 +284,17 @@ def load_identity(spec: TLSListenSpec, now: datetime.datetime | None = None) -> 
         raise CertificateProblem(f"the certificate in {spec.cert_key} is not valid before "
                                  f"{start:%Y-%m-%d %H:%M} UTC")
     try:
-        options = CertificateOptions(
-            privateKey=crypto.PKey.from_cryptography_key(key),  # type: ignore[arg-type]
-            certificate=crypto.X509.from_cryptography(leaf),
-            extraCertChain=[crypto.X509.from_cryptography(c) for c in chain],
-            raiseMinimumTo=_MINIMUM[spec.minimum], acceptableProtocols=[b"http/1.1"],
-            dhParameters=(DiffieHellmanParameters.fromFile(FilePath(spec.dh_parameters))
-                          if spec.dh_parameters else None))
-        context = options.getContext()
+        with warnings.catch_warnings():
+            # Twisted hands pyOpenSSL objects to pyOpenSSL, which now prefers cryptography's.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            options = CertificateOptions(
+                privateKey=crypto.PKey.from_cryptography_key(key),  # type: ignore[arg-type]
+                certificate=crypto.X509.from_cryptography(leaf),
+                extraCertChain=[crypto.X509.from_cryptography(c) for c in chain],
+                raiseMinimumTo=_MINIMUM[spec.minimum], acceptableProtocols=[b"http/1.1"],
+                dhParameters=(DiffieHellmanParameters.fromFile(FilePath(spec.dh_parameters))
+                              if spec.dh_parameters else None))
+            context = options.getContext()
     except (SSL.Error, crypto.Error, ValueError, TypeError) as e:
         raise CertificateProblem(f"OpenSSL refused {spec.cert_key} with "
                                  f"{spec.private_key}: {e}") from None
