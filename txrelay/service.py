@@ -48,7 +48,12 @@ from txrelay.protocol.errors import RelayError
 from txrelay.protocol.structure import error_lines, make_converter
 from txrelay.server.admin import AdminAccess, AdminResource, AdminSite, ReloadOutcome
 from txrelay.server.frontdoor import FrontDoorPolicy
-from txrelay.server.listeners import TLSEndpoint, reuse_port_endpoint, tls_endpoint
+from txrelay.server.listeners import (
+    TLSEndpoint,
+    certificates_detail,
+    reuse_port_endpoint,
+    tls_endpoint,
+)
 from txrelay.server.metrics_access import MetricsAccess, MetricsSite
 from txrelay.server.models import catalog_terminal
 from txrelay.server.resource import CEILING_ERROR, Lifecycle, RelayResource
@@ -397,8 +402,13 @@ class RelayService(Service):
             # SystemExit itself (Twisted's Failure.check does not match subclasses of it):
             # twistd and ``txrelay serve`` both stop with this message and status 1.
             raise SystemExit(f"txrelay: cannot listen on {description!r}: {error}")
+        self._report_certificates()
         if waiting == 0:
             self._announce()
+
+    def _report_certificates(self) -> None:
+        if self.tls_endpoints and self.app.health is not None:
+            self.app.health.report("tls", certificates_detail(self.tls_endpoints))
 
     def _announce(self) -> None:
         for port in self.ports:
@@ -466,6 +476,7 @@ class RelayService(Service):
         # configuration edit to be fixed. Each listener keeps its old one if the new is bad.
         certificates = tuple(problem for tls in self.tls_endpoints
                              if (problem := tls.reload()) is not None)
+        self._report_certificates()
         source = self.config_path
         if source is None:
             return self._refuse("(no file)", ["the relay was not started from a file"])

@@ -102,6 +102,17 @@ def start(tmp: Path, root: Path) -> Relay:
     return start_relay(tmp, config_text(server=server, providers=SLOW_DEMO))
 
 
+def certificates(port: int, ctx: ssl.SSLContext) -> list[dict[str, Any]]:
+    """``detail.tls`` of ``GET /health/ready``."""
+    conn = http.client.HTTPSConnection("localhost", port, timeout=30, context=ctx)
+    try:
+        conn.request("GET", "/health/ready")
+        found: list[dict[str, Any]] = json.loads(conn.getresponse().read())["detail"]["tls"]
+        return found
+    finally:
+        conn.close()
+
+
 def admin_reload(port: int, ctx: ssl.SSLContext) -> tuple[int, Any]:
     conn = http.client.HTTPSConnection("localhost", port, timeout=30, context=ctx)
     try:
@@ -154,6 +165,14 @@ def test_the_sdk_talks_to_the_relay_over_tls_streaming_and_not(tmp: Path) -> Non
         old.set_ciphers("DEFAULT:@SECLEVEL=0")
         with pytest.raises((ssl.SSLError, ConnectionResetError)):
             handshake(relay.port, old)
+        # The status page's session cookie is Secure over TLS.
+        conn = http.client.HTTPSConnection("localhost", relay.port, timeout=30, context=ctx)
+        conn.request("POST", "/admin/login", body=f"key={ADMIN_KEY}",
+                     headers={"content-type": "application/x-www-form-urlencoded"})
+        login = conn.getresponse()
+        assert login.status == 303
+        assert "; Secure" in (login.getheader("set-cookie") or "")
+        conn.close()
         # Plain HTTP on the TLS port gets no answer of the relay's own.
         with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as plain:
             plain.sendall(b"GET /health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -190,6 +209,11 @@ def test_a_renewed_certificate_serves_new_connections_and_old_ones_carry_on(
         log = wait_for(relay, "TLS reloaded for")
         assert f"certificate serial {second.certificate.serial_number:x}" in log
         assert handshake(relay.port, ctx)[0] == second.certificate.serial_number
+        (shown,) = certificates(relay.port, ctx)
+        assert shown["serial"] == f"{second.certificate.serial_number:x}"
+        assert shown["subject"] == "CN=localhost" and not shown["last_reload_refused"]
+        assert shown["not_after"] == \
+            second.certificate.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
 
         # The keep-alive connection still answers, on the same socket and certificate.
         keep.request("GET", "/v1/models", headers={"x-api-key": DEMO_KEY})
@@ -216,6 +240,9 @@ def test_a_renewed_certificate_serves_new_connections_and_old_ones_carry_on(
         log = wait_for(relay, "TLS reload refused for")
         assert f"keep certificate serial {second.certificate.serial_number:x}" in log
         assert handshake(relay.port, ctx)[0] == second.certificate.serial_number
+        (shown,) = certificates(relay.port, ctx)
+        assert shown["last_reload_refused"] and \
+            shown["serial"] == f"{second.certificate.serial_number:x}"
 
         # An unreadable file (certbot half way): refused too, still certificate 2.
         (tmp / "live" / "fullchain.pem").unlink()
@@ -229,6 +256,7 @@ def test_a_renewed_certificate_serves_new_connections_and_old_ones_carry_on(
         status, body = admin_reload(relay.port, ctx)
         assert status == 200 and body["certificates_refused"] == []
         assert handshake(relay.port, ctx)[0] == third.certificate.serial_number
+        assert not certificates(relay.port, ctx)[0]["last_reload_refused"]
     finally:
         code = relay.stop()
     assert code == 0, relay.log()

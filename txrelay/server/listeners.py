@@ -328,7 +328,7 @@ class ReloadableTLS:
 
 
 @implementer(IStreamServerEndpoint)
-@attrs.frozen
+@attrs.define(eq=False)
 class TLSEndpoint:
     """An ``ssl:`` server endpoint built on :class:`ReloadableTLS`, with ``reuse_port``."""
 
@@ -336,6 +336,8 @@ class TLSEndpoint:
     description: str
     tls: ReloadableTLS
     reuse_port: bool = False
+    #: Whether the last reload was refused (the listener kept its certificate).
+    refused: bool = attrs.field(default=False, init=False)
 
     def listen(self, protocolFactory: Any) -> Deferred[IListeningPort]:
         """Listen on TCP and speak TLS on every connection before the factory's protocol."""
@@ -352,10 +354,12 @@ class TLSEndpoint:
         try:
             identity = self.tls.reload()
         except CertificateProblem as e:
+            self.refused = True
             log.error("TLS reload refused for {description!r}: {problem}; new connections "
                       "keep {current}", description=self.description, problem=str(e),
                       current=self.tls.identity.describe())
             return str(e)
+        self.refused = False
         log.info("TLS reloaded for {description!r}: new connections get {identity}",
                  description=self.description, identity=identity.describe())
         return None
@@ -368,3 +372,14 @@ def tls_endpoint(reactor: Any, description: str, reuse_port: bool = False,
     spec = parse_ssl(description, base)
     return None if spec is None else TLSEndpoint(reactor, description, ReloadableTLS(spec),
                                                  reuse_port)
+
+
+def certificates_detail(endpoints: list[TLSEndpoint]) -> list[dict[str, Any]]:
+    """What ``/health/ready`` shows under ``detail.tls``: the certificate each ``ssl:``
+    listener gives new connections, and whether its last reload was refused (no paths)."""
+    return [{
+        "port": e.tls.spec.tcp.port, "serial": f"{e.tls.identity.serial:x}",
+        "subject": e.tls.identity.subject,
+        "not_after": e.tls.identity.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "last_reload_refused": e.refused,
+    } for e in endpoints]
