@@ -31,6 +31,7 @@ from twisted.internet.interfaces import (
     IOpenSSLServerConnectionCreator,
     IStreamServerEndpoint,
 )
+from twisted.internet.protocol import Factory
 from twisted.internet.ssl import CertificateOptions, DiffieHellmanParameters, TLSVersion
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -327,6 +328,31 @@ class ReloadableTLS:
         return self.identity
 
 
+class _Unnegotiated(Factory):
+    """
+    The site behind a TLS listener, without its ALPN list: the context already offers
+    ``http/1.1`` alone, and some Twisted versions would set the site's list on the shared
+    context for every connection, which pyOpenSSL refuses once a connection used it.
+    """
+
+    def __init__(self, factory: Any) -> None:
+        self.factory = factory
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self.factory.buildProtocol(addr)
+
+    def doStart(self) -> None:
+        self.factory.doStart()
+
+    def doStop(self) -> None:
+        self.factory.doStop()
+
+    def logPrefix(self) -> str:
+        prefix: str = self.factory.logPrefix() if hasattr(self.factory, "logPrefix") \
+            else type(self.factory).__name__
+        return prefix
+
+
 @implementer(IStreamServerEndpoint)
 @attrs.define(eq=False)
 class TLSEndpoint:
@@ -341,7 +367,7 @@ class TLSEndpoint:
 
     def listen(self, protocolFactory: Any) -> Deferred[IListeningPort]:
         """Listen on TCP and speak TLS on every connection before the factory's protocol."""
-        wrapped = TLSMemoryBIOFactory(self.tls, False, protocolFactory)
+        wrapped = TLSMemoryBIOFactory(self.tls, False, _Unnegotiated(protocolFactory))
         tcp = self.tls.spec.tcp
         inner: IStreamServerEndpoint = (
             ReusePortEndpoint(self.reactor, tcp) if self.reuse_port
