@@ -21,6 +21,7 @@ from tests.server.test_admin import ADMIN_KEY, relay
 from txrelay.catalog import Route
 from txrelay.server.status_page import (
     MAX_NAMES,
+    MAX_REVOKED,
     SESSION_SECONDS,
     WINDOW,
     Sessions,
@@ -76,6 +77,39 @@ def test_key_names_with_colons_and_non_ascii_work() -> None:
         assert s.valid(s.issue(name, DIGEST, T0), digests, T0)
     assert not s.valid(s.issue("ops:eu:1", DIGEST, T0).replace("ops:eu:1", "ops:eu:2"),
                        {**digests, "ops:eu:2": DIGEST}, T0)
+
+
+def test_a_revoked_session_stays_refused_and_forged_ones_are_not_remembered() -> None:
+    s = Sessions()
+    token, other = s.issue("ops", DIGEST, T0), s.issue("ops", DIGEST, T0 + 1)
+    s.revoke(token, DIGESTS, T0 + 5)
+    assert not s.valid(token, DIGESTS, T0 + 6) and s.valid(other, DIGESTS, T0 + 6)
+    s.revoke("ops:99999999999:" + "0" * 64, DIGESTS, T0)  # forged: nothing to remember
+    assert list(s.revoked) == [token.rsplit(":", 1)[1]]
+
+
+def test_revoked_entries_that_expired_make_room_before_the_secret_is_renewed() -> None:
+    s = Sessions()
+    for i in range(MAX_REVOKED):
+        s.revoke(s.issue("ops", DIGEST, T0 + i), DIGESTS, T0 + i)
+    assert len(s.revoked) == MAX_REVOKED
+    later = T0 + MAX_REVOKED + SESSION_SECONDS + 1  # every one of them has expired
+    late = s.issue("ops", DIGEST, later)
+    s.revoke(late, DIGESTS, later)
+    assert list(s.revoked) == [late.rsplit(":", 1)[1]]
+
+
+def test_a_flood_of_logouts_renews_the_secret_instead_of_growing() -> None:
+    s = Sessions()
+    tokens = [s.issue("ops", DIGEST, T0 + i) for i in range(MAX_REVOKED + 1)]
+    for t in tokens[:MAX_REVOKED]:
+        s.revoke(t, DIGESTS, T0)
+    assert len(s.revoked) == MAX_REVOKED
+    survivor = tokens[MAX_REVOKED]
+    assert s.valid(survivor, DIGESTS, T0)
+    s.revoke(survivor, DIGESTS, T0)  # one more: every session ends, memory is freed
+    assert s.revoked == {} and not s.valid(survivor, DIGESTS, T0)
+    assert not s.valid(tokens[0], DIGESTS, T0)
 
 
 @given(st.text(max_size=120))
@@ -140,12 +174,19 @@ def test_a_wrong_key_a_forged_and_an_expired_cookie_get_the_login_form() -> None
         assert send(r, "GET", "/admin/status", headers=(jar,)).status == 401
 
 
-def test_logout_clears_the_cookie() -> None:
+def test_logout_clears_the_cookie_and_ends_the_session_on_the_server() -> None:
     r = relay()
-    resp = send(r, "POST", "/admin/logout")
+    jar = "cookie: " + login(r, ADMIN_KEY).headers["set-cookie"].split(";", 1)[0]
+    assert send(r, "GET", "/admin/status", headers=(jar,)).status == 200
+    resp = send(r, "POST", "/admin/logout", headers=(jar,))
     assert resp.status == 303
     cookie = resp.headers["set-cookie"]
     assert cookie.startswith("txrelay_admin=;") and "Max-Age=0" in cookie
+    # A copy of the old cookie (kept by an attacker, another tab) no longer opens anything.
+    assert send(r, "GET", "/admin/status", headers=(jar,)).status == 401
+    assert b'action="/admin/login"' in send(r, "GET", "/admin", headers=(jar,)).body
+    # Logging out without a cookie is harmless.
+    assert send(r, "POST", "/admin/logout").status == 303
 
 
 # -- StatusRecorder -------------------------------------------------------------------------

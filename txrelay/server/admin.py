@@ -167,7 +167,7 @@ class AdminResource(Resource):
         if path == b"/admin/login" and method == b"POST":
             return page.login(request, digests)
         if path == b"/admin/logout" and method == b"POST":
-            return page.logout(request)
+            return page.logout(request, digests)
         if method not in (b"GET", b"HEAD"):
             return write_error(request, _methods((b"GET",)), rid)
         with_session = page.session_ok(request, digests)
