@@ -15,7 +15,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.relayproc import config_text
 from tests.tlsfixtures import Issued, issue, make_ca
+from txrelay.cli import main
 from txrelay.config import ConfigError, parse_config
 from txrelay.server.listeners import (
     CertificateProblem,
@@ -151,3 +153,25 @@ def test_reload_swaps_only_a_good_identity(tmp_path: Path, ca: Issued) -> None:
     key.write_bytes(second.key.read_bytes())
     assert tls.reload().serial == second.certificate.serial_number
     assert tls.identity.serial == second.certificate.serial_number
+
+
+def test_check_config_loads_the_certificates_as_the_relay_would(
+        tmp_path: Path, ca: Issued, capsys: pytest.CaptureFixture[str]) -> None:
+    leaf = issue(tmp_path, "leaf", ca, dns=("localhost",))
+    other = issue(tmp_path, "other", ca, dns=("localhost",))
+    path = tmp_path / "relay.toml"
+
+    def check(key: Path) -> tuple[int, str, str]:
+        server = {"listen": ["tcp:0:interface=127.0.0.1",
+                             f"ssl:0:privateKey={key}:certKey={leaf.cert}"]}
+        path.write_text(config_text(server=server))
+        code = main(["check-config", str(path)])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, err = check(leaf.key)
+    assert code == 0, err
+    assert f"server.listen[1]: certificate serial {leaf.certificate.serial_number:x}" in out
+    code, out, err = check(other.key)
+    assert code == 1 and "OK" not in out
+    assert err.startswith("server.listen[1]: the private key ") and "does not belong" in err

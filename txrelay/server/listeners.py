@@ -409,3 +409,23 @@ def certificates_detail(endpoints: list[TLSEndpoint]) -> list[dict[str, Any]]:
         "not_after": e.tls.identity.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "last_reload_refused": e.refused,
     } for e in endpoints]
+
+
+def check_certificates(server: Any) -> tuple[list[str], list[str]]:
+    """
+    For ``txrelay check-config``: load every ``ssl:`` listener's files as the relay would
+    (as the user running the check). Lines describing the good ones, and the problems, each
+    naming the key path.
+    """
+    good: list[str] = []
+    problems: list[str] = []
+    for key in ("listen", "metrics_listen", "admin_listen"):
+        for j, description in enumerate(getattr(server, key)):
+            spec = parse_ssl(description)
+            if spec is None:
+                continue
+            try:
+                good.append(f"server.{key}[{j}]: {load_identity(spec).describe()}")
+            except CertificateProblem as e:
+                problems.append(f"server.{key}[{j}]: {e}")
+    return good, problems
