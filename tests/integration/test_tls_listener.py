@@ -15,6 +15,7 @@ import signal
 import socket
 import ssl
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -160,8 +161,10 @@ def test_the_sdk_talks_to_the_relay_over_tls_streaming_and_not(tmp: Path) -> Non
         tls12.maximum_version = ssl.TLSVersion.TLSv1_2
         assert handshake(relay.port, tls12)[1] == "TLSv1.2"
         old = client_context(ca)
-        old.minimum_version = ssl.TLSVersion.TLSv1
-        old.maximum_version = ssl.TLSVersion.TLSv1_1
+        with warnings.catch_warnings():  # deprecated in ssl, which is the point
+            warnings.simplefilter("ignore", DeprecationWarning)
+            old.minimum_version = ssl.TLSVersion.TLSv1
+            old.maximum_version = ssl.TLSVersion.TLSv1_1
         old.set_ciphers("DEFAULT:@SECLEVEL=0")
         with pytest.raises((ssl.SSLError, ConnectionResetError)):
             handshake(relay.port, old)
