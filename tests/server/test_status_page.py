@@ -22,6 +22,7 @@ from txrelay.catalog import Route
 from txrelay.server.status_page import (
     MAX_NAMES,
     MAX_REVOKED,
+    SECRET_ENV,
     SESSION_SECONDS,
     WINDOW,
     Sessions,
@@ -318,3 +319,13 @@ def test_snapshot_on_an_empty_recorder_and_single_samples(status: int) -> None:
         assert p["p50_ms"] == p["p95_ms"] == 250.0 and p["health"] == "ok"
     else:
         assert p["p50_ms"] is None and p["health"] == "failing"  # all it has seen failed
+
+
+def test_processes_given_one_secret_accept_each_others_cookies(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SECRET_ENV, "ab" * 32)
+    token = Sessions().issue("ops", DIGEST, T0)
+    assert Sessions().valid(token, DIGESTS, T0)  # another worker, the same secret
+    for junk in ("", "not hex", "ab" * 8):  # unset, malformed, too short: one's own secret
+        monkeypatch.setenv(SECRET_ENV, junk)
+        assert not Sessions().valid(token, DIGESTS, T0)

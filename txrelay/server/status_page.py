@@ -131,6 +131,17 @@ def _quantile_ms(sorted_seconds: list[float], q: float) -> float | None:
 
 #: Logged-out tokens remembered until they expire; past it the secret is renewed instead.
 MAX_REVOKED = 4096
+#: A hex session secret shared by processes that must accept each other's cookies (the
+#: workers of ``server.workers``: their supervisor sets it); unset, each process draws one.
+SECRET_ENV = "TXRELAY_ADMIN_SESSION_SECRET"
+
+
+def _secret() -> bytes:
+    try:
+        shared = bytes.fromhex(os.environ.get(SECRET_ENV, ""))
+    except ValueError:
+        shared = b""
+    return shared if len(shared) >= 32 else os.urandom(32)
 
 
 @attrs.define(eq=False)
@@ -141,7 +152,7 @@ class Sessions:
     would have expired anyway.
     """
 
-    secret: bytes = attrs.Factory(lambda: os.urandom(32))
+    secret: bytes = attrs.Factory(_secret)
     #: Revoked tokens' MACs and their expiry.
     revoked: dict[str, int] = attrs.Factory(dict)
 
