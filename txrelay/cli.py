@@ -34,6 +34,14 @@ def _check(path: str) -> int:
     cfg = _load(path)
     if cfg is None:
         return 1
+    from txrelay.server.listeners import check_certificates
+
+    good, problems = check_certificates(cfg.server)  # ssl: listeners' files, as at start
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
+    for line in good:
+        print(line)
     print(f"{path}: OK ({len(cfg.providers)} provider(s), {len(cfg.models)} model(s), "
           f"pipeline: {' → '.join(s.label for s in cfg.pipeline)})")
     return 0

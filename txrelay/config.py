@@ -521,6 +521,15 @@ def _check(cfg: RelayConfig, env: Mapping[str, str], problems: list[str]) -> Rel
                     problems.append(f"server.{key}[{j}]: with server.workers, every "
                                     f"listener must be tcp: or tcp6: ({description!r})")
 
+    from txrelay.server.listeners import parse_ssl
+
+    for key in ("listen", "metrics_listen", "admin_listen"):  # ssl: strings, read by txrelay
+        for j, description in enumerate(getattr(s, key)):
+            try:
+                parse_ssl(description)
+            except ValueError as e:
+                problems.append(f"server.{key}[{j}]: {e}")
+
     providers: list[ProviderConfig] = []
     names: set[str] = set()
     for i, p in enumerate(cfg.providers):

@@ -48,7 +48,12 @@ from txrelay.protocol.errors import RelayError
 from txrelay.protocol.structure import error_lines, make_converter
 from txrelay.server.admin import AdminAccess, AdminResource, AdminSite, ReloadOutcome
 from txrelay.server.frontdoor import FrontDoorPolicy
-from txrelay.server.listeners import reuse_port_endpoint
+from txrelay.server.listeners import (
+    TLSEndpoint,
+    certificates_detail,
+    reuse_port_endpoint,
+    tls_endpoint,
+)
 from txrelay.server.metrics_access import MetricsAccess, MetricsSite
 from txrelay.server.models import catalog_terminal
 from txrelay.server.resource import CEILING_ERROR, Lifecycle, RelayResource
@@ -320,6 +325,8 @@ class RelayService(Service):
         self.admin_site = (AdminSite(self.admin_listener, reactor)
                            if self.admin_listener is not None else None)
         self.admin_ports: list[Any] = []
+        #: The ``ssl:`` listeners, whose certificates a reload reads again.
+        self.tls_endpoints: list[TLSEndpoint] = []
         #: Backends of replaced configurations, closing once their last request ends.
         self._retiring: set[Deferred[None]] = set()
         self._previous_sighup: Any = None
@@ -370,8 +377,11 @@ class RelayService(Service):
             endpoints += [(d, self.admin_site) for d in server.admin_listen]
         for description, factory in endpoints:
             try:
-                endpoint = (reuse_port_endpoint(self.reactor, description)
-                            if server.reuse_port else None)
+                endpoint: Any = tls_endpoint(self.reactor, description, server.reuse_port)
+                if endpoint is not None:  # ssl: a certificate that reloads (SIGHUP)
+                    self.tls_endpoints.append(endpoint)
+                elif server.reuse_port:
+                    endpoint = reuse_port_endpoint(self.reactor, description)
                 if endpoint is None:
                     endpoint = serverFromString(self.reactor, description)
                 d = endpoint.listen(factory)
@@ -392,8 +402,13 @@ class RelayService(Service):
             # SystemExit itself (Twisted's Failure.check does not match subclasses of it):
             # twistd and ``txrelay serve`` both stop with this message and status 1.
             raise SystemExit(f"txrelay: cannot listen on {description!r}: {error}")
+        self._report_certificates()
         if waiting == 0:
             self._announce()
+
+    def _report_certificates(self) -> None:
+        if self.tls_endpoints and self.app.health is not None:
+            self.app.health.report("tls", certificates_detail(self.tls_endpoints))
 
     def _announce(self) -> None:
         for port in self.ports:
@@ -457,6 +472,11 @@ class RelayService(Service):
         """
         from txrelay.tap import load_checked
 
+        # Certificates first, and whatever the file says: a renewal must not wait for a
+        # configuration edit to be fixed. Each listener keeps its old one if the new is bad.
+        certificates = tuple(problem for tls in self.tls_endpoints
+                             if (problem := tls.reload()) is not None)
+        self._report_certificates()
         source = self.config_path
         if source is None:
             return self._refuse("(no file)", ["the relay was not started from a file"])
@@ -487,7 +507,7 @@ class RelayService(Service):
                  "requests; {live} live request(s) finish on the previous one",
                  source=source, generation=self.resource.generation,
                  live=len(self.lifecycle.live))
-        return ReloadOutcome(True, (), ignored, self.resource.generation)
+        return ReloadOutcome(True, (), ignored, self.resource.generation, certificates)
 
     def _refuse(self, source: str, problems: list[str]) -> ReloadOutcome:
         for problem in problems:
@@ -595,3 +615,7 @@ class RelayService(Service):
             await deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
                                     traced.provider.shutdown)
         super().stopService()  # type: ignore[no-untyped-call]
+        # twistd re-raises the SIGTERM it stopped on (status 143); a drain that ran to its
+        # end is a clean stop, so it exits 0 like ``txrelay serve``.
+        if getattr(self.reactor, "_exitSignal", None) == signal.SIGTERM:
+            self.reactor._exitSignal = None
