@@ -1,9 +1,14 @@
 # -*- test-case-name: tests.integration.test_workers -*-
 """
 ``server.workers = N``: the main process runs N relay processes (``txrelay serve``) that
-share the listening ports through ``SO_REUSEPORT`` (``server.reuse_port``), restarts one
-that dies, forwards SIGHUP (each reloads its configuration) and, on stop, SIGTERMs all of
-them and waits until each has drained.
+share the listening ports, restarts one that dies, forwards SIGHUP (each reloads its
+configuration) and, on stop, SIGTERMs all of them and waits until each has drained.
+
+Workers share ``tcp:`` listeners through ``SO_REUSEPORT`` (``server.reuse_port``: each binds
+its own socket, the kernel spreads connections over them) and ``systemd:`` listeners by
+inheritance: the supervisor passes the sockets systemd gave it (``LISTEN_FDS``) to every
+worker on the same descriptors, and each worker claims them as its own (``LISTEN_PID``) before
+Twisted reads them. Those sockets outlive every worker, so a restart refuses nothing.
 
 The supervisor keeps a private directory (under ``$RUNTIME_DIRECTORY`` when systemd gives
 one, else the temporary directory) for the workers' shared state, removed on stop:
@@ -53,9 +58,34 @@ def is_worker() -> bool:
     return WORKER_ENV in os.environ
 
 
+#: ``LISTEN_PID`` in a worker's environment when it inherits the supervisor's systemd
+#: sockets: :data:`WORKER_BOOT` replaces it with the worker's own pid.
+INHERITED = "txrelay-worker"
+#: A worker's program: claim inherited sockets first (Twisted reads ``LISTEN_PID`` when
+#: ``twisted.internet.endpoints`` is imported), then ``txrelay serve``.
+WORKER_BOOT = (
+    "import os, sys\n"
+    f"if os.environ.get('LISTEN_PID') == {INHERITED!r}:\n"
+    "    os.environ['LISTEN_PID'] = str(os.getpid())\n"
+    "from txrelay.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
 def worker_command(config_path: str) -> list[str]:
     """A worker's command line: ``txrelay serve`` on the same file, this interpreter."""
-    return [sys.executable, "-m", "txrelay", "serve", "--config", config_path]
+    return [sys.executable, "-c", WORKER_BOOT, "serve", "--config", config_path]
+
+
+def inherited_fds() -> list[int]:
+    """
+    The sockets systemd passed to this process (``sd_listen_fds``), to hand on. Twisted
+    takes ``LISTEN_PID`` and ``LISTEN_FDS`` out of the environment when it parses them
+    (on importing ``twisted.internet.endpoints``), so they are read from its parser.
+    """
+    from twisted.internet.endpoints import _SystemdParser
+
+    return list(_SystemdParser._sddaemon.inheritedDescriptors())
 
 
 def notify_fields(datagram: bytes) -> dict[str, str]:
@@ -128,6 +158,8 @@ class Supervisor(Service):
     #: Workers that ended unexpectedly (each is started again), and the last of them.
     restarts: int = 0
     _last_restart: str = ""
+    #: systemd's sockets, passed on to every worker.
+    _fds: list[int] = attrs.Factory(list)
 
     @property
     def metrics_dir(self) -> str:
@@ -143,6 +175,7 @@ class Supervisor(Service):
         runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
         self.directory = tempfile.mkdtemp(prefix="txrelay-workers-", dir=runtime)
         os.mkdir(self.metrics_dir)
+        self._fds = inherited_fds()
         for index in range(self.workers):
             self._notify_ports.append(self.reactor.listenUNIXDatagram(
                 self._notify_path(index), _NotifyProtocol(self, index)))
@@ -162,10 +195,17 @@ class Supervisor(Service):
         env[WORKER_ENV] = str(index)
         env[MULTIPROC_ENV] = self.metrics_dir
         env["NOTIFY_SOCKET"] = self._notify_path(index)
+        if self._fds:
+            env["LISTEN_PID"], env["LISTEN_FDS"] = INHERITED, str(len(self._fds))
+        else:
+            for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+                env.pop(name, None)
+        fds: dict[int, Any] = {0: "w", 1: 1, 2: 2}
+        fds.update({fd: fd for fd in self._fds})
         worker = _Worker(index, started=time.monotonic())
         protocol = _WorkerProtocol(self, worker)
         transport = self.reactor.spawnProcess(protocol, self.command[0], self.command,
-                                              env=env, childFDs={0: "w", 1: 1, 2: 2})
+                                              env=env, childFDs=fds)
         worker.pid = transport.pid
         self._running[index] = protocol
         self.starts[index] = self.starts.get(index, 0) + 1

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.test_reuse_port_swap import free_port
+from tests.integration.test_reuse_port_swap import free_port, socket_activated
 from tests.relayproc import DEMO_KEY, config_text, start_relay
 from txrelay.config import hash_key
 
@@ -332,4 +332,58 @@ def test_workers_share_metrics_and_readiness(tmp: Path) -> None:
         for conn in conns:
             conn.close()
         notify.sock.close()
+        relay.stop()
+
+
+def test_workers_inherit_systemd_sockets(tmp: Path) -> None:
+    """
+    Under socket activation the supervisor hands systemd's socket to both workers: they
+    accept on the same socket (no SO_REUSEPORT), a killed worker's successor takes it up
+    again, and the socket outlives them all.
+    """
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(512)
+    port = sock.getsockname()[1]
+    notify = Notifications(tmp / "notify")
+    cfg = config_text(server={"listen": ["systemd:domain=INET:name=http"], "workers": 2,
+                              "drain_timeout": 20}, providers=SLOW_DEMO)
+    activated = socket_activated(sock)
+    relay = start_relay(tmp, cfg, serve=True, prefix=activated["prefix"],  # type: ignore[arg-type]
+                        pass_fds=activated["pass_fds"],  # type: ignore[arg-type]
+                        env={**activated["env"], "NOTIFY_SOCKET": str(notify.path)})  # type: ignore[dict-item]
+    conns: list[http.client.HTTPConnection] = []
+    try:
+        notify.wait_for("READY", "1")
+        workers = children(relay.process.pid)
+        listening = {inode for local, _, state, inode in _tcp_table()
+                     if local == port and state == "0A"}
+        assert len(listening) == 1  # one socket, the test's own, held by both workers
+        assert all(_sockets(pid) & listening for pid in workers)
+        tokens: list[int] = []
+        by_worker = open_on_every_worker(port, workers, tokens)
+        conns += [c for cs in by_worker.values() for c in cs]
+
+        os.kill(workers[0], signal.SIGKILL)
+        wait_until(lambda: notify.wait_for("STATUS")["STATUS"].startswith("2/2 "))
+        workers = children(relay.process.pid)
+        assert all(_sockets(pid) & listening for pid in workers)
+        conns += [c for cs in open_on_every_worker(port, workers, tokens).values() for c in cs]
+
+        live = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+        conns.append(live)
+        resp = post(live, BODY)
+        assert resp.status == 200
+        relay.process.send_signal(signal.SIGTERM)
+        assert b"event: message_stop" in resp.read()
+        assert relay.process.wait(30) == 0
+        # The socket is still the test's: a new connection waits in its queue.
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+        assert "Traceback" not in relay.log()
+    finally:
+        for conn in conns:
+            conn.close()
+        notify.sock.close()
+        sock.close()
         relay.stop()
