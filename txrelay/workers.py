@@ -160,6 +160,13 @@ class Supervisor(Service):
     _last_restart: str = ""
     #: systemd's sockets, passed on to every worker.
     _fds: list[int] = attrs.Factory(list)
+    #: Whether every worker was serving at once, at least once.
+    _was_ready: bool = False
+    #: Stop the reactor when a worker cannot start (else only fire :attr:`failed`).
+    stop_on_failure: bool = True
+    #: Fires with exit status 1 when a worker fails before all ever served (a listener
+    #: that cannot be set up fails in every worker): the supervisor then stops.
+    failed: Deferred[int] = attrs.Factory(Deferred)
 
     @property
     def metrics_dir(self) -> str:
@@ -220,6 +227,15 @@ class Supervisor(Service):
             mark_process_dead(worker.pid, self.metrics_dir)  # type: ignore[no-untyped-call]
         if self._stopping:
             return
+        if not self._was_ready and not worker.ready:
+            log.critical("worker {index} (pid {pid}) could not start ({reason}); stopping "
+                         "(its messages are above)", index=worker.index, pid=worker.pid,
+                         reason=reason.getErrorMessage())
+            self._stopping = True
+            self.failed.callback(1)
+            if self.stop_on_failure:
+                self.reactor.stop()
+            return
         if time.monotonic() - worker.started < STABLE_SECONDS:
             delay = min(self._delays.get(worker.index, RESTART_DELAY / 2) * 2,
                         MAX_RESTART_DELAY)
@@ -263,7 +279,7 @@ class Supervisor(Service):
             status += f"; {self.restarts} restart(s), last: {self._last_restart}"
         message = f"STATUS={status}"
         if ready == self.workers and not self._ready_sent:
-            self._ready_sent = True
+            self._ready_sent = self._was_ready = True
             message = f"READY=1\n{message}"
             log.info("txrelay supervisor: {count} worker(s) serving", count=ready)
         _sd_notify(message.encode())

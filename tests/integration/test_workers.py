@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_reuse_port_swap import free_port, socket_activated
-from tests.relayproc import DEMO_KEY, config_text, start_relay
+from tests.relayproc import DEMO_KEY, config_text, serve_command, start_relay, twistd_command
 from txrelay.config import hash_key
 
 pytestmark = pytest.mark.integration
@@ -387,3 +388,32 @@ def test_workers_inherit_systemd_sockets(tmp: Path) -> None:
         notify.sock.close()
         sock.close()
         relay.stop()
+
+
+@pytest.mark.parametrize("serve", [False, True], ids=["twistd", "txrelay-serve"])
+def test_a_worker_that_cannot_listen_stops_the_supervisor(tmp: Path, serve: bool) -> None:
+    """A port taken without SO_REUSEPORT fails every worker: the supervisor stops, not loops."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        cfg = config_text(server={"listen": [f"tcp:{port}:interface=127.0.0.1"],
+                                  "reuse_port": True, "workers": 2})
+        (tmp / "relay.toml").write_text(cfg)
+        command = (serve_command if serve else twistd_command)(tmp / "relay.toml")
+        with (tmp / "relay.log").open("wb") as out:
+            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=tmp)
+        try:
+            code = proc.wait(90)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+    log = (tmp / "relay.log").read_text()
+    assert f"txrelay: cannot listen on 'tcp:{port}:interface=127.0.0.1'" in log
+    assert "could not start" in log and "starting it again" not in log
+    # twistd has no exit status of its own to give (it exits 0 once its reactor stops);
+    # under systemd a supervisor that ends before READY=1 fails the start either way.
+    if serve:
+        assert code == 1, log
+    assert "Traceback" not in log
