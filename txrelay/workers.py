@@ -174,7 +174,6 @@ class Supervisor(Service):
         assert self.directory is not None
         return os.path.join(self.directory, "metrics")
 
-
     def startService(self) -> None:
         Service.startService(self)
         if not self.command:
