@@ -6,7 +6,10 @@ prints, per load and worker count, requests/s and the relay's CPU per request: t
 the supervisor and every worker process, from /proc.
 
     .venv/bin/python bench/workers.py [--duration 5] [--workers 1,2] [--loads small,paced]
-                                      [--paced-conc 32,128]
+                                      [--paced-conc 32,128] [--write-results]
+
+``--write-results`` puts the table into bench/RESULTS.md as its "Workers" section (a full
+``bench/run`` keeps that section when it rewrites the file).
 
 Loads:
 
@@ -47,6 +50,40 @@ LOADS = {"small": "small non-streaming, demo backend",
          "paced": f"paced stream: 200 chunks, one per upstream write {TRICKLE_MS:g} ms apart, "
                   "openai-chat"}
 SMALL_CONC = 50
+#: The heading of this benchmark's section of bench/RESULTS.md.
+HEADING = "## Workers (bench/workers.py)"
+
+
+def results_section(table: list[str], args: argparse.Namespace, loads: list[float]) -> str:
+    """The "Workers" section of bench/RESULTS.md (``loads``: the host's load averages)."""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    loads = sorted(loads)
+    return "\n".join([
+        HEADING, "",
+        f"Made by `bench/workers.py --duration {args.duration}` on {when}: `txrelay serve` with "
+        "`server.workers` = 1 and 2 (SO_REUSEPORT), one wrk thread, 2 s warm-up per row. "
+        "Relay CPU is user+system time of the supervisor and every worker (/proc), per "
+        "request. Paced streams: bench/pyupstream.py's trickled answer (200 chunks, one per "
+        "write, 5 ms apart) through the `openai-chat` backend.", "",
+        f"**The machine was busy** (other jobs ran beside it; 1-minute load average "
+        f"{loads[0]:.1f}..{loads[-1]:.1f} on 2 cores): req/s and latencies here are "
+        "lower bounds and do not show how far a second worker scales on an idle host; "
+        "CPU per request is the steadier number. wrk and the upstream share the 2 cores "
+        "with the relay, so 2 workers cannot double one in any case.", "",
+        *table, ""])
+
+
+def write_results(section: str) -> None:
+    """Put ``section`` into bench/RESULTS.md, replacing an earlier one."""
+    path = HERE / "RESULTS.md"
+    text = path.read_text() if path.exists() else ""
+    start = text.find(HEADING)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(HEADING))
+        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+    path.write_text(text)
 
 
 def config(port: int, workers: int, upstream_port: int) -> str:
@@ -149,6 +186,8 @@ def main() -> int:
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--loads", default="small,paced")
     parser.add_argument("--paced-conc", default="32,128")
+    parser.add_argument("--write-results", action="store_true",
+                        help="write the table into bench/RESULTS.md")
     args = parser.parse_args()
     args.loads = [x for x in args.loads.split(",") if x]
     args.runs = [(load, conc) for load in args.loads
@@ -182,18 +221,22 @@ def main() -> int:
                        for n in counts}
     finally:
         procs.stop_all()
-    print(f"| load | conc | workers | req/s | vs {counts[0]} | p50 ms | p99 ms | "
-          "relay CPU ms/req | errors | host load avg |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    table = [f"| load | conc | workers | req/s | vs {counts[0]} | p50 ms | p99 ms | "
+             "relay CPU ms/req | errors | host load avg |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for load, conc in args.runs:
         label = LOADS[load]
         base = results[counts[0]][load, conc]["rps"]
         for n in counts:
             r = results[n][load, conc]
             ratio = harness.f_ratio(r["rps"] / base) if base else "n/a"
-            print(f"| {label} | {conc} | {n} | {r['rps']:,.0f} | {ratio} | "
-                  f"{r['p50']:.1f} | {r['p99']:.1f} | {r['cpu_ms']:.3f} | {r['errors']:.0f} | "
-                  f"{r['loadavg']:.1f} |")
+            table.append(f"| {label} | {conc} | {n} | {r['rps']:,.0f} | {ratio} | "
+                         f"{r['p50']:.1f} | {r['p99']:.1f} | {r['cpu_ms']:.3f} | "
+                         f"{r['errors']:.0f} | {r['loadavg']:.1f} |")
+    print("\n".join(table))
+    if args.write_results:
+        write_results(results_section(table, args, [r["loadavg"] for by in results.values()
+                                                    for r in by.values()]))
     return 0
 
 
