@@ -70,7 +70,11 @@ def results_section(table: list[str], args: argparse.Namespace, loads: list[floa
         "lower bounds and do not show how far a second worker scales on an idle host; "
         "CPU per request is the steadier number. wrk and the upstream share the 2 cores "
         "with the relay, so 2 workers cannot double one in any case.", "",
-        *table, ""])
+        *table, "",
+        "At c=32 the pacing bounds streams/s (each lasts at least 1 s whatever the relay "
+        "does), so only a higher concurrency can show a second worker's gain. CPU per paced "
+        "stream falls as concurrency rises (more chunks arrive per read) and is inflated on a "
+        "contended host: compare it within this table, not with bench/run's figures.", ""])
 
 
 def write_results(section: str) -> None:
