@@ -72,11 +72,13 @@ def _serve(path: str) -> int:
 
         service: Any
         if cfg.server.workers > 1 and not is_worker():
-            service = Supervisor(r, path, cfg.server.workers)
+            service = Supervisor(r, path, cfg.server.workers, stop_on_failure=False)
         else:
             service = RelayService(build_app(cfg, r, path), r, path)
         service.startService()
         r.addSystemEventTrigger("before", "shutdown", service.stopService)
+        if isinstance(service, Supervisor):  # a worker that cannot start: exit 1
+            raise SystemExit(await service.failed)
         await Deferred()  # until SIGTERM/SIGINT stop the reactor
 
     _ = reactor

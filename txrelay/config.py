@@ -505,8 +505,10 @@ def _check(cfg: RelayConfig, env: Mapping[str, str], problems: list[str]) -> Rel
         problems.append("server.admin_listen: set, but no server.admin_keys to use it with")
     if not 1 <= s.workers <= 64:
         problems.append("server.workers: must be between 1 and 64")
-    elif s.workers > 1 and not s.reuse_port:
-        problems.append("server.workers: more than 1 needs server.reuse_port = true")
+    elif s.workers > 1 and not s.reuse_port and not all(
+            d.startswith("systemd:") for d in (*s.listen, *s.metrics_listen, *s.admin_listen)):
+        problems.append("server.workers: more than 1 needs server.reuse_port = true (or "
+                        "systemd: listeners only, which the workers inherit)")
     if s.reuse_port:
         from txrelay.server.listeners import parse_tcp
 
@@ -517,9 +519,10 @@ def _check(cfg: RelayConfig, env: Mapping[str, str], problems: list[str]) -> Rel
                 except ValueError as e:
                     problems.append(f"server.{key}[{j}]: {e}")
                     continue
-                if spec is None and s.workers > 1:
+                if spec is None and s.workers > 1 and not description.startswith("systemd:"):
                     problems.append(f"server.{key}[{j}]: with server.workers, every "
-                                    f"listener must be tcp: or tcp6: ({description!r})")
+                                    f"listener must be tcp:, tcp6: or systemd: "
+                                    f"({description!r})")
 
     from txrelay.server.listeners import parse_ssl
 

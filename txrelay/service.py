@@ -451,6 +451,12 @@ class RelayService(Service):
         log.info("draining on request of an operator: {count} live request(s); "
                  "DELETE /admin/drain serves again", count=len(self.lifecycle.live))
         _sd_notify(b"STATUS=draining (POST /admin/drain)")
+        self._drain_changed()
+
+    def _drain_changed(self) -> None:
+        # Workers publish their drain state to the other workers' scrapes (txrelay.metrics).
+        if self.metrics is not None:
+            self.metrics.drain_changed()
 
     def end_admin_drain(self) -> RelayError | None:
         """Serve again after :meth:`start_admin_drain`; refused once the process stops."""
@@ -461,6 +467,7 @@ class RelayService(Service):
             self.lifecycle.draining = False
             log.info("drain ended by an operator: serving again")
             _sd_notify(b"STATUS=serving")
+            self._drain_changed()
         return None
 
     def reload(self) -> ReloadOutcome:
@@ -583,6 +590,7 @@ class RelayService(Service):
         """
         self.lifecycle.draining = self.lifecycle.stopping = True
         _sd_notify(b"STOPPING=1\nSTATUS=draining")
+        self._drain_changed()
         ceiling = self.app.config.server.drain_timeout
         log.info("draining: {count} live request(s), up to {timeout}s",
                  count=len(self.lifecycle.live), timeout=ceiling)
