@@ -519,9 +519,10 @@ def _check(cfg: RelayConfig, env: Mapping[str, str], problems: list[str]) -> Rel
                 except ValueError as e:
                     problems.append(f"server.{key}[{j}]: {e}")
                     continue
-                if spec is None and s.workers > 1 and not description.startswith("systemd:"):
+                if spec is None and s.workers > 1 and not description.startswith(
+                        ("systemd:", "ssl:")):
                     problems.append(f"server.{key}[{j}]: with server.workers, every "
-                                    f"listener must be tcp:, tcp6: or systemd: "
+                                    f"listener must be tcp:, tcp6:, ssl: or systemd: "
                                     f"({description!r})")
 
     from txrelay.server.listeners import parse_ssl
