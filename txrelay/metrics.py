@@ -50,6 +50,7 @@ class Metrics:
     first_byte: Any = None
     first_token: Any = None
     draining: Any = None
+    ledger_dropped: Any = None
     # Label children by label values: ``labels()`` validates and locks on every call.
     _request_children: dict[tuple[str, ...], tuple[Any, Any]] = attrs.Factory(dict)
     _token_children: dict[tuple[str, ...], Any] = attrs.Factory(dict)
@@ -88,6 +89,9 @@ class Metrics:
             ["provider", "model"], registry=r, buckets=latency)
         self.draining = Gauge("txrelay_draining", "1 while the relay drains, else 0.",
                               registry=r)
+        self.ledger_dropped = Counter(
+            "txrelay_ledger_dropped", "Usage ledger records dropped: its queue was full, its "
+            "database failed, or the relay stopped first.", registry=r)
 
     def watch_drain(self, draining: Callable[[], bool]) -> None:
         """Read the drain state from ``draining`` at each scrape."""
