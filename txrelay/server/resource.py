@@ -579,12 +579,18 @@ class RelayResource(Resource):
         route = exchange.route if exchange is not None else None
         first = call.stats.first_content_at
         duration = self.reactor.seconds() - call.started
+        requested = route.requested if route else None
+        if requested is None and exchange is not None:
+            # An unrouted request (unknown model): its model if the body was parsed anyway;
+            # never parse it here (an unauthenticated body stays unread).
+            parsed = getattr(exchange, "_parsed", None)
+            requested = getattr(parsed, "model", None)
         record = RequestRecord(
             at=time.time() - duration, request_id=call.request_id, operation=op[:16],
             status=status, duration=duration,
             key=exchange.client if exchange is not None else None,
             session=_session_id(call.request),
-            model_requested=route.requested[:200] if route else None,
+            model_requested=requested[:200] if isinstance(requested, str) else None,
             model=route.model.id if route and route.model else None,
             model_served=route.upstream_model[:200] if route else None,
             provider=route.provider if route else None, stream=streamed,
