@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -61,14 +62,17 @@ def one_request(relay: Relay, session: str) -> str:
         return str(raw.headers["request-id"])
 
 
-def usage(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def usage(*args: str, cwd: Path,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``txrelay usage ARGS`` with this interpreter."""
     return subprocess.run([sys.executable, "-m", "txrelay", "usage", *args],
-                          capture_output=True, text=True, cwd=cwd, timeout=120)
+                          check=False, capture_output=True, text=True, cwd=cwd,
+                          timeout=120,
+                          env={**os.environ, **(env or {})})
 
 
-def usage_json(*args: str, cwd: Path) -> dict[str, Any]:
-    done = usage(*args, "--format", "json", cwd=cwd)
+def usage_json(*args: str, cwd: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    done = usage(*args, "--format", "json", cwd=cwd, env=env)
     assert done.returncode == 0, done.stderr
     return dict(json.loads(done.stdout))
 

@@ -156,12 +156,12 @@ class Ledger:
             if self._batch_failures >= BATCH_TRIES or self._closing:
                 count, self._batch, self._batch_failures = len(self._batch), None, 0
                 self._drop(count, f"the {self.sink.kind} database failed: {why}")
-        if self._failing is None:
+        first, self._failing = self._failing is None, why
+        if first:
             log.warn("usage ledger: the {kind} database fails ({why}); records wait in "
                      "memory (up to {max_queue}) and requests are served as usual",
                      kind=self.sink.kind, why=why, max_queue=self.max_queue)
             self._report()
-        self._failing = why
 
     def _drop(self, count: int, why: str) -> None:
         self.dropped += count
