@@ -571,7 +571,6 @@ class RelayResource(Resource):
             cache_creation_tokens=usage.get("cache_creation_input_tokens"),
         )
 
-
     def _observe(self, call: InFlight, op: str, status: int, streamed: bool,
                  usage: dict[str, Any] | None, error_type: str | None) -> None:
         """Hand the finished request, as one :class:`RequestRecord`, to the observers."""
