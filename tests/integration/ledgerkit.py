@@ -52,11 +52,11 @@ def traffic(relay: Relay) -> dict[str, str]:
     return ids
 
 
-def one_request(relay: Relay, session: str) -> str:
+def one_request(relay: Relay, session: str, model: str = "demo-small") -> str:
     """A non-streaming request; its request id."""
     with anthropic.Anthropic(base_url=relay.url, api_key=DEMO_KEY, max_retries=0) as c:
         raw = c.messages.with_raw_response.create(
-            model="demo-small", max_tokens=50, messages=[{"role": "user", "content": "hi"}],
+            model=model, max_tokens=50, messages=[{"role": "user", "content": "hi"}],
             extra_headers={"X-Claude-Code-Session-Id": session})
         assert raw.http_response.status_code == 200
         return str(raw.headers["request-id"])

@@ -6,6 +6,7 @@ database costs records (counted), never requests, and writing resumes once it is
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -109,3 +110,27 @@ def test_locked_database_costs_records_not_requests(tmp_path: Path) -> None:
     finally:
         relay.stop()
     assert "usage ledger: dropped" in relay.log()
+
+
+def test_reload_keeps_the_ledger_and_applies_new_prices(tmp_path: Path) -> None:
+    db = tmp_path / "usage.sqlite3"
+    ledger = f'\n[ledger]\npath = "{db}"\n'
+    relay = start_relay(tmp_path, config_text() + ledger + PRICES)
+    try:
+        before = one_request(relay, "s", model="claude-sonnet-4-6")
+        (tmp_path / "relay.toml").write_text(
+            config_text() + ledger + "batch_size = 7\n" + PRICES.replace("3.0", "30.0"))
+        relay.process.send_signal(signal.SIGHUP)
+        eventually(lambda: "configuration generation 1 serves" in relay.log() or None,
+                   "the reload")
+        after = one_request(relay, "s", model="claude-sonnet-4-6")
+    finally:
+        relay.stop()
+    assert "reload: ledger changed" in relay.log()  # [ledger] itself needs a restart
+    # One ledger across the reload: both records written by it, priced by their generation.
+    assert "usage ledger closed: 2 record(s) written, 0 dropped" in relay.log()
+    old, new = (_rows(db, "request_id = ?", (rid,))[0] for rid in (before, after))
+    assert old["input_tokens"] == new["input_tokens"] > 0
+    tokens_in, tokens_out = old["input_tokens"], old["output_tokens"]
+    assert old["spend_usd"] == pytest.approx((tokens_in * 3.0 + tokens_out * 15.0) / 1e6)
+    assert new["spend_usd"] == pytest.approx((tokens_in * 30.0 + tokens_out * 15.0) / 1e6)
