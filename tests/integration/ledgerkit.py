@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -84,6 +85,15 @@ def dropped(relay: Relay) -> float:
     m = re.search(r"^txrelay_ledger_dropped_total (\S+)$", text, re.M)
     assert m is not None, text
     return float(m.group(1))
+
+
+def health(relay: Relay) -> tuple[int, dict[str, Any]]:
+    """``GET /health/ready``: its status and body."""
+    try:
+        with urllib.request.urlopen(f"{relay.url}/health/ready", timeout=30) as r:
+            return r.status, dict(json.loads(r.read()))
+    except urllib.error.HTTPError as e:
+        return e.code, dict(json.loads(e.read()))
 
 
 def eventually(probe: Callable[[], T | None], what: str, timeout: float = 60) -> T:

@@ -19,6 +19,7 @@ from tests.integration.ledgerkit import (
     check_traffic_rows,
     dropped,
     eventually,
+    health,
     one_request,
     traffic,
     usage,
@@ -107,6 +108,10 @@ def test_locked_database_costs_records_not_requests(tmp_path: Path) -> None:
         after = one_request(relay, "after")
         eventually(lambda: _rows(db, "request_id = ?", (after,)) or None,
                    "a record after the database was free again")
+        status, ready = health(relay)
+        assert status == 200 and ready["status"] == "ok"  # the ledger never holds it back
+        assert ready["detail"]["ledger"]["kind"] == "sqlite"
+        assert ready["detail"]["ledger"]["dropped"] >= 3
     finally:
         relay.stop()
     assert "usage ledger: dropped" in relay.log()

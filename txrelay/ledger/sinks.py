@@ -22,6 +22,26 @@ from txrelay.ledger.record import RequestRecord
 DB_TIMEOUT = 5
 
 
+class _Connection(adbapi.Connection):
+    """adbapi's connection, with a rollback that drops a broken connection quietly: the
+    interaction's own error reaches the ledger, which logs it (rate-limited); adbapi's
+    would log two tracebacks per lost connection."""
+
+    def rollback(self) -> None:
+        connection: Any = self._connection
+        try:
+            connection.rollback()
+        except Exception:
+            self._pool.disconnect(connection)  # the next write connects again
+
+
+class _Pool(adbapi.ConnectionPool):
+    connectionFactory = _Connection
+
+    def __init__(self, dbapi_name: str, *args: Any, **kw: Any) -> None:
+        super().__init__(dbapi_name, *args, **kw)  # type: ignore[no-untyped-call]
+
+
 class Sink(Protocol):
     """A database the ledger writes batches to."""
 
@@ -78,9 +98,9 @@ def _sqlite_opened(connection: Any) -> None:
 
 def sqlite_sink(path: str, reactor: Any) -> DatabaseSink:
     """A sink writing to the SQLite database at ``path``."""
-    pool = adbapi.ConnectionPool(
+    pool = _Pool(
         "sqlite3", path, timeout=DB_TIMEOUT, check_same_thread=False, cp_min=1, cp_max=1,
-        cp_reconnect=True, cp_noisy=False, cp_openfun=_sqlite_opened, cp_reactor=reactor)
+        cp_noisy=False, cp_openfun=_sqlite_opened, cp_reactor=reactor)
     return DatabaseSink("sqlite", pool, schema.SQLITE)
 
 
@@ -89,7 +109,7 @@ def postgres_sink(dsn: str, reactor: Any) -> DatabaseSink:
     extra)."""
     import psycopg  # noqa: F401 - fail here, at start-up, when the extra is missing
 
-    pool = adbapi.ConnectionPool(
+    pool = _Pool(
         "psycopg", dsn, connect_timeout=DB_TIMEOUT, application_name="txrelay",
-        cp_min=1, cp_max=1, cp_reconnect=True, cp_noisy=False, cp_reactor=reactor)
+        cp_min=1, cp_max=1, cp_noisy=False, cp_reactor=reactor)
     return DatabaseSink("postgres", pool, schema.POSTGRES)

@@ -148,9 +148,10 @@ class Ledger:
                     break
         except Exception as e:
             self._failed(e)
+        self._report()  # once a flush: the readiness detail stays current
 
     def _failed(self, error: Exception) -> None:
-        why = f"{type(error).__name__}: {error}".strip()[:300]
+        why = " ".join(f"{type(error).__name__}: {error}".split())[:300]
         if self._batch is not None:
             self._batch_failures += 1
             if self._batch_failures >= BATCH_TRIES or self._closing:
