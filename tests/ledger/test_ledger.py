@@ -6,12 +6,16 @@ retried, then its batch dropped, and writing resumes; close writes what is queue
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import attrs
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 
 from txrelay.health import Health
 from txrelay.ledger.prices import Price, PriceTable
@@ -58,6 +62,16 @@ class FakeSink:
 
     def close(self) -> None:
         self.closed = True
+
+
+@contextmanager
+def capture_logs_of() -> Iterator[list[Any]]:
+    events: list[Any] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(events.append)
 
 
 def rec(n: int, **kw: Any) -> RequestRecord:
@@ -191,3 +205,41 @@ def test_close_is_bounded_by_its_timeout() -> None:
     assert done.called
     assert led.dropped == 2 and drops == [2]
     assert not sink.closed  # its thread still writes: the reactor's shutdown stops it
+    with capture_logs_of() as events:
+        sink.release()  # the late answer changes nothing, and is no error
+    assert (led.written, led.dropped) == (0, 2) and events == []
+
+
+@given(st.lists(st.one_of(
+    st.tuples(st.just("record"), st.integers(1, 8)),
+    st.tuples(st.just("advance"), st.sampled_from([0.0, 0.5, 1.0, 61.0])),
+    st.tuples(st.just("broken"), st.booleans()),
+    st.tuples(st.just("hold"), st.booleans()),
+), max_size=40))
+def test_every_record_is_written_dropped_or_queued(steps: list[tuple[str, Any]]) -> None:
+    sink = FakeSink()
+    led, clock, drops = ledger(sink)
+    made = 0
+    for op, arg in steps:
+        if op == "record":
+            for _ in range(arg):
+                made += 1
+                led.record(rec(made))
+        elif op == "advance":
+            clock.advance(arg)
+        elif op == "broken":
+            sink.broken = arg
+        else:
+            sink.hold = arg
+            if not arg:
+                sink.release()
+        assert led.queued <= led.max_queue + led.batch_size
+        assert sum(drops) == led.dropped
+        written = [i for b in sink.batches for i in b]
+        assert len(written) == led.written and len(set(written)) == len(written)
+    sink.hold = sink.broken = False
+    sink.release()
+    Deferred.fromCoroutine(led.close())
+    clock.advance(led.close_timeout)
+    sink.release()
+    assert led.written + led.dropped == made

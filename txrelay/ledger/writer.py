@@ -136,8 +136,11 @@ class Ledger:
                         break
                     count = min(self.batch_size, len(self._queue))
                     self._batch = [self._queue.popleft() for _ in range(count)]
-                await self.sink.write(self._batch)
-                self.written += len(self._batch)
+                batch = self._batch
+                await self.sink.write(batch)
+                if self._batch is not batch:  # a close gave up on it (counted as dropped)
+                    break
+                self.written += len(batch)
                 self._batch, self._batch_failures = None, 0
                 if self._failing is not None:
                     log.info("usage ledger: the {kind} database takes records again",
