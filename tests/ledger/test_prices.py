@@ -74,3 +74,17 @@ def test_ledger_defaults() -> None:
     cfg = _parse({"ledger": {"kind": "off"}})
     assert cfg.ledger is not None and cfg.ledger.kind == "off"  # type: ignore[attr-defined]
     assert _parse({}).ledger is None  # type: ignore[attr-defined]
+
+
+def test_the_example_blocks_are_valid_when_uncommented(tmp_path: Path) -> None:
+    import tomllib
+
+    text = (Path(__file__).resolve().parents[2] / "config.example.toml").read_text()
+    block = text[text.index("# [ledger]"):text.index("# ── Client keys")]
+    lines = [line[2:] for line in block.splitlines()
+             if line.startswith("# ") and not line.startswith("# #")]
+    raw = tomllib.loads("\n".join(line for line in lines if "=" in line or "[" in line))
+    raw["ledger"]["path"] = str(tmp_path / raw["ledger"]["path"])
+    cfg = _parse(raw)
+    assert cfg.ledger.kind == "sqlite"  # type: ignore[attr-defined]
+    assert cfg.prices[0].cache_creation == 3.75  # type: ignore[attr-defined]
