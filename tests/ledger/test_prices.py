@@ -88,3 +88,16 @@ def test_the_example_blocks_are_valid_when_uncommented(tmp_path: Path) -> None:
     cfg = _parse(raw)
     assert cfg.ledger.kind == "sqlite"  # type: ignore[attr-defined]
     assert cfg.prices[0].cache_creation == 3.75  # type: ignore[attr-defined]
+
+
+def test_the_dsn_and_its_password_are_secrets() -> None:
+    from txrelay.config import secret_values
+
+    raw = {"providers": [{"name": "demo", "kind": "demo"}],
+           "models": [{"id": "m", "provider": "demo"}], "pipeline": [{"type": "translate"}],
+           "ledger": {"kind": "postgres", "dsn": {"env": "DSN"}}}
+    dsn = "postgresql://relay:pa55word@db.internal/usage"
+    cfg = parse_config(raw, "t.toml", env={"DSN": dsn})
+    assert cfg.ledger is not None and cfg.ledger.dsn is not None
+    assert cfg.ledger.dsn.value == dsn and "pa55word" not in repr(cfg)
+    assert {dsn, "pa55word"} <= set(secret_values(cfg, env={}))
