@@ -108,6 +108,20 @@ def eventually(probe: Callable[[], T | None], what: str, timeout: float = 60) ->
         time.sleep(0.1)
 
 
+def recorded_again(relay: Relay, recorded: Callable[[str], bool]) -> str:
+    """
+    Once the database is back: send requests until one of them is recorded; its id. (The
+    first ones may still find the queue full of what waited, and be dropped.)
+    """
+    sent: list[str] = []
+
+    def probe() -> str | None:
+        sent.append(one_request(relay, f"after-{len(sent)}"))
+        return next((rid for rid in sent if recorded(rid)), None)
+
+    return eventually(probe, "a record after the database came back")
+
+
 def check_traffic_rows(report: dict[str, Any]) -> None:
     """What :func:`traffic` must add up to, grouped by key and model."""
     rows = {(r["key"], r["model"]): r for r in report["rows"]}

@@ -22,6 +22,7 @@ from tests.integration.ledgerkit import (
     dropped,
     eventually,
     one_request,
+    recorded_again,
     traffic,
     usage,
     usage_json,
@@ -87,9 +88,7 @@ def test_dead_postgres_costs_records_not_requests(pg: Postgres, tmp_path: Path) 
         # At most one batch (1) is being tried and 2 wait: 3 or more were dropped.
         assert dropped(relay) >= 3
         pg.start()
-        after = one_request(relay, "after")
-        eventually(lambda: _rows(pg, "request_id = %s", (after,)) or None,
-                   "a record after PostgreSQL came back")
+        recorded_again(relay, lambda rid: bool(_rows(pg, "request_id = %s", (rid,))))
     finally:
         relay.stop()
     assert "usage ledger: the postgres database fails" in relay.log()

@@ -21,6 +21,7 @@ from tests.integration.ledgerkit import (
     eventually,
     health,
     one_request,
+    recorded_again,
     traffic,
     usage,
     usage_json,
@@ -105,9 +106,7 @@ def test_locked_database_costs_records_not_requests(tmp_path: Path) -> None:
         finally:
             blocker.execute("ROLLBACK")
             blocker.close()
-        after = one_request(relay, "after")
-        eventually(lambda: _rows(db, "request_id = ?", (after,)) or None,
-                   "a record after the database was free again")
+        recorded_again(relay, lambda rid: bool(_rows(db, "request_id = ?", (rid,))))
         status, ready = health(relay)
         assert status == 200 and ready["status"] == "ok"  # the ledger never holds it back
         assert ready["detail"]["ledger"]["kind"] == "sqlite"
