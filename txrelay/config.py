@@ -241,6 +241,8 @@ class LedgerConfig:
     max_queue: int = 10_000
     #: Seconds a stop waits for the queued records to be written.
     close_timeout: float = 5.0
+    #: Days records are kept (older ones are deleted once an hour); 0 keeps them all.
+    retention_days: int = 0
 
 
 def _check_ledger(cfg: RelayConfig, env: Mapping[str, str], problems: list[str]) -> Any:
@@ -255,6 +257,8 @@ def _check_ledger(cfg: RelayConfig, env: Mapping[str, str], problems: list[str])
         problems.append("ledger.max_queue: must be at least ledger.batch_size")
     if led.close_timeout < 0:
         problems.append("ledger.close_timeout: must not be negative")
+    if led.retention_days < 0:
+        problems.append("ledger.retention_days: must not be negative (0 keeps every record)")
     if led.kind == "postgres":
         import importlib.util
 

@@ -7,6 +7,7 @@ back.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from tests.integration.ledgerkit import (
 )
 from tests.pgproc import Postgres, close_postgres, start_postgres
 from tests.relayproc import config_text, start_relay
+from txrelay.ledger import schema
 
 pytestmark = pytest.mark.integration
 
@@ -74,6 +76,9 @@ def test_requests_are_recorded_in_postgres(pg: Postgres, tmp_path: Path) -> None
     assert shown.stdout.splitlines()[-1].split()[:3] == ["total", "3", "1"]
     with psycopg.connect(pg.dsn) as conn:  # the schema is versioned
         assert conn.execute("SELECT MAX(version) FROM txrelay_ledger_schema").fetchone() == (1,)
+        with conn.cursor() as cur:  # retention's deletion, on timestamptz
+            assert schema.prune(cur, schema.POSTGRES, time.time() - 86400) == 0
+            assert schema.prune(cur, schema.POSTGRES, time.time() + 60) == 3
 
 
 def test_dead_postgres_costs_records_not_requests(pg: Postgres, tmp_path: Path) -> None:

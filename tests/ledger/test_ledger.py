@@ -20,7 +20,7 @@ from twisted.logger import globalLogPublisher
 from txrelay.health import Health
 from txrelay.ledger.prices import Price, PriceTable
 from txrelay.ledger.record import RequestRecord
-from txrelay.ledger.writer import BATCH_TRIES, LOG_EVERY, Ledger
+from txrelay.ledger.writer import BATCH_TRIES, LOG_EVERY, PRUNE_EVERY, Ledger
 
 
 @attrs.define
@@ -54,6 +54,14 @@ class FakeSink:
             return d
         self.batches.append(ids)
         return succeed(None)
+
+    pruned: list[float] = attrs.Factory(list)
+
+    def prune(self, before: float) -> Deferred[Any]:
+        if self.broken:
+            return fail(OSError("database is down"))
+        self.pruned.append(before)
+        return succeed(3)
 
     def release(self) -> None:
         waiting, self.waiting = self.waiting, []
@@ -243,3 +251,17 @@ def test_every_record_is_written_dropped_or_queued(steps: list[tuple[str, Any]])
     clock.advance(led.close_timeout)
     sink.release()
     assert led.written + led.dropped == made
+
+
+def test_retention_prunes_once_an_hour() -> None:
+    sink = FakeSink()
+    wall = [2e9]
+    _led, clock, _ = ledger(sink, retention=86400.0, wall=lambda: wall[0])
+    assert sink.pruned == [2e9 - 86400]  # at start
+    wall[0] += PRUNE_EVERY
+    clock.advance(PRUNE_EVERY - 1)
+    assert len(sink.pruned) == 1
+    clock.advance(1.0)
+    assert sink.pruned[1:] == [2e9 + PRUNE_EVERY - 86400]
+    kept, _clock2, _ = ledger(FakeSink())
+    assert kept.retention is None

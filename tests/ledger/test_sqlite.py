@@ -38,3 +38,14 @@ def test_sqlite_path() -> None:
     assert sqlite_path("/abs/u.db", {}) == "/abs/u.db"
     assert sqlite_path("u.db", {"STATE_DIRECTORY": "/var/lib/txrelay:/other"}) == (
         "/var/lib/txrelay/u.db")
+
+
+def test_prune_deletes_only_older_records(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "u.db")
+    cur = conn.cursor()
+    schema.migrate(cur, schema.SQLITE)
+    rows = [schema.SQLITE.row(RequestRecord(at, f"r{at}", "messages", 200, 0.1), "h")
+            for at in (100.0, 200.0, 300.0)]
+    schema.insert(cur, schema.SQLITE, rows)
+    assert schema.prune(cur, schema.SQLITE, 250.0) == 2
+    assert cur.execute("SELECT request_id FROM txrelay_usage").fetchall() == [("r300.0",)]

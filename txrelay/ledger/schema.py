@@ -132,3 +132,9 @@ def migrate(cursor: Any, dialect: Dialect) -> int:
 def insert(cursor: Any, dialect: Dialect, rows: Sequence[tuple[Any, ...]]) -> None:
     """Insert ``rows`` (from :meth:`Dialect.row`) on ``cursor`` (the caller commits)."""
     cursor.executemany(dialect.insert_sql(), list(rows))
+
+
+def prune(cursor: Any, dialect: Dialect, before: float) -> int:
+    """Delete the records older than the Unix time ``before``; how many went."""
+    cursor.execute(f"DELETE FROM {TABLE} WHERE at < {dialect.mark}", (dialect.time(before),))
+    return int(cursor.rowcount or 0)

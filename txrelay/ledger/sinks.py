@@ -53,6 +53,9 @@ class Sink(Protocol):
     def write(self, records: Sequence[RequestRecord]) -> Deferred[Any]:
         """Insert ``records`` in one transaction."""
 
+    def prune(self, before: float) -> Deferred[Any]:
+        """Delete the records older than the Unix time ``before``."""
+
     def close(self) -> None:
         """Release the connection and its thread."""
 
@@ -73,6 +76,10 @@ class DatabaseSink:
     def write(self, records: Sequence[RequestRecord]) -> Deferred[Any]:
         rows = [self.dialect.row(r, self.instance) for r in records]
         d: Deferred[Any] = self.pool.runInteraction(schema.insert, self.dialect, rows)
+        return d
+
+    def prune(self, before: float) -> Deferred[Any]:
+        d: Deferred[Any] = self.pool.runInteraction(schema.prune, self.dialect, before)
         return d
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ flushes, then dropped; writing resumes by itself once the database answers again
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +31,8 @@ log = RelayLogger()
 BATCH_TRIES = 3
 #: Seconds between two log lines about dropped records or a failing database.
 LOG_EVERY = 60.0
+#: Seconds between two deletions of the records past ``retention``.
+PRUNE_EVERY = 3600.0
 
 
 @attrs.define(eq=False)
@@ -48,6 +51,10 @@ class Ledger:
     on_drop: Callable[[int], None] | None = None
     #: The readiness reports (:class:`txrelay.health.Health`), told how the ledger fares.
     health: Any = None
+    #: Seconds records are kept (older ones are deleted once an hour); None: forever.
+    retention: float | None = None
+    #: ``time.time``: the wall clock records are stamped with (``at``), for retention.
+    wall: Callable[[], float] = time.time
     #: Records written, and dropped, since start.
     written: int = 0
     dropped: int = 0
@@ -63,6 +70,7 @@ class Ledger:
     _failing: str | None = None
     _unlogged_drops: int = 0
     _last_log: float | None = None
+    _last_prune: float | None = None
 
     def start(self) -> None:
         """Create or update the schema and start flushing."""
@@ -149,9 +157,21 @@ class Ledger:
                     self._report()
                 if len(self._queue) < self.batch_size and not self._closing:
                     break
+            await self._prune()
         except Exception as e:
             self._failed(e)
         self._report()  # once a flush: the readiness detail stays current
+
+    async def _prune(self) -> None:
+        now = self.reactor.seconds()
+        if self.retention is None or self._closing or (
+                self._last_prune is not None and now - self._last_prune < PRUNE_EVERY):
+            return
+        self._last_prune = now
+        gone = await self.sink.prune(self.wall() - self.retention)
+        if gone:
+            log.info("usage ledger: deleted {count} record(s) older than the retention",
+                     count=gone)
 
     def _failed(self, error: Exception) -> None:
         why = " ".join(f"{type(error).__name__}: {error}".split())[:300]
@@ -245,4 +265,5 @@ def open_ledger(cfg: Any, reactor: Any, metrics: Any = None, health: Any = None)
         sink = sqlite_sink(sqlite_path(led.path), reactor)
     return Ledger(sink, reactor, led.batch_size, led.flush_interval, led.max_queue,
                   led.close_timeout, PriceTable(cfg.prices),
-                  None if metrics is None else metrics.ledger_dropped.inc, health)
+                  None if metrics is None else metrics.ledger_dropped.inc, health,
+                  retention=led.retention_days * 86400 if led.retention_days else None)
