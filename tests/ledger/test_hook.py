@@ -13,13 +13,15 @@ from tests.server.memory import Harness
 from txrelay.catalog import Route
 from txrelay.ledger.record import RequestRecord
 from txrelay.pipeline import Exchange, Reply
+from txrelay.routing.policy import Attempt
 from txrelay.testing import text_reply
 
 
 async def _routed(exchange: Exchange) -> Reply:
     exchange.client = "alice"
-    exchange.route = Route("claude-asked", "prov", "up-model", None)
-    exchange.state.update(attempts=2, target="prov/up-model")
+    exchange.route = Route("claude-asked", "prov", "up-model", None, target="prov/up-model",
+                           attempts=(Attempt("prov/other", "k1", "overloaded_error"),
+                                     Attempt("prov/up-model", "k2", "served")))
     return text_reply("hello there")
 
 
@@ -40,8 +42,8 @@ def test_one_record_per_request(capture_logs: list[dict[str, Any]]) -> None:
     plain, streamed, missing = seen
     assert plain.request_id == responses[0].headers["request-id"]
     assert (plain.key, plain.session, plain.model_requested, plain.model_served,
-            plain.provider, plain.attempts, plain.target) == (
-        "alice", "sess-9", "claude-asked", "up-model", "prov", 2, "prov/up-model")
+            plain.provider, plain.attempts, plain.target, plain.upstream_key) == (
+        "alice", "sess-9", "claude-asked", "up-model", "prov", 2, "prov/up-model", "k2")
     assert (plain.operation, plain.status, plain.stream, plain.ttft) == (
         "messages", 200, False, None)
     assert plain.input_tokens == 10 and plain.output_tokens == 5

@@ -28,7 +28,7 @@ def test_cost_with_cache_defaults() -> None:
     usage = {"input_tokens": 1_000_000, "output_tokens": 500_000,
              "cache_read_input_tokens": 1_000_000, "cache_creation_input_tokens": 1_000_000}
     assert price.cost(usage) == pytest.approx(10 + 10 + 1 + 12.5)
-    explicit = Price("m", input=10.0, output=20.0, cache_read=0.0, cache_creation=10.0)
+    explicit = Price("m", input=10.0, output=20.0, cache_read=0.0, cache_write=10.0)
     assert explicit.cost(usage) == pytest.approx(10 + 10 + 0 + 10)
     assert price.cost({"input_tokens": "many", "output_tokens": -5}) == 0
 
@@ -87,7 +87,7 @@ def test_the_example_blocks_are_valid_when_uncommented(tmp_path: Path) -> None:
     raw["ledger"]["path"] = str(tmp_path / raw["ledger"]["path"])
     cfg = _parse(raw)
     assert cfg.ledger.kind == "sqlite"  # type: ignore[attr-defined]
-    assert cfg.prices[0].cache_creation == 3.75  # type: ignore[attr-defined]
+    assert cfg.prices[0].cache_write == 3.75  # type: ignore[attr-defined]
 
 
 def test_the_dsn_and_its_password_are_secrets() -> None:

@@ -15,9 +15,16 @@ def test_usage_fields() -> None:
 
 
 def test_routing_fields() -> None:
-    assert routing_fields({"attempts": 2, "target": "b/m" * 300}) == {
-        "attempts": 2, "target": ("b/m" * 300)[:200]}
-    assert routing_fields({"attempts": "2", "target": 3}) == {"attempts": None, "target": None}
+    from txrelay.catalog import Route
+    from txrelay.routing.policy import Attempt
+
+    route = Route("asked", "p", "up", None, target="t-b", attempts=(
+        Attempt("t-a", None, "breaker_open"), Attempt("t-a", "k1", "overloaded_error"),
+        Attempt("t-b", "k2", "served")))
+    assert routing_fields(route) == {"attempts": 2, "target": "t-b", "upstream_key": "k2"}
+    assert routing_fields(Route("asked", "p", "up", None)) == {
+        "attempts": None, "target": None, "upstream_key": None}
+    assert routing_fields(None) == {"attempts": None, "target": None, "upstream_key": None}
 
 
 def test_record_usage() -> None:

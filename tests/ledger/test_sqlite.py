@@ -25,13 +25,14 @@ def test_migrate_is_idempotent_and_rows_round_trip(tmp_path: Path) -> None:
                       model_requested="sonnet", model="claude-sonnet-4-6",
                       model_served="up-model", provider="p", stream=True, ttft=0.05,
                       input_tokens=10, output_tokens=20, thinking_tokens=4, spend=0.5,
-                      attempts=2, target="p/up-model")
+                      attempts=2, target="p/up-model", upstream_key="pool-1")
     schema.insert(cur, schema.SQLITE, [schema.SQLITE.row(r, "host-a")])
     conn.commit()
     cur.execute(f"SELECT {', '.join(schema.COLUMNS)} FROM txrelay_usage")
     assert cur.fetchone() == (1.7e9, "req_1", "messages", "k", "s", "sonnet",
                               "claude-sonnet-4-6", "up-model", "p", 1, 200, None, 250.0,
-                              50.0, 10, 20, None, None, 4, 0.5, 2, "p/up-model", "host-a")
+                              50.0, 10, 20, None, None, 4, 0.5, 2, "p/up-model", "pool-1",
+                              "host-a")
 
 
 def test_sqlite_path() -> None:

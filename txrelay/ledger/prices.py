@@ -10,7 +10,7 @@ Each entry names a model by glob and gives USD per million tokens::
     input = 3.0
     output = 15.0
     cache_read = 0.30        # default: input * 0.1
-    cache_creation = 3.75    # default: input * 1.25
+    cache_write = 3.75    # default: input * 1.25
 
 A request is priced by the first entry whose glob matches, trying its configured model id,
 then the upstream model it was served by, then the name the client asked for.
@@ -26,7 +26,7 @@ import attrs
 
 #: Anthropic's ratios of cache reads and cache writes (5-minute) to the input price.
 CACHE_READ_RATIO = 0.1
-CACHE_CREATION_RATIO = 1.25
+CACHE_WRITE_RATIO = 1.25
 
 
 @attrs.frozen
@@ -37,18 +37,18 @@ class Price:
     input: float = 0.0
     output: float = 0.0
     cache_read: float | None = None
-    cache_creation: float | None = None
+    cache_write: float | None = None
 
     def cost(self, usage: Mapping[str, Any]) -> float:
         """The USD cost of ``usage`` (Anthropic usage field names; missing counts are 0)."""
         cache_read = (self.input * CACHE_READ_RATIO if self.cache_read is None
                       else self.cache_read)
-        cache_creation = (self.input * CACHE_CREATION_RATIO if self.cache_creation is None
-                          else self.cache_creation)
+        cache_write = (self.input * CACHE_WRITE_RATIO if self.cache_write is None
+                       else self.cache_write)
         total = (_count(usage, "input_tokens") * self.input
                  + _count(usage, "output_tokens") * self.output
                  + _count(usage, "cache_read_input_tokens") * cache_read
-                 + _count(usage, "cache_creation_input_tokens") * cache_creation)
+                 + _count(usage, "cache_creation_input_tokens") * cache_write)
         return total / 1_000_000
 
 
@@ -91,7 +91,7 @@ def price_problems(prices: Iterable[Price], where: str = "prices") -> list[str]:
         elif p.model in seen:
             problems.append(f"{where}[{i}].model: {p.model!r} is priced twice")
         seen.add(p.model)
-        for field in ("input", "output", "cache_read", "cache_creation"):
+        for field in ("input", "output", "cache_read", "cache_write"):
             value = getattr(p, field)
             if value is not None and not 0 <= value < 1_000_000:
                 problems.append(f"{where}[{i}].{field}: must be a price in USD per million "

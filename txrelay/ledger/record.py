@@ -44,10 +44,11 @@ class RequestRecord:
     cache_read_tokens: int | None = None
     cache_creation_tokens: int | None = None
     thinking_tokens: int | None = None
-    #: Upstream tries (``exchange.state["attempts"]``) and the target that answered
-    #: (``exchange.state["target"]``) when a routing stage sets them.
+    #: Upstream calls made, the route target that answered (or failed last) and the
+    #: provider pool's key it used, as the router records them on the route.
     attempts: int | None = None
     target: str | None = None
+    upstream_key: str | None = None
     #: USD, from the price table (:mod:`txrelay.ledger.prices`); None when unpriced.
     spend: float | None = None
 
@@ -77,9 +78,13 @@ def usage_fields(usage: Mapping[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def routing_fields(state: Mapping[str, Any]) -> dict[str, Any]:
-    """``attempts`` and ``target`` from an exchange's shared state, when set and sane."""
-    attempts = _int(state.get("attempts"))
-    target = state.get("target")
-    return {"attempts": attempts,
-            "target": target[:200] if isinstance(target, str) else None}
+def routing_fields(route: Any) -> dict[str, Any]:
+    """``attempts`` (upstream calls made), ``target`` and ``upstream_key`` (the pool key of
+    the last call) from a route the router annotated (:mod:`txrelay.routing`)."""
+    tried = [a for a in getattr(route, "attempts", ()) or ()
+             if getattr(a, "outcome", None) not in ("breaker_open", "unfit")]
+    target = getattr(route, "target", None)
+    key = getattr(tried[-1], "key", None) if tried else None
+    return {"attempts": len(tried) or None,
+            "target": target[:200] if isinstance(target, str) else None,
+            "upstream_key": key[:200] if isinstance(key, str) else None}

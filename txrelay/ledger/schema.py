@@ -29,7 +29,7 @@ COLUMNS = (
     "at", "request_id", "operation", "key_name", "session_id", "model_requested", "model",
     "model_served", "provider", "stream", "status", "error_type", "duration_ms", "ttft_ms",
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens",
-    "thinking_tokens", "spend_usd", "attempts", "target", "instance",
+    "thinking_tokens", "spend_usd", "attempts", "target", "upstream_key", "instance",
 )
 
 
@@ -59,6 +59,7 @@ def _v1(at: str, ident: str, real: str, boolean: str) -> tuple[str, ...]:
             spend_usd {real},
             attempts INTEGER,
             target TEXT,
+            upstream_key TEXT,
             instance TEXT
         )""",
         f"CREATE INDEX IF NOT EXISTS {TABLE}_at ON {TABLE} (at)",
@@ -95,7 +96,7 @@ class Dialect:
             else int(r.stream), r.status, r.error_type, round(r.duration * 1000, 3),
             None if r.ttft is None else round(r.ttft * 1000, 3), r.input_tokens,
             r.output_tokens, r.cache_read_tokens, r.cache_creation_tokens, r.thinking_tokens,
-            r.spend, r.attempts, r.target, instance,
+            r.spend, r.attempts, r.target, r.upstream_key, instance,
         )
 
 

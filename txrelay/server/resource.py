@@ -598,7 +598,7 @@ class RelayResource(Resource):
             model_served=route.upstream_model[:200] if route else None,
             provider=route.provider if route else None, stream=streamed,
             ttft=None if first is None else first - call.started, error_type=error_type,
-            **usage_fields(usage), **routing_fields(exchange.state if exchange else {}))
+            **usage_fields(usage), **routing_fields(route))
         for observe in self.observers:
             try:
                 observe(record)
