@@ -11,6 +11,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import pytest
 
 from tests.integration.ledgerkit import (
@@ -26,7 +27,7 @@ from tests.integration.ledgerkit import (
     usage,
     usage_json,
 )
-from tests.relayproc import config_text, start_relay
+from tests.relayproc import DEMO_KEY, config_text, start_relay
 
 pytestmark = pytest.mark.integration
 
@@ -138,3 +139,43 @@ def test_reload_keeps_the_ledger_and_applies_new_prices(tmp_path: Path) -> None:
     tokens_in, tokens_out = old["input_tokens"], old["output_tokens"]
     assert old["spend_usd"] == pytest.approx((tokens_in * 3.0 + tokens_out * 15.0) / 1e6)
     assert new["spend_usd"] == pytest.approx((tokens_in * 30.0 + tokens_out * 15.0) / 1e6)
+
+
+def test_a_fallback_is_recorded_with_its_attempts_target_and_pool_key(tmp_path: Path) -> None:
+    from tests.fakeupstream import FakeOpenAI, sse, text_stream
+    from tests.pgproc import free_port
+
+    upstream = FakeOpenAI().start()
+    upstream.default = sse(text_stream("fallback answer", usage={
+        "prompt_tokens": 120, "completion_tokens": 9,
+        "prompt_tokens_details": {"cached_tokens": 100}}))
+    db = tmp_path / "usage.sqlite3"
+    cfg = config_text(
+        providers=[
+            {"name": "dead", "kind": "openai-chat",
+             "base_url": f"http://127.0.0.1:{free_port()}/v1"},
+            {"name": "pool", "kind": "openai-chat", "base_url": upstream.url,
+             "api_keys": [{"env": "POOL_KEY", "name": "pool-zero"}]},
+        ],
+        models=[{"id": "claude-sonnet-4-6", "targets": [
+            {"provider": "dead", "upstream_model": "gone", "name": "first"},
+            {"provider": "pool", "upstream_model": "model-b", "priority": 1,
+             "name": "backup"}], "routing": {"attempts": 2, "breaker": False}}],
+    ) + f'\n[ledger]\npath = "{db}"\n' + PRICES
+    relay = start_relay(tmp_path, cfg, env={"POOL_KEY": "sk-pool-secret"})
+    try:
+        with anthropic.Anthropic(base_url=relay.url, api_key=DEMO_KEY, max_retries=0) as c, \
+                c.messages.stream(model="claude-sonnet-4-6", max_tokens=50,
+                                  messages=[{"role": "user", "content": "hi"}]) as s:
+            assert s.get_final_message().content
+            rid = s.response.headers["request-id"]
+    finally:
+        relay.stop()
+        upstream.stop()
+    [row] = _rows(db, "request_id = ?", (rid,))
+    assert (row["attempts"], row["target"], row["upstream_key"]) == (2, "backup", "pool-zero")
+    assert (row["provider"], row["model_served"], row["model"]) == (
+        "pool", "model-b", "claude-sonnet-4-6")
+    assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"]) == (20, 100, 9)
+    # Priced by the configured model id: input, cache reads at 0.1 x input, output.
+    assert row["spend_usd"] == pytest.approx((20 * 3.0 + 100 * 0.3 + 9 * 15.0) / 1e6)
