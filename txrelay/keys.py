@@ -7,8 +7,9 @@ name → JSON :class:`ManagedKey`: the SHA-256 of the key, never the key, its st
 was created and rotated, its groups and allowed models). Every relay keeps a local copy
 (:class:`ManagedKeys`), refreshed every ``refresh`` seconds (5 by default) and on a miss,
 so authenticating a request needs no round trip to Redis on the hot path. A disabled or
-rotated key stops working on every relay within one refresh period; a new key works at
-once (the miss triggers a refresh). While Redis is unreachable the last copy stays in use.
+rotated key stops working on every relay within one refresh period; a new key works within
+a second (a miss re-reads a copy older than that), within a refresh period at most.
+While Redis is unreachable the last copy stays in use.
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ class ManagedKeys:
 
     :meth:`lookup` answers synchronously from the copy (the header-time check needs that);
     :meth:`resolve` refreshes first when the copy is older than ``miss_refresh`` seconds, so
-    a key added a moment ago works on its first request while a stream of unknown keys
+    a key added a moment ago works within ``miss_refresh`` while a stream of unknown keys
     costs at most one read of the store per ``miss_refresh`` (a time-bounded negative
     cache).
     """

@@ -60,7 +60,7 @@ class AuthStage:
     arrive, before the body is read. That check is synchronous, so for a managed key it
     answers from the local copy; a key the copy does not know while the copy is older than
     ``miss_refresh`` is let through to the stage itself, which reads the store once and
-    decides (a key added a moment ago works at once).
+    decides (a key added a moment ago works within a second).
     """
 
     digests: Mapping[str, bytes]
