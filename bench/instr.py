@@ -197,7 +197,7 @@ class Target:
             argv = [str(VENV / "python"), str(BENCH / "floor.py"), str(self.port),
                     f"http://127.0.0.1:{py_port}", "--client", name.split("-")[1]]
         if prof is not None:
-            argv = [argv[0], "-m", "cProfile", "-o", str(prof), *argv[1:]]
+            argv = [argv[0], str(BENCH / "profiled.py"), str(prof), *argv[1:]]
         if tool == "callgrind":
             argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                     f"--callgrind-out-file={self.outdir}/callgrind.out.%p", *argv]
@@ -384,10 +384,14 @@ def profile_layers(o: argparse.Namespace, procs: Procs, py_port: int, key_hash: 
         w = Workloads("txrelay", bodies)
         n = o.streams if kind == "stream" else o.small
         try:
+            drive(t.port, w.stream, w.headers, 1, 1, stream_ok)  # warm-up
+            drive(t.port, w.small, w.headers, 20, o.conc, small_ok)
+            os.kill(t.pid, signal.SIGUSR1)
             if kind == "stream":
                 drive(t.port, w.stream, w.headers, n, o.conc, stream_ok)
             else:
                 drive(t.port, w.small, w.headers, n, o.conc, small_ok)
+            os.kill(t.pid, signal.SIGUSR2)
         finally:
             t.stop()
         deadline = time.monotonic() + 60
