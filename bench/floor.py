@@ -85,7 +85,7 @@ class Forward(Resource):
     isLeaf = True
 
     def __init__(self, base: str, client: str) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.base = base.rstrip("/")
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = 256
@@ -99,7 +99,7 @@ class Forward(Resource):
         return b"ok"
 
     def render_POST(self, request: Request) -> Any:
-        body = request.content.read()
+        body = request.content.read() if request.content is not None else b""
         url = self.base + request.uri.decode("ascii")
         auth = request.getHeader("authorization") or ""
         if self.treq is not None:
@@ -127,7 +127,7 @@ class Forward(Resource):
 
 
 class _QuietSite(Site):
-    def log(self, request: Request) -> None:
+    def log(self, request: Any) -> None:
         pass
 
 
@@ -138,7 +138,8 @@ def main() -> int:
     p.add_argument("upstream", help="base URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--client", choices=("treq", "agent"), default="treq")
     args = p.parse_args()
-    reactor.listenTCP(args.port, _QuietSite(Forward(args.upstream, args.client)),
+    site = _QuietSite(Forward(args.upstream, args.client))  # type: ignore[no-untyped-call]
+    reactor.listenTCP(args.port, site,
                       backlog=4096, interface="127.0.0.1")
     print(f"floor ({args.client}) listening on 127.0.0.1:{args.port}", flush=True)
     reactor.run()

@@ -7,6 +7,7 @@ reading bounded bodies, and turning transport failures into plain-words Anthropi
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from http.cookiejar import CookieJar
 from typing import Any, cast
@@ -113,10 +114,8 @@ def _no_delay(protocol: Any) -> Any:
     for _ in range(3):  # the TCP transport itself, or under a TLS layer or two
         set_nodelay = getattr(transport, "setTcpNoDelay", None)
         if set_nodelay is not None:
-            try:
+            with contextlib.suppress(OSError):
                 set_nodelay(True)
-            except OSError:
-                pass
             break
         transport = getattr(transport, "transport", None)
     return protocol
