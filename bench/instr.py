@@ -71,6 +71,8 @@ from harness import (  # noqa: E402
 from streamclient import Conn  # noqa: E402
 
 CHUNKS = 200
+#: ``--relay-src``, if given.
+RELAY_SRC: list[str] = []
 TARGETS = ("txrelay", "floor-treq", "floor-agent")
 
 
@@ -164,16 +166,40 @@ def callgrind(args: list[str], pid: int) -> str:
     return r.stdout + r.stderr
 
 
-def dumped_ir(outdir: Path, before: set[Path]) -> int:
-    """Ir in the newest callgrind dump not in ``before``."""
+#: C functions whose calls are counted: socket reads and writes, epoll waits and changes.
+COUNTED = {"sock_recv": "recv", "sock_send": "send", "select_epoll_poll": "epoll_wait",
+           "select_epoll_modify": "epoll_ctl", "select_epoll_register": "epoll_ctl",
+           "select_epoll_unregister": "epoll_ctl"}
+
+
+def calls_in(text: str) -> dict[str, int]:
+    """Calls to the :data:`COUNTED` functions in a callgrind dump."""
+    names: dict[str, str] = {}
+    counts: dict[str, int] = defaultdict(int)
+    target = ""
+    for line in text.splitlines():
+        if line.startswith(("fn=(", "cfn=(")):
+            ident, _, name = line.split("=", 1)[1].partition(" ")
+            if name:
+                names[ident] = name
+            if line[0] == "c":
+                target = names.get(ident, "")
+        elif line.startswith("calls=") and target in COUNTED:
+            counts[COUNTED[target]] += int(line[6:].split()[0])
+    return dict(counts)
+
+
+def dumped(outdir: Path, before: set[Path]) -> tuple[int, dict[str, int]]:
+    """Ir and counted calls in the newest callgrind dump not in ``before``."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         new = sorted(set(outdir.glob("callgrind.out.*")) - before,
                      key=lambda p: p.stat().st_mtime)
         for p in reversed(new):
-            m = re.search(r"^totals: (\d+)", p.read_text(errors="replace"), re.M)
+            text = p.read_text(errors="replace")
+            m = re.search(r"^totals: (\d+)", text, re.M)
             if m:
-                return int(m.group(1))
+                return int(m.group(1)), calls_in(text)
         time.sleep(0.5)
     raise RuntimeError("callgrind wrote no dump")
 
@@ -189,6 +215,8 @@ class Target:
         shutil.rmtree(self.outdir, ignore_errors=True)
         self.outdir.mkdir(parents=True)
         env = {**os.environ, "BENCH_UPSTREAM_KEY": UPSTREAM_KEY}
+        if RELAY_SRC and name == "txrelay":
+            env["PYTHONPATH"] = RELAY_SRC[0]
         if name == "txrelay":
             cfg = self.outdir / "relay.toml"
             cfg.write_text(relay_toml(self.port, py_port, key_hash))
@@ -205,18 +233,22 @@ class Target:
         wait_http(self.port, "/health" if name == "txrelay" else "/", 600, self.proc)
         self.pid = self.proc.pid
 
-    def measure(self, run: Callable[[], float]) -> tuple[float, float]:
-        """(cost, wall seconds) of ``run``: Ir under callgrind, else CPU seconds."""
+    def measure(self, run: Callable[[], float]) -> tuple[float, float, dict[str, int]]:
+        """
+        (cost, wall seconds, system calls) of ``run``: Ir and the calls to socket and
+        epoll functions under callgrind, else CPU seconds and no calls.
+        """
         if self.tool == "callgrind":
             before = set(self.outdir.glob("callgrind.out.*"))
             callgrind(["-i", "on"], self.pid)
             wall = run()
             callgrind(["-d"], self.pid)  # (a dump taken after "-i off" sums to 0)
             callgrind(["-i", "off"], self.pid)
-            return float(dumped_ir(self.outdir, before)), wall
+            ir, calls = dumped(self.outdir, before)
+            return float(ir), wall, calls
         c0 = cpu_seconds(self.pid)
         wall = run()
-        return cpu_seconds(self.pid) - c0, wall
+        return cpu_seconds(self.pid) - c0, wall, {}
 
     def stop(self) -> None:
         self.procs.stop(self.proc, timeout=120)
@@ -286,10 +318,15 @@ def main(argv: list[str]) -> int:
     p.add_argument("--streams", type=int, default=8)
     p.add_argument("--small", type=int, default=200)
     p.add_argument("--conc", type=int, default=2)
-    p.add_argument("--trickle-ms", type=float, default=20.0)
+    p.add_argument("--trickle-ms", type=float, default=40.0)
+    p.add_argument("--relay-src", help="run txrelay from this directory (holding a txrelay/ "
+                   "package, e.g. an older commit's) instead of this tree")
     p.add_argument("--check-pacing", action="store_true")
     p.add_argument("--only", default="stream,small", help="workloads: stream,small")
     o = p.parse_args(argv)
+    if o.relay_src:
+        RELAY_SRC.append(os.path.abspath(o.relay_src))
+    results_src = o.relay_src or "this tree"
     if o.tool == "callgrind" and shutil.which("callgrind_control") is None:
         raise SystemExit("valgrind is missing: apt-get install valgrind")
     targets = [t for t in o.targets.split(",") if t]
@@ -303,7 +340,8 @@ def main(argv: list[str]) -> int:
     procs = Procs()
     results: dict[str, Any] = {"tool": o.tool, "streams": o.streams, "small": o.small,
                                "conc": o.conc, "trickle_ms": o.trickle_ms,
-                               "load": os.getloadavg(), "targets": {}}
+                               "load": os.getloadavg(), "relay_src": results_src,
+                               "targets": {}}
 
     def bye(signum: int, _frame: Any) -> None:
         raise SystemExit(128 + signum)
@@ -327,15 +365,20 @@ def main(argv: list[str]) -> int:
                 drive(t.port, w.stream, w.headers, 1, 1, stream_ok)  # warm-up
                 drive(t.port, w.small, w.headers, 20, o.conc, small_ok)
                 if "stream" in only:
-                    cost, wall = t.measure(lambda t=t, w=w: drive(  # type: ignore[misc]
+                    cost, wall, calls = t.measure(lambda t=t, w=w: drive(  # type: ignore[misc]
                         t.port, w.stream, w.headers, o.streams, o.conc, stream_ok))
-                    res["stream"] = {"per_stream": cost / o.streams,
-                                     "per_chunk": cost / o.streams / CHUNKS, "wall": wall}
-                    log(f"{name}: stream {cost / o.streams:,.0f} per stream ({wall:.1f} s)")
+                    n = o.streams * CHUNKS
+                    res["stream"] = {"per_stream": cost / o.streams, "per_chunk": cost / n,
+                                     "wall": wall,
+                                     "calls_per_chunk": {k: v / n for k, v in calls.items()}}
+                    log(f"{name}: stream {cost / o.streams:,.0f} per stream ({wall:.1f} s), "
+                        f"calls per chunk {res['stream']['calls_per_chunk']}")
                 if "small" in only:
-                    cost, wall = t.measure(lambda t=t, w=w: drive(  # type: ignore[misc]
+                    cost, wall, calls = t.measure(lambda t=t, w=w: drive(  # type: ignore[misc]
                         t.port, w.small, w.headers, o.small, o.conc, small_ok))
-                    res["small"] = {"per_request": cost / o.small, "wall": wall}
+                    res["small"] = {"per_request": cost / o.small, "wall": wall,
+                                    "calls_per_request": {k: v / o.small
+                                                          for k, v in calls.items()}}
                     log(f"{name}: small {cost / o.small:,.0f} per request ({wall:.1f} s)")
                 results["targets"][name] = res
             finally:
@@ -363,12 +406,14 @@ def pacing_check(o: argparse.Namespace, procs: Procs, key_hash: str,
     w = Workloads("txrelay", bodies)
     try:
         drive(t.port, w.stream, w.headers, 1, 1, stream_ok)
-        cost, _ = t.measure(lambda: drive(t.port, w.stream, w.headers, o.streams, o.conc,
-                                          stream_ok))
+        cost, _, calls = t.measure(lambda: drive(t.port, w.stream, w.headers, o.streams,
+                                                 o.conc, stream_ok))
     finally:
         t.stop()
         procs.stop(up)
-    return {"trickle_ms": o.trickle_ms * 2, "per_chunk": cost / o.streams / CHUNKS}
+    n = o.streams * CHUNKS
+    return {"trickle_ms": o.trickle_ms * 2, "per_chunk": cost / n,
+            "recv_per_chunk": calls.get("recv", 0) / n}
 
 
 def profile_layers(o: argparse.Namespace, procs: Procs, py_port: int, key_hash: str,
@@ -418,16 +463,25 @@ def render(r: dict[str, Any]) -> str:
     t = r["targets"]
     lines = [f"instr.py --tool {r['tool']}: {r['streams']} paced streams ({CHUNKS} chunks, "
              f"{r['trickle_ms']:g} ms apart) and {r['small']} small requests, conc "
-             f"{r['conc']}; load average {r['load'][0]:.2f}", ""]
+             f"{r['conc']}; txrelay from {r.get('relay_src', 'this tree')}; load average "
+             f"{r['load'][0]:.2f}", ""]
     u = "Ir" if unit == "Ir" else "µs CPU"
-    lines.append(f"| relay | {u} per stream | {u} per chunk | {u} per small request |")
-    lines.append("|---|---:|---:|---:|")
+    lines.append(f"| relay | {u} per stream | {u} per chunk | recv / send / epoll_wait / "
+                 f"epoll_ctl per chunk | {u} per small request | the same calls per request |")
+    lines.append("|---|---:|---:|---:|---:|---:|")
+
+    def calls(c: dict[str, float]) -> str:
+        return " / ".join(f"{c.get(k, 0):.2f}" for k in ("recv", "send", "epoll_wait",
+                                                          "epoll_ctl")) if c else ""
+
     for name, v in t.items():
         s = v.get("stream", {})
         m = v.get("small", {})
         lines.append(f"| {name} | {s.get('per_stream', 0) * scale:,.0f} | "
                      f"{s.get('per_chunk', 0) * scale:,.0f} | "
-                     f"{m.get('per_request', 0) * scale:,.0f} |")
+                     f"{calls(s.get('calls_per_chunk', {}))} | "
+                     f"{m.get('per_request', 0) * scale:,.0f} | "
+                     f"{calls(m.get('calls_per_request', {}))} |")
     if "txrelay" in t:
         for floor in ("floor-treq", "floor-agent"):
             if floor in t:
@@ -440,7 +494,7 @@ def render(r: dict[str, Any]) -> str:
     if "pacing_check" in r:
         pc = r["pacing_check"]
         lines.append(f"\npacing check: txrelay {pc['per_chunk'] * scale:,.0f} {u} per chunk at "
-                     f"{pc['trickle_ms']:g} ms apart")
+                     f"{pc['trickle_ms']:g} ms apart ({pc['recv_per_chunk']:.2f} recv per chunk)")
     return "\n".join(lines)
 
 
