@@ -53,6 +53,8 @@ MIB = 1024 * 1024
 #: How long the paced upstream waits after the first content chunk.
 PACED_GAP_MS = 5.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: Where bench/RESULTS.md's hand-kept instruction-count section starts (a full run keeps it).
+INSTR_MARKER = "<!-- instruction counts: kept by bench/run -->"
 
 
 def log(msg: str) -> None:
@@ -1463,7 +1465,10 @@ def main(argv: list[str]) -> int:
            "notes": env.notes}
     (RESULTS / "latest.json").write_text(json.dumps(to_jsonable(raw), indent=1))
     if opts.write_results_md:
-        (BENCH / "RESULTS.md").write_text(text)
+        # Keep the instruction-count history (bench/instr.py) kept below the marker.
+        old = (BENCH / "RESULTS.md").read_text() if (BENCH / "RESULTS.md").exists() else ""
+        kept = old[old.index(INSTR_MARKER):] if INSTR_MARKER in old else ""
+        (BENCH / "RESULTS.md").write_text(text + ("\n" + kept if kept else ""))
     log(f"done in {time.monotonic() - t0:.0f}s: {(RESULTS / 'latest.md').relative_to(ROOT)}"
         + (" and bench/RESULTS.md" if opts.write_results_md else ""))
     print(text)

@@ -215,12 +215,17 @@ class Target:
         shutil.rmtree(self.outdir, ignore_errors=True)
         self.outdir.mkdir(parents=True)
         env = {**os.environ, "BENCH_UPSTREAM_KEY": UPSTREAM_KEY}
-        if RELAY_SRC and name == "txrelay":
-            env["PYTHONPATH"] = RELAY_SRC[0]
         if name == "txrelay":
             cfg = self.outdir / "relay.toml"
             cfg.write_text(relay_toml(self.port, py_port, key_hash))
-            argv = [str(VENV / "python"), "-m", "txrelay", "serve", "--config", str(cfg)]
+            # sys.path[0] is the working directory (this tree) with ``-m`` and the editable
+            # install comes before PYTHONPATH, so --relay-src goes first explicitly.
+            src = RELAY_SRC[0] if RELAY_SRC else str(ROOT)
+            argv = [str(VENV / "python"), "-c",
+                    f"import sys; sys.path.insert(0, {src!r}); import txrelay; "
+                    "print('txrelay from', txrelay.__file__, flush=True); "
+                    "from txrelay.cli import main; sys.exit(main())",
+                    "serve", "--config", str(cfg)]
         else:
             argv = [str(VENV / "python"), str(BENCH / "floor.py"), str(self.port),
                     f"http://127.0.0.1:{py_port}", "--client", name.split("-")[1]]
@@ -300,11 +305,27 @@ def layer_of(filename: str, func: str) -> str:
     return "other Python"
 
 
+def _decoder_lines() -> range:
+    """The lines of twisted.web.http's chunked decoder (the client's body decoding)."""
+    import inspect
+
+    from twisted.web import http
+    lines, start = inspect.getsourcelines(http._ChunkedTransferDecoder)
+    return range(start, start + len(lines))
+
+
 def breakdown(prof: Path, per: int) -> list[tuple[str, float]]:
     """µs of own time per unit of work, per layer (epoll waiting left out)."""
     st = pstats.Stats(str(prof))
     layers: dict[str, float] = defaultdict(float)
-    for (filename, _line, func), stat in st.stats.items():  # type: ignore[attr-defined]
+    decoder = _decoder_lines()
+    for (filename, line, func), stat in st.stats.items():  # type: ignore[attr-defined]
+        if filename.endswith("twisted/web/http.py") and line in decoder:
+            layers["Twisted HTTP client (parsing, chunked decoding)"] += stat[2]
+            continue
+        if filename.endswith("twisted/protocols/basic.py"):
+            layers["LineReceiver (HTTP/1.1 head parsing, both sides)"] += stat[2]
+            continue
         layers[layer_of(filename, func)] += stat[2]
     layers.pop("epoll wait (mostly idle)", None)
     return sorted(((k, v * 1e6 / per) for k, v in layers.items()), key=lambda kv: -kv[1])

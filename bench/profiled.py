@@ -2,7 +2,8 @@
 Run a Python program with cProfile switched on and off by signals, so a profile covers only
 the workload and not the start-up (imports dominate otherwise).
 
-``python bench/profiled.py OUT.prof -m module args...`` or ``... OUT.prof script.py args...``:
+``python bench/profiled.py OUT.prof -m module args...``, ``... OUT.prof -c CODE args...`` or
+``... OUT.prof script.py args...``:
 SIGUSR1 enables the profiler, SIGUSR2 disables it and writes ``OUT.prof``. bench/instr.py
 (``--tool cprofile``) uses it for the per-layer breakdown.
 """
@@ -32,7 +33,10 @@ def main() -> None:
 
     signal.signal(signal.SIGUSR1, on)
     signal.signal(signal.SIGUSR2, off)
-    if rest[0] == "-m":
+    if rest[0] == "-c":
+        sys.argv = ["-c", *rest[2:]]
+        exec(compile(rest[1], "<-c>", "exec"), {"__name__": "__main__"})
+    elif rest[0] == "-m":
         sys.argv = [rest[1], *rest[2:]]
         runpy.run_module(rest[1], run_name="__main__", alter_sys=True)
     else:

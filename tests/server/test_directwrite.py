@@ -10,15 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import abstract, tcp
-from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
-from twisted.python.failure import Failure
-from twisted.web import http
 from zope.interface import implementer
 
-from txrelay.server.directwrite import write_chunk, write_now
+from txrelay.server.directwrite import write_now
 
 
 @implementer(IPushProducer)
@@ -191,58 +188,5 @@ def test_twisted_private_contract(pair: Pair) -> None:
     assert pair.received() == b"abc"
     assert t.dataBuffer == b"" and t.offset == 0 and not pair.registered()
     assert issubclass(tcp.Server, tcp.Connection)
-    # write_chunk: the Request attributes it reads
-    request, _ = _request()
-    for name in ("startedWriting", "chunked", "finished", "_disconnected", "sentLength",
-                 "channel"):
-        assert hasattr(request, name), name
     assert issubclass(tcp.Connection, abstract.FileDescriptor)
 
-
-def _request(method: bytes = b"POST") -> tuple[Any, StringTransport]:
-    transport = StringTransport()
-    channel = http.HTTPChannel()
-    channel.makeConnection(transport)
-    request = http.Request(channel)
-    channel.requests.append(request)
-    request.method, request.clientproto, request.uri = method, b"HTTP/1.1", b"/"
-    return request, transport
-
-
-@settings(max_examples=80, deadline=None)
-@given(st.lists(st.binary(min_size=1, max_size=3000), min_size=1, max_size=12))
-def test_a_chunk_is_framed_exactly_as_request_write_frames_it(pieces: list[bytes]) -> None:
-    ours, ours_out = _request()
-    theirs, theirs_out = _request()
-    for r in (ours, theirs):
-        r.write(pieces[0])  # the head and the first chunk
-    for piece in pieces[1:]:
-        assert write_chunk(ours, piece)
-        theirs.write(piece)
-    for r in (ours, theirs):
-        r.finish()
-    assert ours_out.value() == theirs_out.value()
-    assert ours.sentLength == theirs.sentLength == sum(map(len, pieces))
-
-
-def test_write_chunk_leaves_every_other_case_to_request_write() -> None:
-    fresh, _ = _request()
-    assert not write_chunk(fresh, b"x")  # the head is not written yet
-    head, out = _request(b"HEAD")
-    head.write(b"ignored")
-    assert not write_chunk(head, b"x")
-    sized, _ = _request()
-    sized.setHeader(b"content-length", b"2")
-    sized.write(b"a")
-    assert not write_chunk(sized, b"b")  # not chunked
-    done, _ = _request()
-    done.write(b"a")
-    done.finish()
-    assert not write_chunk(done, b"b")
-    gone, _ = _request()
-    gone.write(b"a")
-    gone.connectionLost(Failure(ConnectionDone()))
-    assert not write_chunk(gone, b"b")
-    started, _ = _request()
-    started.write(b"a")
-    assert not write_chunk(started, b"")

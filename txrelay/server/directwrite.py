@@ -84,24 +84,3 @@ def write_now(transport: Any, chunks: Sequence[bytes]) -> bool:
         transport.stopWriting()
     return True
 
-
-def write_chunk(request: Any, data: bytes) -> bool:
-    """
-    Write ``data`` as one HTTP/1.1 chunk of ``request``'s chunked response body, framed in
-    one buffer and handed to the channel, skipping ``Request.write``'s per-call work (its
-    first-write logic, a tuple per chunk, a list join), once the response has started.
-
-    It relies on ``twisted.web.http.Request``'s ``startedWriting``, ``chunked``,
-    ``finished``, ``_disconnected``, ``sentLength`` and ``channel`` (checked by the private
-    contract test).
-
-    :return: whether it wrote ``data``; if not, call ``request.write``.
-    """
-    if (not request.startedWriting or not request.chunked or request.finished
-            or request._disconnected or request.channel is None or not data
-            # a HEAD or bodiless response: Request.write was replaced by a no-op
-            or "write" in vars(request)):
-        return False
-    request.sentLength += len(data)
-    request.channel.write(b"%x\r\n%b\r\n" % (len(data), data))
-    return True

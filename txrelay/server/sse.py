@@ -26,7 +26,6 @@ from txrelay.protocol.errors import RelayError, api_error
 from txrelay.protocol.events import Event, ping
 from txrelay.protocol.sse import encode_event, encode_events
 from txrelay.redact import redact_error
-from txrelay.server.directwrite import write_chunk
 from txrelay.streams import EventStream
 
 log = RelayLogger()
@@ -144,8 +143,7 @@ class SSEWriter:
                 if e["type"] == "message_delta":
                     self.usage = {**self._start_usage, **(e.get("usage") or {})}
             data = encode_events(events)
-            if not write_chunk(self.request, data):
-                self.request.write(data)
+            self.request.write(data)
             self.stats.bytes_written += len(data)
             if self.stats.first_content_at is None and any(
                     e["type"] == "content_block_delta" for e in events):
