@@ -99,6 +99,16 @@ def test_bytes_written_earlier_leave_first_in_the_same_send(pair: Pair) -> None:
     assert pair.transport._tempDataBuffer == [] and pair.transport._tempDataLen == 0
 
 
+def test_with_no_new_bytes_it_flushes_what_was_written(pair: Pair) -> None:
+    # what the upstream client does after Agent wrote a request on a reused connection
+    pair.transport.writeSequence([b"POST / HTTP/1.1\r\n\r\n", b"{}"])
+    assert write_now(pair.transport, ())
+    assert pair.received() == b"POST / HTTP/1.1\r\n\r\n{}"
+    assert not pair.registered()
+    assert write_now(pair.transport, ())  # nothing at all: nothing happens
+    assert pair.received() == b"" and not pair.registered()
+
+
 def test_declines_while_an_earlier_send_is_unfinished(pair: Pair) -> None:
     pair.transport.dataBuffer, pair.transport.offset = b"unsent", 2
     assert not write_now(pair.transport, [b"x"])

@@ -37,6 +37,7 @@ from txrelay import tracing
 from txrelay.config import ProviderConfig
 from txrelay.logs import RelayLogger
 from txrelay.protocol.errors import RelayError, connection_error
+from txrelay.server.directwrite import write_now
 from txrelay.upstream.tls import HANDSHAKE_FAILED, StrictPolicyForHTTPS, describe_tls_failure
 
 log = RelayLogger()
@@ -152,10 +153,20 @@ class _Pool(HTTPConnectionPool):
     #: pool (it fires at once) rather than from a new connect.
     last_reused: bool = False
 
+    #: The connection handed out by the latest :meth:`getConnection`, when it was reused.
+    last_protocol: Any = None
+
     def getConnection(self, key: Any, endpoint: Any) -> Deferred[Any]:
         d = super().getConnection(key, _QuietEndpoint(endpoint))
         self.last_reused = d.called
+        self.last_protocol = None
+        if d.called:
+            d.addCallback(self._remember)
         return d
+
+    def _remember(self, protocol: Any) -> Any:
+        self.last_protocol = protocol
+        return protocol
 
 
 class _StaleConnection(Exception):
@@ -262,6 +273,10 @@ class UpstreamClient:
                          unbuffered=True, allow_redirects=False, reactor=self.reactor)
         # Read right after the (synchronous) request call: it describes this request.
         reused = retry and self.pool is not None and self.pool.last_reused
+        if reused and self.pool is not None and self.pool.last_protocol is not None:
+            # On a reused connection the request was written synchronously: send it now
+            # rather than on the reactor's next turn (one segment either way).
+            write_now(getattr(self.pool.last_protocol, "transport", None), ())
         timer = self.reactor.callLater(self.provider.timeouts.first_byte, d.cancel)
         try:
             return await d
