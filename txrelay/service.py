@@ -334,6 +334,8 @@ class RelayService(Service):
         self.metrics_site = (MetricsSite(metrics, reactor)
                              if metrics is not None and server.metrics_listen else None)
         self.metrics_ports: list[Any] = []
+        #: Ports a successor can take over (``reuse_port``, ``systemd:``): closed first.
+        self._handover_ports: list[Any] = []
         #: ``server.admin_listen``: a site serving ``/admin/…`` alone, and its ports.
         self.admin_listener = (AdminResource(self, self.lifecycle, reactor,
                                              AdminAccess(admin_digests), self.status_page)
@@ -380,6 +382,8 @@ class RelayService(Service):
                 self.reactor.stop()
                 return
             self.ports.append(result)
+            if description.startswith("systemd:") or self.app.config.server.reuse_port:
+                self._handover_ports.append(result)
             if factory is self.metrics_site:
                 self.metrics_ports.append(result)
             if factory is self.admin_site:
@@ -604,6 +608,15 @@ class RelayService(Service):
                 timer.cancel()
         return True
 
+    async def _stop_listening(self, ports: list[Any]) -> None:
+        """Close ``ports``; a failure is logged with its address."""
+        results = await DeferredList([maybeDeferred(p.stopListening) for p in ports],
+                                     consumeErrors=True)
+        for port, result in zip(ports, results, strict=True):
+            if not result[0]:
+                log.failure("cannot stop listening on {address}", result[1],
+                            address=_address(port))
+
     async def _drain(self) -> None:
         """
         Stop accepting, let live requests finish up to ``server.drain_timeout``, then
@@ -617,17 +630,19 @@ class RelayService(Service):
         log.info("draining: {count} live request(s), up to {timeout}s",
                  count=len(self.lifecycle.live), timeout=ceiling)
         ports, self.ports, self.metrics_ports, self.admin_ports = self.ports, [], [], []
-        for port, result in zip(ports, await DeferredList(
-                [maybeDeferred(p.stopListening) for p in ports], consumeErrors=True),
-                strict=True):
-            if not result[0]:
-                log.failure("cannot stop listening on {address}", result[1],
-                            address=_address(port))
+        # A listener a successor can take over (a SO_REUSEPORT group, systemd's socket)
+        # stops at once, so new connections go to the successor. Any other keeps
+        # accepting until the live requests are over and answers them 529 with
+        # retry-after: refusing would tell a client nothing.
+        handover = [p for p in ports if p in self._handover_ports]
+        kept = [p for p in ports if p not in handover]
+        await self._stop_listening(handover)
         self.site.start_draining()
         if not await self._within(self.lifecycle.idle(), ceiling):
             count = self.lifecycle.abort_all(CEILING_ERROR)
             log.warn("drain ceiling of {timeout}s reached: answered {count} live "
                      "request(s) with overloaded_error", timeout=ceiling, count=count)
+        await self._stop_listening(kept)
         if not await self._within(self.site.all_closed(), FLUSH_GRACE):
             log.warn("aborting {count} connection(s) that did not flush within {grace}s",
                      count=len(self.site.channels), grace=FLUSH_GRACE)

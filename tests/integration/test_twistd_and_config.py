@@ -235,7 +235,11 @@ def test_custom_stage_plugin_from_config_alone(tmp: Path) -> None:
 
 
 def test_sigterm_drains_live_streams(tmp: Path) -> None:
-    """A stream in flight at SIGTERM still ends with message_stop; new requests are refused."""
+    """
+    A stream in flight at SIGTERM still ends with message_stop; a lone relay (no
+    reuse_port, no systemd socket: nobody to hand connections to) keeps accepting while it
+    drains and answers new requests 529 overloaded_error with retry-after, readiness 503.
+    """
     import http.client
     import signal
     import time
@@ -255,9 +259,22 @@ def test_sigterm_drains_live_streams(tmp: Path) -> None:
     first = resp.read1(100)
     assert b"message_start" in first
     relay.process.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
-    with pytest.raises(OSError):
-        urllib.request.urlopen(relay.url + "/health", timeout=5)
+    deadline = time.monotonic() + 10
+    while "draining: 1 live request(s)" not in relay.log():
+        assert time.monotonic() < deadline, relay.log()
+        time.sleep(0.05)
+    fresh = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=10)
+    fresh.request("GET", "/health/ready")
+    ready = fresh.getresponse()
+    assert ready.status == 503 and json.loads(ready.read())["status"] == "draining"
+    fresh = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=10)
+    fresh.request("POST", "/v1/messages", body=json.dumps({
+        "model": "sonnet", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}),
+        headers={"x-api-key": DEMO_KEY, "content-type": "application/json"})
+    refused = fresh.getresponse()
+    assert refused.status == 529 and refused.getheader("retry-after")
+    assert refused.getheader("connection") == "close"
+    assert json.loads(refused.read())["error"]["type"] == "overloaded_error"
     rest = resp.read()
     assert b"event: message_stop" in first + rest
     assert relay.process.wait(30) == 0

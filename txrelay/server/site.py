@@ -49,8 +49,9 @@ class RelayChannel(FrontDoorChannel):
     def connectionMade(self) -> None:
         super().connectionMade()
         self.site.channels.add(self)
-        if self.site.draining:
-            self.persistent = False
+        # Not ``persistent = False`` here during a drain: twisted.web would drop the first
+        # request as data sent after the last one. Each request is answered with
+        # ``Connection: close`` instead (RelayResource.render).
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
