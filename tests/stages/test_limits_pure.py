@@ -108,10 +108,10 @@ def test_periods() -> None:
 @given(st.floats(0, 4e9, allow_nan=False))
 def test_period_end_is_the_next_period(now: float) -> None:
     for period in ("day", "month"):
-        end = period_end(now, period)  # type: ignore[arg-type]
+        end = period_end(now, period)
         assert end > now
-        assert period_id(end, period) != period_id(now, period)  # type: ignore[arg-type]
-        assert period_id(end - 0.001, period) == period_id(now, period)  # type: ignore[arg-type]
+        assert period_id(end, period) != period_id(now, period)
+        assert period_id(end - 0.001, period) == period_id(now, period)
 
 
 def test_prices() -> None:
