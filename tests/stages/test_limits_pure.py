@@ -129,6 +129,8 @@ def test_prices() -> None:
     assert table.find(["gpt-4o"]) == ModelPrice("*", input=1)
     assert PriceTable().find(["a"]) is None
     assert dollars(12_345_678) == "$12.35"
+    assert dollars(500) == "$0.0005"
+    assert dollars(0) == "$0.00"
 
 
 @given(st.dictionaries(st.sampled_from(["input_tokens", "output_tokens",

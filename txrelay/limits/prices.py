@@ -79,5 +79,6 @@ class PriceTable:
 
 
 def dollars(micro: int) -> str:
-    """µ$ as a dollar amount for messages: ``$12.35``."""
-    return f"${micro / 1_000_000:,.2f}"
+    """µ$ as a dollar amount for messages: ``$12.35``, ``$0.0005`` below a cent."""
+    amount = micro / 1_000_000
+    return f"${amount:,.2f}" if amount >= 0.01 or amount == 0 else f"${amount:.6f}".rstrip("0")
