@@ -48,7 +48,7 @@ LIMITS: dict[str, Any] = {
     ],
     "groups": [{"name": "team", "keys": ["team-a", "team-b"], "requests_per_minute": 3}],
     # The fake's usage: 100 prompt tokens (60 of them cached) and 7 completion tokens:
-    # 40 × 3 + 60 × 0.3 + 7 × 15 = 243 µ$ a request.
+    # 40 * 3 + 60 * 0.3 + 7 * 15 = 243 µ$ a request.
     "prices": [{"model": "claude-*", "input": 3, "output": 15}],
 }
 
@@ -97,14 +97,15 @@ def sdk(relay: Relay, key: str, retries: int = 0) -> anthropic.Anthropic:
 
 
 def gated(gate: threading.Event) -> Responder:
-    """A stream that sends its first chunk, then waits for ``gate`` before the rest."""
+    """A stream that sends its first text, then waits for ``gate`` before the rest."""
     chunks = text_stream("a slow answer", usage=USAGE)
 
     def respond(h: Handler, r: Recorded) -> None:
         h.start(200, "text/event-stream")
-        h.write_chunk(f"data: {json.dumps(chunks[0])}\n\n".encode(), None)
+        for c in chunks[:2]:
+            h.write_chunk(f"data: {json.dumps(c)}\n\n".encode(), None)
         gate.wait(60)
-        for c in [*chunks[1:], "data: [DONE]"]:
+        for c in [*chunks[2:], "data: [DONE]"]:
             data = c if isinstance(c, str) else f"data: {json.dumps(c)}"
             if not h.write_chunk(f"{data}\n\n".encode(), None):
                 return
@@ -176,9 +177,9 @@ def test_concurrent_streams_with_a_slow_stream(relay: Relay, fake: FakeOpenAI) -
         with client.messages.stream(model=MODEL, max_tokens=50, messages=HELLO) as slow:
             events = iter(slow)
             assert next(events).type == "message_start"
-            with pytest.raises(anthropic.RateLimitError) as caught:
-                with client.messages.stream(model=MODEL, max_tokens=50, messages=HELLO) as s:
-                    s.get_final_message()
+            with pytest.raises(anthropic.RateLimitError) as caught, \
+                    client.messages.stream(model=MODEL, max_tokens=50, messages=HELLO) as s:
+                s.get_final_message()
             assert "already has 1 concurrent streams in flight" in caught.value.message
             assert caught.value.response.headers["retry-after"] == "1"
             # A non-streaming request does not take a stream slot.
