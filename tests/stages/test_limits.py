@@ -394,3 +394,26 @@ def test_stream_hook_sees_events_of_wrapped_stream() -> None:
     answer = r.ask(reply=lambda: Reply(stream=EventStream(stream_of(text_events("hi")))))
     assert isinstance(answer, Reply)
     assert headers(r.ask())["anthropic-ratelimit-output-tokens-remaining"] == "95"
+
+
+@attrs.frozen
+class KeyInfo:
+    """What the ``auth`` stage leaves in ``exchange.state["key"]`` (txrelay.keys.KeyInfo)."""
+
+    name: str
+    source: str = "managed"
+    groups: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+
+
+def test_key_record_groups_and_models() -> None:
+    r = rig({"groups": [{"name": "team", "requests_per_minute": 1}],
+             "keys": [{"name": "frank", "models": ["test-*", "claude-*"]}]})
+    first = r.exchange("frank", key=KeyInfo("frank", groups=("team",), models=("claude-*",)))
+    error = refused(r.ask(exchange=first))
+    assert error.type == "permission_error"  # the record allows claude-* only
+    assert "key 'frank' may not use model 'test-model' (allowed: claude-*)" in error.message
+    ok = r.exchange("frank", {"model": "claude-x"}, key=KeyInfo("frank", groups=("team",)))
+    assert isinstance(r.ask(exchange=ok), Reply)
+    again = r.exchange("frank", {"model": "claude-x"}, key=KeyInfo("frank", groups=("team",)))
+    assert "group 'team'" in refused(r.ask(exchange=again)).message

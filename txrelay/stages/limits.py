@@ -370,16 +370,17 @@ class LimitsStage:
     # -- which limits apply
 
     def scopes_for(self, key: str, exchange: Exchange) -> list[Scope]:
-        """The key's own limits, then each of its groups'."""
+        """
+        The key's own limits, then each of its groups': those listing it in ``groups``,
+        and those its key record names (:func:`key_record`).
+        """
+        record_groups, record_models = key_record(exchange)
         scopes = [Scope.of("key", key, self._keys.get(key, self.options.default))]
+        if record_models:
+            # The record's allowed models (a managed key's) apply as well as the config's.
+            scopes.append(Scope.of("key", key, LimitSet(models=record_models)))
         names = list(self._members.get(key, ()))
-        record = exchange.state.get("key")
-        if isinstance(record, Mapping):
-            # A managed key (the store's key records) may name its groups.
-            extra = record.get("groups")
-            for group in [extra] if isinstance(extra, str) else extra or ():
-                if isinstance(group, str) and group not in names:
-                    names.append(group)
+        names += [g for g in record_groups if g not in names]
         for group in names:
             limits = self._groups.get(group)
             if limits is not None:
@@ -580,6 +581,26 @@ class LimitsStage:
         _spawn(_all([self.store.acquire(k, h, limit, ttl)
                      for (k, h), limit in list(self._live.items())]))
         self._schedule_renewal()
+
+
+def key_record(exchange: Exchange) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """
+    The groups and allowed models the ``auth`` stage recorded for the key in
+    ``exchange.state["key"]`` (a :class:`txrelay.keys.KeyInfo`, or a mapping with the same
+    names): the one place this stage reads what another stage left. Absent: none.
+    """
+    record = exchange.state.get("key")
+    if record is None:
+        return (), ()
+
+    def strings(name: str) -> tuple[str, ...]:
+        value = (record.get(name) if isinstance(record, Mapping)
+                 else getattr(record, name, None))
+        if isinstance(value, str):
+            return (value,)
+        return tuple(v for v in value or () if isinstance(v, str) and v)
+
+    return strings("groups"), strings("models")
 
 
 def _spawn(awaitable: Awaitable[Any]) -> None:
