@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 from typing import Literal
 
@@ -30,5 +31,9 @@ def period_end(now: float, period: Period) -> float:
 
 def rfc3339(when: float) -> str:
     """``when`` as RFC 3339 UTC to the second, rounded up (``2026-12-03T00:00:00Z``)."""
-    whole = math.ceil(when)
+    return _rfc3339(math.ceil(when))
+
+
+@functools.lru_cache(maxsize=64)
+def _rfc3339(whole: int) -> str:
     return dt.datetime.fromtimestamp(whole, _UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

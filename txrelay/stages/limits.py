@@ -31,7 +31,7 @@ from typing import Any, Literal, cast
 from urllib.parse import quote
 
 import attrs
-from twisted.internet.defer import Deferred, FirstError, ensureDeferred, gatherResults
+from twisted.internet.defer import Deferred, ensureDeferred
 
 from txrelay.limits.headers import Dimension, Reading, ratelimit_headers, retry_after
 from txrelay.limits.periods import Period, period_end, period_id, rfc3339
@@ -49,6 +49,7 @@ from txrelay.pipeline import Exchange, Proceed, Reply
 from txrelay.protocol.errors import RelayError
 from txrelay.protocol.tokens import estimate_input_tokens
 from txrelay.state.interfaces import StoreUnavailable
+from txrelay.state.memory import MemoryStore
 from txrelay.streams import StreamEnd
 
 log = RelayLogger()
@@ -195,7 +196,10 @@ class Scope:
         return f"group {self.name!r} (of key {key!r})"
 
 
-@attrs.frozen
+_CODES = {"requests": "rpm", "input-tokens": "itpm", "output-tokens": "otpm"}
+
+
+@attrs.define(eq=False)
 class _Rate:
     """One per-minute limit of one scope, as counted for one request."""
 
@@ -205,13 +209,8 @@ class _Rate:
     amount: int
     prev: int = 0
 
-    @property
-    def code(self) -> str:
-        return {"requests": "rpm", "input-tokens": "itpm", "output-tokens": "otpm"}[
-            self.dimension]
-
     def key(self, index: int) -> str:
-        return f"{self.scope.prefix}:{self.code}:{index}"
+        return f"{self.scope.prefix}:{_CODES[self.dimension]}:{index}"
 
     def counter_limit(self, window: Window) -> int:
         """
@@ -267,16 +266,31 @@ def _span(seconds: float) -> str:
     return " ".join(parts)
 
 
-async def _all(awaitables: Iterable[Awaitable[Any]]) -> list[Any]:
-    """Run the store calls at once (one round trip for a pipelining client)."""
-    deferreds: list[Deferred[Any]] = [ensureDeferred(cast(Any, a)) for a in awaitables]
-    if not deferreds:
-        return []
-    try:
-        return list(await gatherResults(deferreds, consumeErrors=True))
-    except FirstError as e:
-        e.subFailure.raiseException()
-        raise  # not reached
+async def _all(awaitables: Iterable[Awaitable[Any]], concurrent: bool = True) -> list[Any]:
+    """
+    Run the store calls at once (one round trip for a pipelining client) and return their
+    results in order; raise the first failure after every call has ended. ``concurrent``
+    false (an in-process store, whose calls never wait) awaits them one by one, cheaper.
+    """
+    results: list[Any] = []
+    error: BaseException | None = None
+    if not concurrent:
+        for a in awaitables:
+            try:
+                results.append(await a)
+            except Exception as e:
+                error = error or e
+    else:
+        # Starting them all before waiting on any is what makes them concurrent.
+        started: list[Deferred[Any]] = [ensureDeferred(cast(Any, a)) for a in awaitables]
+        for d in started:
+            try:
+                results.append(await d)
+            except Exception as e:
+                error = error or e
+    if error is not None:
+        raise error
+    return results
 
 
 @attrs.define(eq=False)
@@ -325,7 +339,7 @@ class Admission:
                     ttl = period_end(now, budget.period) - now + 3600
                     calls.append(store.increment(budget.key(now), amount, ttl))
         try:
-            await _all(calls)
+            await _all(calls, stage.concurrent)
         except StoreUnavailable as e:
             log.warn("limits: could not record the end of a request of key {key} in the "
                      "state store: {error}", key=self.key, error=str(e))
@@ -356,8 +370,11 @@ class LimitsStage:
     _live: dict[tuple[str, str], int] = attrs.field(init=False, factory=dict)
     _renewal: Any = attrs.field(init=False, default=None)
     _unpriced: set[str] = attrs.field(init=False, factory=set)
+    #: Whether to issue store calls concurrently (not for the in-process store).
+    concurrent: bool = attrs.field(init=False, default=True)
 
     def __attrs_post_init__(self) -> None:
+        self.concurrent = not isinstance(self.store, MemoryStore)
         self._keys = {k.name: k for k in self.options.keys}
         self._groups = {g.name: g for g in self.options.groups}
         members: dict[str, list[str]] = {}
@@ -481,19 +498,21 @@ class LimitsStage:
 
         # Round 1: the budgets so far and the previous minute of every window.
         values = await _all([store.get_count(b.key(now)) for b in budgets]
-                            + [store.get_count(r.key(window.index - 1)) for r in rates])
+                            + [store.get_count(r.key(window.index - 1)) for r in rates],
+                            self.concurrent)
         for budget, used in zip(budgets, values, strict=False):
             if used >= budget.limit:
                 raise budget.exhausted(key, now)
-        rates = [attrs.evolve(r, prev=p) for r, p in zip(rates, values[len(budgets):],
-                                                         strict=True)]
+        for rate, prev in zip(rates, values[len(budgets):], strict=True):
+            rate.prev = prev
 
         # Round 2: count the request in this minute (each refused if over) and take slots.
         holder = f"{self._holder}:{next(self._seq)}"
         counted: list[Any] = await _all(
             [store.increment(r.key(window.index), r.amount, 3 * MINUTE,
                              limit=r.counter_limit(window)) for r in rates]
-            + [store.acquire(s.key, holder, s.limit, self.options.slot_ttl) for s in slots])
+            + [store.acquire(s.key, holder, s.limit, self.options.slot_ttl) for s in slots],
+            self.concurrent)
         outcomes: list[bool] = ([c.allowed for c in counted[:len(rates)]]
                                 + [bool(got) for got in counted[len(rates):]])
         if not all(outcomes):
@@ -522,7 +541,7 @@ class LimitsStage:
             for r, c in zip(rates, counted, strict=False) if c.allowed and r.amount]
         calls += [self.store.release(s.key, holder)
                   for s, got in zip(slots, counted[len(rates):], strict=True) if got]
-        await _all(calls)
+        await _all(calls, self.concurrent)
 
     def _refusal(self, key: str, rates: list[_Rate], counted: list[Any],
                  slots: list[_Slot], outcomes: list[bool],
