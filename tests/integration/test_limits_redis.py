@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -47,6 +49,7 @@ def fake() -> Iterator[FakeOpenAI]:
 def relay_config(redis: RedisServer, fake: FakeOpenAI, slot_ttl: float) -> str:
     limits = {"keys": [{"name": "tester", "requests_per_minute": RPM},
                        {"name": "second", "concurrent_streams": 1}],
+              "groups": [{"name": "team", "requests_per_minute": 2}],
               "slot_ttl": slot_ttl}
     text = config_text(
         providers=[{"name": "up", "kind": "openai-chat", "base_url": fake.url,
@@ -128,8 +131,8 @@ def hold_stream(relay: Relay, fake: FakeOpenAI) -> tuple[threading.Event, thread
                     for event in s:
                         if event.type == "message_start":
                             started.set()
-            except (anthropic.APIError, anthropic.APIConnectionError):
-                pass  # the relay drained or died under it
+            except Exception:  # the relay drained or died under it
+                pass
 
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
@@ -179,3 +182,25 @@ def test_a_dead_relays_slot_expires(redis: RedisServer, fake: FakeOpenAI,
     finally:
         for r in relays:
             r.stop()
+
+
+def test_managed_keys_carry_their_group_and_models(pair: tuple[Relay, Relay]) -> None:
+    """Keys added with ``txrelay keys add --group --models``: limited by the group's shared
+    count on both relays, and refused the models their record does not allow."""
+    a, b = pair
+    config = a.log_path.parent / "relay.toml"
+
+    def add(name: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "txrelay", "keys", "--config", str(config),
+                              "add", name, "--group", "team", "--models", "claude-*"],
+                             capture_output=True, text=True, timeout=60, check=False)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.splitlines()[0]
+
+    one, two = add("bot-one"), add("bot-two")
+    with anthropic.Anthropic(base_url=a.url, api_key=one, max_retries=0) as client, \
+            pytest.raises(anthropic.PermissionDeniedError) as caught:
+        client.messages.create(model="gpt-4o", max_tokens=20, messages=HELLO)
+    assert "key 'bot-one' may not use model 'gpt-4o' (allowed: claude-*)" in caught.value.message
+    assert [create(a, one), create(b, two), create(a, two), create(b, one)] == [
+        True, True, False, False]
