@@ -307,6 +307,12 @@ class Admission:
     headers: list[tuple[str, str]]
     _done: bool = False
 
+    @property
+    def needs_end(self) -> bool:
+        """Whether the request's end changes anything (slots, tokens, budgets)."""
+        return bool(self.slots or self.budgets) or any(
+            r.dimension != "requests" for r in self.rates)
+
     async def finish(self, usage: Mapping[str, Any] | None) -> None:
         """Charge ``usage`` (``None``: nothing was used) and give the slots back, once."""
         if self._done:
@@ -372,6 +378,9 @@ class LimitsStage:
     _unpriced: set[str] = attrs.field(init=False, factory=set)
     #: Whether to issue store calls concurrently (not for the in-process store).
     concurrent: bool = attrs.field(init=False, default=True)
+    #: The previous minute's counts, as read (store key → count), and which minute it is.
+    _prev: dict[str, int] = attrs.field(init=False, factory=dict)
+    _prev_index: int = attrs.field(init=False, default=-1)
 
     def __attrs_post_init__(self) -> None:
         self.concurrent = not isinstance(self.store, MemoryStore)
@@ -453,8 +462,11 @@ class LimitsStage:
         try:
             reply = await proceed(exchange)
         except BaseException:
-            _spawn(admission.finish(None))
+            if admission.needs_end:
+                _spawn(admission.finish(None))
             raise
+        if not admission.needs_end:  # requests per minute alone: nothing to settle
+            return reply.with_headers(*admission.headers)
         if reply.stream is None:
             _spawn(admission.finish(None))
             return reply.with_headers(*admission.headers)
@@ -496,15 +508,22 @@ class LimitsStage:
             return None
         store = self.store
 
-        # Round 1: the budgets so far and the previous minute of every window.
+        # Round 1: the budgets so far and the previous minute of every window. A minute
+        # that is over no longer grows (but for late token corrections), so each relay
+        # reads it once and keeps it until the next minute.
+        if self._prev_index != window.index - 1:
+            self._prev_index, self._prev = window.index - 1, {}
+        unread = [r for r in rates if r.key(window.index - 1) not in self._prev]
         values = await _all([store.get_count(b.key(now)) for b in budgets]
-                            + [store.get_count(r.key(window.index - 1)) for r in rates],
+                            + [store.get_count(r.key(window.index - 1)) for r in unread],
                             self.concurrent)
         for budget, used in zip(budgets, values, strict=False):
             if used >= budget.limit:
                 raise budget.exhausted(key, now)
-        for rate, prev in zip(rates, values[len(budgets):], strict=True):
-            rate.prev = prev
+        for rate, prev in zip(unread, values[len(budgets):], strict=True):
+            self._prev[rate.key(window.index - 1)] = prev
+        for rate in rates:
+            rate.prev = self._prev.get(rate.key(window.index - 1), 0)
 
         # Round 2: count the request in this minute (each refused if over) and take slots.
         holder = f"{self._holder}:{next(self._seq)}"
