@@ -48,7 +48,7 @@ def test_window_boundaries() -> None:
 
 
 @given(limit=st.integers(1, 1000), prev=st.integers(0, 1000), cur=st.integers(0, 1000),
-       amount=st.integers(0, 1200),
+       amount=st.integers(1, 1200),
        now=st.floats(0, 10_000, allow_nan=False, allow_infinity=False))
 def test_wait_for_is_when_it_fits(limit: int, prev: int, cur: int, amount: int,
                                   now: float) -> None:

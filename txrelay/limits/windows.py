@@ -68,9 +68,10 @@ def remaining(limit: int, prev: int, cur: int, window: Window) -> int:
 
 def wait_for(limit: int, prev: int, cur: int, amount: int, window: Window) -> float | None:
     """
-    Seconds until ``amount`` more would fit, if nothing else is counted meanwhile; ``None``
-    when it never fits (``amount`` is larger than ``limit``).
+    Seconds until ``amount`` (at least 1) more would fit, if nothing else is counted
+    meanwhile; ``None`` when it never fits (``amount`` is larger than ``limit``).
     """
+    amount = max(1, amount)
     if amount > limit:
         return None
     length, elapsed = window.length, window.elapsed
