@@ -1393,7 +1393,10 @@ def main(argv: list[str]) -> int:
            "notes": env.notes}
     (RESULTS / "latest.json").write_text(json.dumps(to_jsonable(raw), indent=1))
     if opts.write_results_md:
-        (BENCH / "RESULTS.md").write_text(text)
+        # bench/workers.py's section is its own: keep it.
+        old = (BENCH / "RESULTS.md").read_text() if (BENCH / "RESULTS.md").exists() else ""
+        kept = old.find("\n## Workers (bench/workers.py)")
+        (BENCH / "RESULTS.md").write_text(text + (old[kept:] if kept >= 0 else ""))
     log(f"done in {time.monotonic() - t0:.0f}s: {(RESULTS / 'latest.md').relative_to(ROOT)}"
         + (" and bench/RESULTS.md" if opts.write_results_md else ""))
     print(text)

@@ -234,3 +234,48 @@ class FakeOpenAI:
         if self.default is not None:
             return self.default
         return sse(text_stream("Hello from the fake upstream."))
+
+
+@attrs.define(eq=False)
+class PromptCache:
+    """
+    A simulated upstream prompt cache, scoped like real ones: per upstream key (the
+    ``authorization`` header) and model. Each message counts 100 prompt tokens; the cached
+    tokens are those of the longest message prefix an earlier request of the same scope
+    had, reported as ``usage.prompt_tokens_details.cached_tokens``.
+    """
+
+    seen: dict[tuple[str, str], list[list[str]]] = attrs.Factory(dict)
+    lock: threading.Lock = attrs.Factory(threading.Lock)
+    #: (key, model, cached tokens) of every request answered.
+    log: list[tuple[str, str, int]] = attrs.Factory(list)
+
+    def responder(self, text: str = "Cached hello.") -> Responder:
+        def respond(h: Handler, rec: Recorded) -> None:
+            body = rec.body if isinstance(rec.body, dict) else {}
+            scope = (rec.headers.get("authorization", ""), str(body.get("model")))
+            messages = [json.dumps(m, sort_keys=True) for m in body.get("messages", [])]
+            with self.lock:
+                earlier = self.seen.setdefault(scope, [])
+                best = 0
+                for prefix in earlier:
+                    n = 0
+                    while n < min(len(prefix), len(messages)) and prefix[n] == messages[n]:
+                        n += 1
+                    best = max(best, n)
+                earlier.append(messages)
+                self.log.append((scope[0], scope[1], best * 100))
+            prompt = 100 * len(messages)
+            sse(text_stream(text, usage={
+                "prompt_tokens": prompt, "completion_tokens": 3,
+                "total_tokens": prompt + 3,
+                "prompt_tokens_details": {"cached_tokens": best * 100}}))(h, rec)
+        return respond
+
+
+def rate_limited(retry_after: str | None = "30", status: int = 429) -> Responder:
+    """An OpenAI-shaped 429 (or other status) error, with ``retry-after`` when given."""
+    kind = "rate_limit_exceeded" if status == 429 else "server_error"
+    return json_response({"error": {"message": f"fake {status}", "type": kind,
+                                    "code": kind}}, status=status,
+                         headers={"retry-after": retry_after} if retry_after else None)

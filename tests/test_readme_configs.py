@@ -41,6 +41,7 @@ def test_readme_toml_block_is_a_valid_provider_config(block: str, tmp_path: Path
             provider["tls"] |= {"ca_file": str(ca.cert), "client_cert": str(client.cert),
                                 "client_key": str(client.key)}
     raw.setdefault("pipeline", [{"type": "model-map"}, {"type": "translate"}])
-    env = {"OPENAI_API_KEY": "k", "DEEPSEEK_API_KEY": "k", "GEMINI_API_KEY": "k"}
+    env = {"OPENAI_API_KEY": "k", "OPENAI_API_KEY_2": "k", "DEEPSEEK_API_KEY": "k",
+           "GEMINI_API_KEY": "k"}
     cfg = parse_config(raw, "README", env=env)
     build_app(cfg, None, "README")

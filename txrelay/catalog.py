@@ -18,19 +18,52 @@ from txrelay.capabilities import (
     model_capabilities,
     model_object_capabilities,
 )
-from txrelay.config import ModelConfig, RelayConfig, glob_matches
+from txrelay.config import (
+    ModelConfig,
+    RelayConfig,
+    glob_matches,
+    model_targets,
+    target_name,
+)
 from txrelay.protocol.errors import RelayError, not_found
+from txrelay.routing.policy import Attempt, Target
 
 
 @attrs.frozen
 class Route:
-    """Where one request goes."""
+    """
+    Where one request goes: the target being tried (``provider``, ``upstream_model``) and,
+    for a model with several, all of its ``targets`` (README "Routes, fallbacks and key
+    pools"); after the translate stage, the target that served it and the attempts made.
+    """
 
     #: The model name the client asked for (echoed in ``message.model``).
     requested: str
     provider: str
     upstream_model: str
     model: ModelConfig | None
+    #: Every place the model is served (one for a single-provider model).
+    targets: tuple[Target, ...] = ()
+    #: The name of the target ``provider``/``upstream_model`` belong to.
+    target: str | None = None
+    #: The upstream attempts made for this request, in order.
+    attempts: tuple[Attempt, ...] = ()
+
+    def for_target(self, target: Target) -> Route:
+        """This route sent to ``target``."""
+        return attrs.evolve(self, provider=target.provider,
+                            upstream_model=target.upstream_model, target=target.name)
+
+
+def _route(name: str, model: ModelConfig, asked: str | None = None) -> Route:
+    """The route of ``model`` for the asked ``name`` (``asked``: a pattern's upstream name)."""
+    targets = tuple(
+        Target(target_name(model, t), t.provider,
+               t.upstream_model or model.upstream_model or asked or model.id,
+               t.priority, t.weight)
+        for t in model_targets(model))
+    first = min(targets, key=lambda t: t.priority)
+    return Route(name, first.provider, first.upstream_model, model, targets, first.name)
 
 
 @attrs.frozen
@@ -59,17 +92,18 @@ class ModelCatalog:
         """The route for ``name``, or ``None`` when nothing serves it."""
         model = self._by_name.get(name)
         if model is not None:
-            return Route(name, model.provider, model.upstream_model or model.id, model)
+            return _route(name, model)
         provider, slash, rest = name.partition("/")
         if slash and rest and provider in self.providers:
             for m in self.models:
                 if m.provider == provider and rest in (m.id, m.upstream_model):
-                    return Route(name, provider, m.upstream_model or m.id, m)
-            return Route(name, provider, rest, None)
+                    return _route(name, m)
+            target = Target(f"{provider}/*", provider, rest)
+            return Route(name, provider, rest, None, (target,), target.name)
         for m in self.models:
             for pattern in m.patterns:
                 if glob_matches(pattern, name):
-                    return Route(name, m.provider, m.upstream_model or name, m)
+                    return _route(name, m, name)
         return None
 
     def served_names(self) -> list[str]:

@@ -34,6 +34,14 @@ def _check(path: str) -> int:
     cfg = _load(path)
     if cfg is None:
         return 1
+    from txrelay.server.listeners import check_certificates
+
+    good, problems = check_certificates(cfg.server)  # ssl: listeners' files, as at start
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
+    for line in good:
+        print(line)
     print(f"{path}: OK ({len(cfg.providers)} provider(s), {len(cfg.models)} model(s), "
           f"pipeline: {' → '.join(s.label for s in cfg.pipeline)})")
     return 0
@@ -64,11 +72,13 @@ def _serve(path: str) -> int:
 
         service: Any
         if cfg.server.workers > 1 and not is_worker():
-            service = Supervisor(r, path, cfg.server.workers)
+            service = Supervisor(r, path, cfg.server.workers, stop_on_failure=False)
         else:
             service = RelayService(build_app(cfg, r, path), r, path)
         service.startService()
         r.addSystemEventTrigger("before", "shutdown", service.stopService)
+        if isinstance(service, Supervisor):  # a worker that cannot start: exit 1
+            raise SystemExit(await service.failed)
         await Deferred()  # until SIGTERM/SIGINT stop the reactor
 
     _ = reactor

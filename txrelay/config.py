@@ -62,6 +62,8 @@ class Secret:
     file: str | None = None
     credential: str | None = None
     value: str = attrs.field(default="", repr=False, eq=False)
+    #: A name for logs and metrics (``api_keys`` entries; ``key0``, ``key1``… by default).
+    name: str | None = None
 
 
 @attrs.frozen
@@ -116,6 +118,9 @@ class ProviderConfig:
     kind: str
     base_url: str | None = None
     api_key: Secret | None = None
+    #: A pool of upstream keys used in turn (README "Routes, fallbacks and key pools");
+    #: instead of ``api_key``.
+    api_keys: tuple[Secret, ...] = ()
     #: Extra headers sent with every upstream request.
     headers: dict[str, str] = attrs.field(factory=dict)
     timeouts: Timeouts = Timeouts()
@@ -128,13 +133,54 @@ class ProviderConfig:
     options: dict[str, Any] = attrs.field(factory=dict)
     tls: TLSConfig = TLSConfig()
 
+    def api_key_names(self) -> tuple[str, ...]:
+        """The names of the ``api_keys`` pool (empty without one)."""
+        return tuple(k.name or f"key{i}" for i, k in enumerate(self.api_keys))
+
+
+@attrs.frozen
+class TargetConfig:
+    """One place a model with ``targets`` is served (README "Routes, fallbacks and key
+    pools")."""
+
+    provider: str
+    #: Defaults to the model's ``upstream_model``, else its id (for a pattern, the asked name).
+    upstream_model: str | None = None
+    #: The name breakers, metrics and logs use; ``provider/upstream_model`` by default.
+    name: str | None = None
+    #: Lower priorities are tried first; equal ones share the load by ``weight``.
+    priority: int = 0
+    weight: float = 1.0
+
+
+@attrs.frozen
+class RoutingConfig:
+    """How a model's requests retry, fall back and stick to a target."""
+
+    #: Upstream attempts per request at most; 1 for one target, else one more than targets.
+    attempts: int | None = None
+    #: Jittered exponential backoff before retrying a target already tried: seconds.
+    backoff: float = 0.25
+    max_backoff: float = 4.0
+    #: A ``retry-after`` up to this is waited for; a longer one is not retried on that target.
+    max_retry_after: float = 30.0
+    #: Circuit breakers; on by default for a model with several targets.
+    breaker: bool | None = None
+    breaker_failures: int = 5
+    breaker_window: float = 30.0
+    breaker_cooldown: float = 30.0
+    #: Keep a conversation on one target and key while it is healthy (prompt caches).
+    affinity: bool = True
+    affinity_ttl: float = 3600.0
+
 
 @attrs.frozen
 class ModelConfig:
     """A model clients may ask for, and where it is served."""
 
     id: str
-    provider: str
+    #: The provider serving it (or give ``targets``).
+    provider: str | None = None
     #: The model id sent upstream; defaults to ``id`` (for a pattern match, the asked name).
     upstream_model: str | None = None
     aliases: tuple[str, ...] = ()
@@ -153,6 +199,15 @@ class ModelConfig:
     options: dict[str, Any] = attrs.field(factory=dict)
     #: What the model can take (:mod:`txrelay.capabilities`).
     capabilities: CapabilityTable = attrs.field(factory=CapabilityTable)
+    #: Several places it is served, tried by priority and weight (instead of ``provider``).
+    targets: tuple[TargetConfig, ...] = ()
+    routing: RoutingConfig = RoutingConfig()
+
+    def provider_names(self) -> tuple[str, ...]:
+        """The providers serving this model: ``provider``, or those of its targets."""
+        if self.provider is not None:
+            return (self.provider,)
+        return tuple(dict.fromkeys(t.provider for t in self.targets))
 
 
 @attrs.frozen
@@ -353,6 +408,7 @@ def secret_values(cfg: RelayConfig, env: Mapping[str, str] | None = None) -> lis
     for p in cfg.providers:
         if p.api_key is not None and p.api_key.value:
             out.append(p.api_key.value)
+        out.extend(k.value for k in p.api_keys if k.value)
         for name, value in p.headers.items():
             if any(word in name.lower() for word in _CREDENTIAL_WORDS) and value:
                 out.append(value)
@@ -449,8 +505,10 @@ def _check(cfg: RelayConfig, env: Mapping[str, str], problems: list[str]) -> Rel
         problems.append("server.admin_listen: set, but no server.admin_keys to use it with")
     if not 1 <= s.workers <= 64:
         problems.append("server.workers: must be between 1 and 64")
-    elif s.workers > 1 and not s.reuse_port:
-        problems.append("server.workers: more than 1 needs server.reuse_port = true")
+    elif s.workers > 1 and not s.reuse_port and not all(
+            d.startswith("systemd:") for d in (*s.listen, *s.metrics_listen, *s.admin_listen)):
+        problems.append("server.workers: more than 1 needs server.reuse_port = true (or "
+                        "systemd: listeners only, which the workers inherit)")
     if s.reuse_port:
         from txrelay.server.listeners import parse_tcp
 
@@ -461,9 +519,19 @@ def _check(cfg: RelayConfig, env: Mapping[str, str], problems: list[str]) -> Rel
                 except ValueError as e:
                     problems.append(f"server.{key}[{j}]: {e}")
                     continue
-                if spec is None and s.workers > 1:
+                if spec is None and s.workers > 1 and not description.startswith("systemd:"):
                     problems.append(f"server.{key}[{j}]: with server.workers, every "
-                                    f"listener must be tcp: or tcp6: ({description!r})")
+                                    f"listener must be tcp:, tcp6: or systemd: "
+                                    f"({description!r})")
+
+    from txrelay.server.listeners import parse_ssl
+
+    for key in ("listen", "metrics_listen", "admin_listen"):  # ssl: strings, read by txrelay
+        for j, description in enumerate(getattr(s, key)):
+            try:
+                parse_ssl(description)
+            except ValueError as e:
+                problems.append(f"server.{key}[{j}]: {e}")
 
     providers: list[ProviderConfig] = []
     names: set[str] = set()
@@ -486,7 +554,9 @@ def _check(cfg: RelayConfig, env: Mapping[str, str], problems: list[str]) -> Rel
             problems.extend(tls_problems(p.tls, p.base_url, f"{where}.tls"))
         if p.idle_connection_timeout <= 0:
             problems.append(f"{where}.idle_connection_timeout: must be greater than 0")
-        if p.api_key is not None:
+        if p.api_keys:
+            providers.append(_resolve_pool(p, where, env, problems))
+        elif p.api_key is not None:
             secret = _resolve_secret(p.api_key, f"{where}.api_key", env, problems)
             providers.append(attrs.evolve(p, api_key=secret))
         else:
@@ -495,10 +565,10 @@ def _check(cfg: RelayConfig, env: Mapping[str, str], problems: list[str]) -> Rel
         problems.append("providers: at least one provider is required")
 
     seen: dict[str, str] = {}
+    fleet: dict[str, tuple[str, str, str]] = {}
     for i, m in enumerate(cfg.models):
         where = f"models[{i}]"
-        if m.provider not in names:
-            problems.append(f"{where}.provider: no provider named {m.provider!r}")
+        problems.extend(routing_problems(m, where, names, fleet))
         for label, name in [("id", m.id), *(("aliases", a) for a in m.aliases)]:
             if name in seen:
                 problems.append(f"{where}.{label}: {name!r} is already {seen[name]}")
@@ -523,6 +593,89 @@ def _check(cfg: RelayConfig, env: Mapping[str, str], problems: list[str]) -> Rel
     elif types[-1] != "translate":
         problems.append("pipeline: 'translate' must be the last stage")
     return attrs.evolve(cfg, providers=tuple(providers))
+
+
+def _resolve_pool(p: ProviderConfig, where: str, env: Mapping[str, str],
+                  problems: list[str]) -> ProviderConfig:
+    """``p`` with its ``api_keys`` read; the first key also becomes ``api_key`` (for kinds
+    that check one is given)."""
+    if p.api_key is not None:
+        problems.append(f"{where}.api_keys: give either api_key or api_keys, not both")
+    resolved: list[Secret] = []
+    seen: set[str] = set()
+    for j, (key, name) in enumerate(zip(p.api_keys, p.api_key_names(), strict=True)):
+        if name in seen:
+            problems.append(f"{where}.api_keys[{j}].name: duplicate key name {name!r}")
+        elif not name or not name.isprintable() or len(name) > 64:
+            problems.append(f"{where}.api_keys[{j}].name: must be 1 to 64 printable "
+                            "characters")
+        seen.add(name)
+        resolved.append(_resolve_secret(key, f"{where}.api_keys[{j}]", env, problems))
+    return attrs.evolve(p, api_keys=tuple(resolved), api_key=resolved[0])
+
+
+def target_name(model: ModelConfig, target: TargetConfig) -> str:
+    """The bounded name of one of ``model``'s targets (breakers, metrics, logs)."""
+    return target.name or f"{target.provider}/{target_model(model, target)}"
+
+
+def target_model(model: ModelConfig, target: TargetConfig) -> str:
+    """The upstream model a target is configured with (a pattern route may use the asked
+    name instead when neither the target nor the model gives one)."""
+    return target.upstream_model or model.upstream_model or model.id
+
+
+def model_targets(model: ModelConfig) -> tuple[TargetConfig, ...]:
+    """``model``'s targets: its ``targets``, or one made of ``provider``."""
+    if model.targets:
+        return model.targets
+    return (TargetConfig(model.provider or "", model.upstream_model),)
+
+
+def routing_problems(m: ModelConfig, where: str, providers: set[str],
+                     fleet: dict[str, tuple[str, str, str]] | None = None) -> list[str]:
+    """
+    The problems of a model's ``provider``/``targets`` and ``routing`` tables; ``fleet``
+    (target name → (provider, model, where), filled in) catches one name given to two
+    different targets, which would share a breaker.
+    """
+    out: list[str] = []
+    fleet = {} if fleet is None else fleet
+    if m.provider is not None and m.targets:
+        out.append(f"{where}.targets: give either provider or targets, not both")
+    elif m.provider is None and not m.targets:
+        out.append(f"{where}.provider: required (or give targets)")
+    elif m.provider is not None and m.provider not in providers:
+        out.append(f"{where}.provider: no provider named {m.provider!r}")
+    names: set[str] = set()
+    for j, t in enumerate(m.targets):
+        tw = f"{where}.targets[{j}]"
+        if t.provider not in providers:
+            out.append(f"{tw}.provider: no provider named {t.provider!r}")
+        if not t.weight > 0 or t.weight != t.weight or t.weight == float("inf"):
+            out.append(f"{tw}.weight: must be a finite number greater than 0")
+        name = target_name(m, t)
+        if name in names:
+            out.append(f"{tw}.name: duplicate target {name!r} (give each target a name)")
+        names.add(name)
+        same = fleet.setdefault(name, (t.provider, target_model(m, t), tw))
+        if same[:2] != (t.provider, target_model(m, t)):
+            out.append(f"{tw}.name: {name!r} already names another target ({same[2]})")
+    r = m.routing
+    rw = f"{where}.routing"
+    if r.attempts is not None and not 1 <= r.attempts <= 10:
+        out.append(f"{rw}.attempts: must be between 1 and 10")
+    for field in ("backoff", "max_retry_after"):
+        if getattr(r, field) < 0:
+            out.append(f"{rw}.{field}: must not be negative")
+    if r.max_backoff < r.backoff:
+        out.append(f"{rw}.max_backoff: must be at least routing.backoff")
+    if r.breaker_failures < 1:
+        out.append(f"{rw}.breaker_failures: must be at least 1")
+    for field in ("breaker_window", "breaker_cooldown", "affinity_ttl"):
+        if not getattr(r, field) > 0:
+            out.append(f"{rw}.{field}: must be greater than 0")
+    return out
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> RelayConfig:

@@ -7,10 +7,18 @@ Label values are bounded: models are the configured model ids (a pattern route c
 the model it matched; a name no configured model claims, such as a ``provider/model`` prefix
 route, counts as ``other``), providers and clients are configured names, error kinds are the
 Anthropic error types.
+
+Under ``server.workers`` (``txrelay.workers``) every worker keeps its values in files under
+``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess mode, chosen when
+prometheus-client is imported, so the supervisor sets it in the workers' environment), and a
+scrape of any worker renders the sum over all of them. A gauge there needs a
+``multiprocess_mode`` (``livesum``: summed over running workers), and ``set_function`` is not
+seen by other workers: set the value instead.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +28,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from txrelay.catalog import Route
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+#: Where workers keep their values (prometheus-client's multiprocess mode), if they do.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _USAGE_FIELDS = (
     ("input_tokens", "input"),
@@ -50,9 +60,16 @@ class Metrics:
     first_byte: Any = None
     first_token: Any = None
     draining: Any = None
+    route_attempts: Any = None
+    route_retries: Any = None
+    _routing_watched: bool = False
+    _live_collectors: list[Any] = attrs.Factory(list)
     # Label children by label values: ``labels()`` validates and locks on every call.
     _request_children: dict[tuple[str, ...], tuple[Any, Any]] = attrs.Factory(dict)
     _token_children: dict[tuple[str, ...], Any] = attrs.Factory(dict)
+    #: Multiprocess mode: the directory every worker writes to (read once, at creation).
+    multiproc_dir: str | None = attrs.Factory(lambda: os.environ.get(MULTIPROC_ENV) or None)
+    _draining_now: Callable[[], bool] | None = None
 
     def __attrs_post_init__(self) -> None:
         r = self.registry
@@ -66,7 +83,7 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
                      600))
         self.streams = Gauge("txrelay_streams_active", "Streams being relayed now.",
-                             registry=r)
+                             registry=r, multiprocess_mode="livesum")
         self.tokens = Counter(
             "txrelay_tokens", "Tokens reported in responses' usage.",
             ["kind", "provider", "model", "client"], registry=r)
@@ -86,12 +103,51 @@ class Metrics:
             "txrelay_first_token_seconds",
             "Time from the request to the first content delta written to a streaming client.",
             ["provider", "model"], registry=r, buckets=latency)
-        self.draining = Gauge("txrelay_draining", "1 while the relay drains, else 0.",
-                              registry=r)
+        self.draining = Gauge(
+            "txrelay_draining", "1 while the relay (with workers: any of them) drains, else 0.",
+            registry=r, multiprocess_mode="livemax")
+        # Routes, fallbacks and key pools (txrelay.routing): configured names only.
+        self.route_attempts = Counter(
+            "txrelay_route_attempts",
+            "Upstream attempts by model, target, pool key and outcome (served, an error "
+            "type, breaker_open, unfit).", ["model", "target", "key", "outcome"], registry=r)
+        self.route_retries = Histogram(
+            "txrelay_route_attempts_per_request", "Upstream attempts one request made.",
+            ["model"], registry=r, buckets=(1, 2, 3, 4, 6, 10))
 
     def watch_drain(self, draining: Callable[[], bool]) -> None:
-        """Read the drain state from ``draining`` at each scrape."""
-        self.draining.set_function(lambda: 1.0 if draining() else 0.0)
+        """Read the drain state from ``draining`` at each scrape (and at :meth:`drain_changed`)."""
+        if self.multiproc_dir is None:
+            self.draining.set_function(lambda: 1.0 if draining() else 0.0)
+        else:
+            self._draining_now = draining
+            self.drain_changed()
+
+    def drain_changed(self) -> None:
+        """The drain state may have changed: publish it to the other workers' scrapes."""
+        if self._draining_now is not None:
+            self.draining.set(1.0 if self._draining_now() else 0.0)
+
+    def watch_routing(self, health: Any) -> None:
+        """Export breaker and key-pool states from the ``routing`` readiness report."""
+        from txrelay.routing.collector import RoutingCollector
+
+        if not self._routing_watched:
+            self._routing_watched = True
+            collector = RoutingCollector(health)
+            self.registry.register(collector)
+            # With workers the scrape is rebuilt from the shared files; state read live
+            # (the breakers, in the shared store) comes from the answering worker.
+            self._live_collectors.append(collector)
+
+    def _observe_route(self, route: Route) -> None:
+        if not route.attempts:
+            return
+        model = model_label(route)
+        for a in route.attempts:
+            self.route_attempts.labels(model, a.target, a.key or "-", a.outcome).inc()
+        self.route_retries.labels(model).observe(
+            sum(1 for a in route.attempts if a.outcome not in ("breaker_open", "unfit")))
 
     def observe_first_byte(self, route: Route | None, seconds: float) -> None:
         """Record the time until a routed request's reply headers."""
@@ -118,6 +174,8 @@ class Metrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+        if route is not None:
+            self._observe_route(route)
         if error_type is not None:
             self.errors.labels(error_type, provider).inc()
             if upstream_error:
@@ -133,5 +191,14 @@ class Metrics:
                     child.inc(value)
 
     def render(self) -> bytes:
-        """The text exposition format."""
-        return generate_latest(self.registry)
+        """The text exposition format (with workers: the sum over every worker's values)."""
+        if self.multiproc_dir is None:
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self.drain_changed()
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.multiproc_dir)  # type: ignore[no-untyped-call]
+        for collector in self._live_collectors:
+            registry.register(collector)
+        return generate_latest(registry)

@@ -48,7 +48,12 @@ from txrelay.protocol.errors import RelayError
 from txrelay.protocol.structure import error_lines, make_converter
 from txrelay.server.admin import AdminAccess, AdminResource, AdminSite, ReloadOutcome
 from txrelay.server.frontdoor import FrontDoorPolicy
-from txrelay.server.listeners import reuse_port_endpoint
+from txrelay.server.listeners import (
+    TLSEndpoint,
+    certificates_detail,
+    reuse_port_endpoint,
+    tls_endpoint,
+)
 from txrelay.server.metrics_access import MetricsAccess, MetricsSite
 from txrelay.server.models import catalog_terminal
 from txrelay.server.resource import CEILING_ERROR, Lifecycle, RelayResource
@@ -107,7 +112,7 @@ def build_backend(provider: ProviderConfig, where: str, reactor: Any,
     model_options: dict[str, Any] = {}
     model_where: dict[str, str] = {}
     for i, m in enumerate(cfg.models if cfg is not None else ()):
-        if m.provider != provider.name:
+        if provider.name not in m.provider_names():
             continue
         model_where[m.id] = f"models[{i}]"
         if m.options:
@@ -320,6 +325,8 @@ class RelayService(Service):
         self.admin_site = (AdminSite(self.admin_listener, reactor)
                            if self.admin_listener is not None else None)
         self.admin_ports: list[Any] = []
+        #: The ``ssl:`` listeners, whose certificates a reload reads again.
+        self.tls_endpoints: list[TLSEndpoint] = []
         #: Backends of replaced configurations, closing once their last request ends.
         self._retiring: set[Deferred[None]] = set()
         self._previous_sighup: Any = None
@@ -370,8 +377,11 @@ class RelayService(Service):
             endpoints += [(d, self.admin_site) for d in server.admin_listen]
         for description, factory in endpoints:
             try:
-                endpoint = (reuse_port_endpoint(self.reactor, description)
-                            if server.reuse_port else None)
+                endpoint: Any = tls_endpoint(self.reactor, description, server.reuse_port)
+                if endpoint is not None:  # ssl: a certificate that reloads (SIGHUP)
+                    self.tls_endpoints.append(endpoint)
+                elif server.reuse_port:
+                    endpoint = reuse_port_endpoint(self.reactor, description)
                 if endpoint is None:
                     endpoint = serverFromString(self.reactor, description)
                 d = endpoint.listen(factory)
@@ -392,8 +402,13 @@ class RelayService(Service):
             # SystemExit itself (Twisted's Failure.check does not match subclasses of it):
             # twistd and ``txrelay serve`` both stop with this message and status 1.
             raise SystemExit(f"txrelay: cannot listen on {description!r}: {error}")
+        self._report_certificates()
         if waiting == 0:
             self._announce()
+
+    def _report_certificates(self) -> None:
+        if self.tls_endpoints and self.app.health is not None:
+            self.app.health.report("tls", certificates_detail(self.tls_endpoints))
 
     def _announce(self) -> None:
         for port in self.ports:
@@ -436,6 +451,12 @@ class RelayService(Service):
         log.info("draining on request of an operator: {count} live request(s); "
                  "DELETE /admin/drain serves again", count=len(self.lifecycle.live))
         _sd_notify(b"STATUS=draining (POST /admin/drain)")
+        self._drain_changed()
+
+    def _drain_changed(self) -> None:
+        # Workers publish their drain state to the other workers' scrapes (txrelay.metrics).
+        if self.metrics is not None:
+            self.metrics.drain_changed()
 
     def end_admin_drain(self) -> RelayError | None:
         """Serve again after :meth:`start_admin_drain`; refused once the process stops."""
@@ -446,6 +467,7 @@ class RelayService(Service):
             self.lifecycle.draining = False
             log.info("drain ended by an operator: serving again")
             _sd_notify(b"STATUS=serving")
+            self._drain_changed()
         return None
 
     def reload(self) -> ReloadOutcome:
@@ -457,6 +479,11 @@ class RelayService(Service):
         """
         from txrelay.tap import load_checked
 
+        # Certificates first, and whatever the file says: a renewal must not wait for a
+        # configuration edit to be fixed. Each listener keeps its old one if the new is bad.
+        certificates = tuple(problem for tls in self.tls_endpoints
+                             if (problem := tls.reload()) is not None)
+        self._report_certificates()
         source = self.config_path
         if source is None:
             return self._refuse("(no file)", ["the relay was not started from a file"])
@@ -487,7 +514,7 @@ class RelayService(Service):
                  "requests; {live} live request(s) finish on the previous one",
                  source=source, generation=self.resource.generation,
                  live=len(self.lifecycle.live))
-        return ReloadOutcome(True, (), ignored, self.resource.generation)
+        return ReloadOutcome(True, (), ignored, self.resource.generation, certificates)
 
     def _refuse(self, source: str, problems: list[str]) -> ReloadOutcome:
         for problem in problems:
@@ -563,6 +590,7 @@ class RelayService(Service):
         """
         self.lifecycle.draining = self.lifecycle.stopping = True
         _sd_notify(b"STOPPING=1\nSTATUS=draining")
+        self._drain_changed()
         ceiling = self.app.config.server.drain_timeout
         log.info("draining: {count} live request(s), up to {timeout}s",
                  count=len(self.lifecycle.live), timeout=ceiling)
@@ -595,3 +623,7 @@ class RelayService(Service):
             await deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
                                     traced.provider.shutdown)
         super().stopService()  # type: ignore[no-untyped-call]
+        # twistd re-raises the SIGTERM it stopped on (status 143); a drain that ran to its
+        # end is a clean stop, so it exits 0 like ``txrelay serve``.
+        if getattr(self.reactor, "_exitSignal", None) == signal.SIGTERM:
+            self.reactor._exitSignal = None

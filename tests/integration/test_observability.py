@@ -59,7 +59,7 @@ def test_json_lines_and_the_access_line(tmp_path: Path, serve: bool) -> None:
                           messages=[{"role": "user", "content": BODY_TEXT}])
     finally:
         code = relay.stop()
-    assert code in (0, -15, 143)
+    assert code == 0
     text = relay.log()
     # Every line, twistd's own start-up lines included, is one JSON object.
     events = [json.loads(line) for line in text.splitlines() if line.strip()]

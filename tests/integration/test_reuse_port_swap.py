@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,6 +41,14 @@ CLIENTS = 6
 ACCESS = "POST /v1/messages 200"
 #: Each client loop stops after this many requests at the latest (bounded load).
 MAX_ROUNDS = 400
+
+
+def migrate_requests() -> bool:
+    """Whether ``net.ipv4.tcp_migrate_req`` is on here (README, "Zero-downtime swaps")."""
+    try:
+        return Path("/proc/sys/net/ipv4/tcp_migrate_req").read_text().strip() == "1"
+    except OSError:
+        return False
 
 
 def free_port() -> int:
@@ -138,6 +147,26 @@ class Load:
         with self.lock:
             return self.done
 
+    def report(self, record_property: Any, name: str) -> str:
+        """
+        The outcome in one line, recorded as test properties (``--junitxml``) and printed
+        (``pytest -rP``): retries are what a client with the SDKs' default retries did, so
+        they are not hidden behind the zero counts.
+        """
+        with self.lock:
+            counts = {
+                "streams": self.done, "failed": len(self.failed), "torn": len(self.torn),
+                "refused": len(self.refused),
+                "retried_529": sum(r.startswith("status 529") for r in self.retried),
+                "retried_closed_before_answer": sum(not r.startswith("status 529")
+                                                    for r in self.retried),
+            }
+        for key, value in counts.items():
+            record_property(f"{name}_{key}", value)
+        line = f"{name}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+        print(line)
+        return line
+
 
 def slow_stream(port: int) -> bytes:
     """A stream of the slow model (about 3 s), read to its end."""
@@ -158,7 +187,7 @@ def wait_for_more(load: Load, more: int, timeout: float = 20) -> None:
 
 
 def test_a_second_relay_takes_over_the_port_with_nothing_failed_torn_or_refused(
-    tmp: Path,
+    tmp: Path, record_property: Any,
 ) -> None:
     port = free_port()
     cfg = config_text(server={"listen": [f"tcp:{port}:interface=127.0.0.1"],
@@ -191,8 +220,12 @@ def test_a_second_relay_takes_over_the_port_with_nothing_failed_torn_or_refused(
             before = new.log().count(ACCESS)
             wait_for_more(load, 2 * CLIENTS)  # the new one alone serves on
         after = new.log().count(ACCESS)
-        assert (load.refused, load.failed, load.torn) == ([], [], []), load.retried
-        assert code == -signal.SIGTERM  # twistd re-raises SIGTERM after the drain
+        summary = load.report(record_property, "reuse_port_swap")
+        assert (load.refused, load.failed, load.torn) == ([], [], []), (summary, load.retried)
+        if migrate_requests():
+            # The kernel moves the old socket's queue to the new one: nothing is reset.
+            assert not [r for r in load.retried if not r.startswith("status 529")], summary
+        assert code == 0  # a completed drain is a clean exit, under twistd too
         # The old relay had live streams when the signal came, and they all finished.
         live = re.search(r"draining: (\d+) live request", old.log())
         assert live is not None and int(live.group(1)) > 0, old.log()
@@ -231,7 +264,8 @@ def socket_activated(sock: socket.socket) -> dict[str, object]:
             "env": {"LISTEN_FDS": "1", "LISTEN_FDNAMES": "http"}}
 
 
-def test_socket_activation_stop_then_start_refuses_nothing(tmp: Path) -> None:
+def test_socket_activation_stop_then_start_refuses_nothing(
+        tmp: Path, record_property: Any) -> None:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(512)
@@ -250,8 +284,9 @@ def test_socket_activation_stop_then_start_refuses_nothing(tmp: Path) -> None:
             code = old.process.wait(30)  # the gap: connections queue on the socket
             new = start_relay(tmp / "b", cfg, **socket_activated(sock))  # type: ignore[arg-type]
             wait_for_more(load, 2 * CLIENTS)
-        assert (load.refused, load.failed, load.torn) == ([], [], []), load.retried
-        assert code == -signal.SIGTERM
+        summary = load.report(record_property, "socket_activation_swap")
+        assert (load.refused, load.failed, load.torn) == ([], [], []), (summary, load.retried)
+        assert code == 0
         live = re.search(r"draining: (\d+) live request", old.log())
         assert live is not None and int(live.group(1)) > 0, old.log()
         assert old.log().count(ACCESS) > 0 and new.log().count(ACCESS) > 0

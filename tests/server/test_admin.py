@@ -314,7 +314,8 @@ def test_a_reload_serves_new_requests_from_the_new_file_while_live_ones_finish_o
                                 "aliases": ["fresh"]}])
     resp = r.admin("POST", "/admin/reload")
     assert resp.status == 200
-    assert resp.json() == {"reloaded": True, "config_generation": 1, "ignored": []}
+    assert resp.json() == {"reloaded": True, "config_generation": 1, "ignored": [],
+                           "certificates_refused": []}
     assert r.service.resource.catalog.resolve("fresh") is not None
     assert r.service.resource.generation == 1
     # The new file's pipeline (real demo models) answers new requests.

@@ -95,14 +95,29 @@ def test_config_names_a_tcp_listener_reuse_port_cannot_bind() -> None:
 
 
 @pytest.mark.parametrize("server, problem", [
-    ({"workers": 2}, "server.workers: more than 1 needs server.reuse_port = true"),
+    ({"workers": 2}, "server.workers: more than 1 needs server.reuse_port = true (or "
+                     "systemd: listeners only, which the workers inherit)"),
+    ({"workers": 2, "listen": ["systemd:domain=INET:name=http", "tcp:8080"]},
+     "server.workers: more than 1 needs server.reuse_port = true (or systemd: listeners "
+     "only, which the workers inherit)"),
     ({"workers": 0}, "server.workers: must be between 1 and 64"),
     ({"workers": 2, "reuse_port": True, "listen": ["unix:/tmp/x.sock"]},
-     "server.listen[0]: with server.workers, every listener must be tcp: or tcp6: "
-     "('unix:/tmp/x.sock')"),
+     "server.listen[0]: with server.workers, every listener must be tcp:, tcp6: or "
+     "systemd: ('unix:/tmp/x.sock')"),
 ])
 def test_config_names_what_workers_need(server: dict[str, object], problem: str) -> None:
     raw = tomllib.loads(config_text(server=server))
     with pytest.raises(ConfigError) as info:
         parse_config(raw, "relay.toml", {})
     assert problem in info.value.problems
+
+
+@pytest.mark.parametrize("server", [
+    {"workers": 2, "listen": ["systemd:domain=INET:name=http"]},
+    {"workers": 2, "reuse_port": True,
+     "listen": ["systemd:domain=INET:name=http", "tcp:8080:interface=127.0.0.1"]},
+])
+def test_workers_inherit_systemd_listeners(server: dict[str, object]) -> None:
+    raw = tomllib.loads(config_text(server=server))
+    cfg = parse_config(raw, "relay.toml", {})
+    assert cfg.server.workers == 2

@@ -53,7 +53,9 @@ class _Translate:
     options_type: None = None
 
     def build(self, options: None, services: StageServices) -> Any:
-        return TranslateStage(services.backends)
+        from txrelay.routing.router import build_router
+
+        return TranslateStage(services.backends, build_router(services))
 
 
 @implementer(IPlugin, IStageFactory)

@@ -48,6 +48,8 @@ class ReloadOutcome:
     ignored: tuple[str, ...] = ()
     #: The configuration generation now serving new requests.
     generation: int = 0
+    #: ``ssl:`` listeners whose new certificate was refused (they keep the old one).
+    certificates: tuple[str, ...] = ()
 
 
 class AdminControl(Protocol):
@@ -165,7 +167,7 @@ class AdminResource(Resource):
         if path == b"/admin/login" and method == b"POST":
             return page.login(request, digests)
         if path == b"/admin/logout" and method == b"POST":
-            return page.logout(request)
+            return page.logout(request, digests)
         if method not in (b"GET", b"HEAD"):
             return write_error(request, _methods((b"GET",)), rid)
         with_session = page.session_ok(request, digests)
@@ -210,7 +212,8 @@ class AdminResource(Resource):
                     "the configuration was not reloaded, the running one is kept: "
                     + "; ".join(outcome.problems))
             return {"reloaded": True, "config_generation": outcome.generation,
-                    "ignored": list(outcome.ignored)}
+                    "ignored": list(outcome.ignored),
+                    "certificates_refused": list(outcome.certificates)}
         raise not_found("no such admin endpoint; there are /admin/drain, /admin/streams and "
                         "/admin/reload")
 

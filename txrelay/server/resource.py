@@ -249,6 +249,8 @@ class RelayResource(Resource):
         if self.metrics is not None:
             lifecycle = self.lifecycle
             self.metrics.watch_drain(lambda: lifecycle.draining)
+            if self.health is not None:
+                self.metrics.watch_routing(self.health)
 
     def render(self, request: Request) -> Any:
         assert request.path is not None
@@ -545,7 +547,7 @@ class RelayResource(Resource):
             "{method} {path} {status} {duration_ms:.1f}ms request_id={request_id} "
             "client={client} model={model} provider={provider} served={served_model} "
             "session={session_id} stream={stream} ttft_ms={ttft_ms} "
-            "tokens={input_tokens}/{output_tokens}",
+            "tokens={input_tokens}/{output_tokens} target={target} attempts={attempts}",
             method=request.method.decode("ascii", "replace"),
             path=request.path.decode("utf-8", "replace"),
             status=status,
@@ -557,6 +559,8 @@ class RelayResource(Resource):
             model=route.requested if route else None,
             served_model=route.upstream_model if route else None,
             provider=route.provider if route else None,
+            target=route.target if route else None,
+            attempts=_attempts(route),
             stream=streamed,
             ttft_ms=None if first is None else round((first - call.started) * 1000, 1),
             input_tokens=usage.get("input_tokens"),
@@ -564,6 +568,13 @@ class RelayResource(Resource):
             cache_read_tokens=usage.get("cache_read_input_tokens"),
             cache_creation_tokens=usage.get("cache_creation_input_tokens"),
         )
+
+
+def _attempts(route: Any) -> int | None:
+    """How many upstream calls a routed request made (``txrelay.routing``)."""
+    if route is None or not route.attempts:
+        return None
+    return sum(1 for a in route.attempts if a.outcome not in ("breaker_open", "unfit"))
 
 
 def _session_id(request: Request) -> str | None:

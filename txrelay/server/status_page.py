@@ -129,11 +129,45 @@ def _quantile_ms(sorted_seconds: list[float], q: float) -> float | None:
     return round(sorted_seconds[index] * 1000, 1)
 
 
+#: Logged-out tokens remembered until they expire; past it the secret is renewed instead.
+MAX_REVOKED = 4096
+#: A hex session secret shared by processes that must accept each other's cookies (the
+#: workers of ``server.workers``: their supervisor sets it); unset, each process draws one.
+SECRET_ENV = "TXRELAY_ADMIN_SESSION_SECRET"
+
+
+def _secret() -> bytes:
+    try:
+        shared = bytes.fromhex(os.environ.get(SECRET_ENV, ""))
+    except ValueError:
+        shared = b""
+    return shared if len(shared) >= 32 else os.urandom(32)
+
+
 @attrs.define(eq=False)
 class Sessions:
-    """HMAC session tokens standing for an admin key (never the key itself)."""
+    """
+    HMAC session tokens standing for an admin key (never the key itself). Logging out
+    revokes the token in this process (a copy of the cookie stops working too) until it
+    would have expired anyway.
+    """
 
-    secret: bytes = attrs.Factory(lambda: os.urandom(32))
+    secret: bytes = attrs.Factory(_secret)
+    #: Revoked tokens' MACs and their expiry.
+    revoked: dict[str, int] = attrs.Factory(dict)
+
+    def revoke(self, token: str, digests: Mapping[str, bytes], now: float) -> None:
+        """End ``token``'s session (logout) if it is a valid one; memory stays bounded by
+        :data:`MAX_REVOKED` (forged tokens are not remembered)."""
+        if not self.valid(token, digests, now):
+            return
+        parts = token.rsplit(":", 2)
+        if len(self.revoked) >= MAX_REVOKED:  # forget what expired anyway
+            self.revoked = {mac: exp for mac, exp in self.revoked.items() if exp >= now}
+        if len(self.revoked) >= MAX_REVOKED:  # a flood of logouts: end every session
+            self.secret, self.revoked = os.urandom(32), {}
+            return
+        self.revoked[parts[2]] = int(parts[1])
 
     def issue(self, name: str, digest: bytes, now: float) -> str:
         expiry = int(now) + SESSION_SECONDS
@@ -147,7 +181,7 @@ class Sessions:
         name, expiry_text, mac = parts
         expiry = int(expiry_text)
         digest = digests.get(name)
-        if digest is None or expiry < now:
+        if digest is None or expiry < now or mac in self.revoked:
             return False
         return hmac.compare_digest(mac, self._mac(name, expiry, digest))
 
@@ -195,8 +229,11 @@ class StatusPage:
         request.setHeader(b"location", b"/admin")
         return b""
 
-    def logout(self, request: Request) -> bytes:
-        """``POST /admin/logout``: clear the cookie."""
+    def logout(self, request: Request, digests: Mapping[str, bytes] | None = None) -> bytes:
+        """``POST /admin/logout``: end the session and clear the cookie."""
+        token = request.getCookie(COOKIE)
+        if token and digests is not None:
+            self.sessions.revoke(token.decode("latin-1"), digests, time.time())
         request.setHeader(b"set-cookie", COOKIE + b"=; Path=/admin; Max-Age=0; HttpOnly; "
                           b"SameSite=Strict")
         request.setResponseCode(303)

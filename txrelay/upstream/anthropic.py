@@ -43,6 +43,7 @@ from txrelay.protocol.passthrough import (
     response_body,
     upstream_error,
 )
+from txrelay.routing.keys import KeyPool
 from txrelay.streams import EventStream, stream_of
 from txrelay.upstream.codec import BearerAuth, UpstreamAuth
 from txrelay.upstream.http import UpstreamClient, read_body, response_headers
@@ -92,10 +93,13 @@ class ApiKeyAuth:
     """The provider's key as ``x-api-key`` (Anthropic's own header)."""
 
     key: str = attrs.field(default="", repr=False)
+    #: The provider's ``api_keys``: the attempt's key is sent instead of ``key``.
+    pool: KeyPool | None = None
 
     async def headers(self) -> Mapping[str, str]:
         """``{"x-api-key": key}`` (none when empty)."""
-        return {"x-api-key": self.key} if self.key else {}
+        key = self.pool.current() if self.pool is not None else self.key
+        return {"x-api-key": key} if key else {}
 
 
 @attrs.frozen
@@ -390,7 +394,8 @@ def build_anthropic_backend(options: AnthropicOptions, context: BackendContext,
         transport = Transport(provider.base_url.rstrip("/"))
         if auth is None:
             key = provider.api_key.value if provider.api_key is not None else ""
-            auth = BearerAuth(key) if options.auth == "bearer" else ApiKeyAuth(key)
+            pool = KeyPool.of(provider)
+            auth = BearerAuth(key, pool) if options.auth == "bearer" else ApiKeyAuth(key, pool)
     elif options.api == "vertex":
         if not options.project or not options.location:
             context.problem("options", "api = 'vertex' needs project and location")

@@ -21,6 +21,7 @@ from txrelay.protocol.anthropic import MessagesRequest
 from txrelay.protocol.errors import RelayError
 from txrelay.protocol.events import Event
 from txrelay.protocol.translator import StreamTranslator
+from txrelay.routing.keys import KeyPool
 
 
 @attrs.frozen
@@ -77,7 +78,10 @@ class BearerAuth:
     """A fixed API key sent as ``Authorization: Bearer …`` (none when empty)."""
 
     token: str = attrs.field(default="", repr=False)
+    #: The provider's ``api_keys``: the attempt's key is sent instead of ``token``.
+    pool: KeyPool | None = None
 
     async def headers(self) -> Mapping[str, str]:
         """``{"authorization": "Bearer <token>"}``."""
-        return {"authorization": f"Bearer {self.token}"} if self.token else {}
+        token = self.pool.current() if self.pool is not None else self.token
+        return {"authorization": f"Bearer {token}"} if token else {}

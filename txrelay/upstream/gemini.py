@@ -57,6 +57,7 @@ from txrelay.protocol.ids import message_id
 from txrelay.protocol.jsoncodec import dumps
 from txrelay.protocol.tokens import estimate_input_tokens
 from txrelay.protocol.translator import StreamTranslator
+from txrelay.routing.keys import KeyPool
 from txrelay.upstream.codec import UpstreamAuth, UpstreamCall, UpstreamRequest
 from txrelay.upstream.http import read_body, response_headers
 from txrelay.upstream.httpbackend import HTTPBackend, prompt_too_long
@@ -350,10 +351,12 @@ class ApiKeyAuth:
     """A Google API key in the ``x-goog-api-key`` header (never in the URL)."""
 
     key: str = attrs.field(repr=False)
+    #: The provider's ``api_keys``: the attempt's key is sent instead of ``key``.
+    pool: KeyPool | None = None
 
     async def headers(self) -> Mapping[str, str]:
         """``{"x-goog-api-key": key}``."""
-        return {"x-goog-api-key": self.key}
+        return {"x-goog-api-key": self.pool.current() if self.pool is not None else self.key}
 
 
 @attrs.define(eq=False)
@@ -545,7 +548,7 @@ def build_gemini_backend(options: GeminiOptions, context: BackendContext) -> Gem
                             else "options", str(e))
             return None
     else:
-        auth = ApiKeyAuth(api_key)
+        auth = ApiKeyAuth(api_key, KeyPool.of(provider))
     if not ok:
         return None
     codec = GeminiCodec(provider.name, api, vertex_parent, default, per_model)

@@ -30,6 +30,7 @@ from txrelay.protocol.openai.request import ToolNameMap, build_chat_request
 from txrelay.protocol.openai.response import chat_response_events
 from txrelay.protocol.openai.stream import ChatStreamTranslator
 from txrelay.protocol.translator import StreamTranslator
+from txrelay.routing.keys import KeyPool
 from txrelay.upstream.codec import BearerAuth, UpstreamRequest
 from txrelay.upstream.httpbackend import HTTPBackend, http_backend
 
@@ -188,4 +189,4 @@ def build_openai_backend(options: Any, context: BackendContext) -> HTTPBackend |
         return None
     api_key = context.provider.api_key.value if context.provider.api_key is not None else ""
     codec = OpenAIChatCodec(context.provider.name, dialect, model_dialects, options.chat_path)
-    return http_backend(context, codec, BearerAuth(api_key))
+    return http_backend(context, codec, BearerAuth(api_key, KeyPool.of(context.provider)))
