@@ -417,3 +417,23 @@ def test_key_record_groups_and_models() -> None:
     assert isinstance(r.ask(exchange=ok), Reply)
     again = r.exchange("frank", {"model": "claude-x"}, key=KeyInfo("frank", groups=("team",)))
     assert "group 'team'" in refused(r.ask(exchange=again)).message
+
+
+def test_price_found_under_the_routed_model_id() -> None:
+    """The route is set after this stage (model-map runs later): the price of the model
+    the name routed to applies."""
+    from txrelay.catalog import Route
+    from txrelay.config import ModelConfig
+
+    r = rig({"default": {"spend_per_day": 0.02},
+             "prices": [{"model": "served-model", "input": 1000, "output": 1000}]})
+    for _ in range(2):
+        ex = r.exchange(body={"model": "alias-name"})
+        ex.route = None
+
+        def routed(ex: Exchange = ex) -> Reply:
+            ex.route = Route("alias-name", "p", "up-model", ModelConfig("served-model", "p"))
+            return Reply(stream=stream_of(text_events("ok")))
+
+        assert isinstance(r.ask(exchange=ex, reply=routed), Reply)  # $0.015, then $0.030
+    assert "daily spend budget" in refused(r.ask(body={"model": "alias-name"})).message

@@ -303,9 +303,18 @@ class Admission:
     rates: list[_Rate]
     budgets: list[_Budget]
     slots: list[tuple[str, str]]
-    model_names: tuple[str | None, ...]
+    exchange: Exchange
     headers: list[tuple[str, str]]
     _done: bool = False
+
+    def model_names(self) -> tuple[str | None, ...]:
+        """The names a price may be found under: asked for, model id, upstream model (the
+        route is known by now: the routing stages run after this one)."""
+        route = self.exchange.route
+        req = self.exchange.request
+        return (req.model if req is not None else None,
+                route.model.id if route is not None and route.model is not None else None,
+                route.upstream_model if route is not None else None)
 
     @property
     def needs_end(self) -> bool:
@@ -337,7 +346,7 @@ class Admission:
                     calls.append(store.increment(rate.key(current), out, 3 * MINUTE))
         if self.budgets:
             used = total_tokens(usage)
-            cost = stage.cost(self.model_names, usage) if any(
+            cost = stage.cost(self.model_names(), usage) if any(
                 b.unit == "spend" for b in self.budgets) else 0
             for budget in self.budgets:
                 amount = used if budget.unit == "tokens" else cost
@@ -547,10 +556,7 @@ class LimitsStage:
             self._live[(s.key, holder)] = s.limit
         if taken:
             self._schedule_renewal()
-        route = exchange.route
-        names = (req.model, route.model.id if route and route.model else None,
-                 route.upstream_model if route else None)
-        return Admission(self, key, window.index, rates, budgets, taken, names,
+        return Admission(self, key, window.index, rates, budgets, taken, exchange,
                          ratelimit_headers(readings))
 
     async def _undo(self, rates: list[_Rate], counted: list[Any],
