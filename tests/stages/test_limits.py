@@ -380,7 +380,7 @@ def test_options_problems_name_their_paths() -> None:
                      "keys[1].models: an empty pattern matches nothing",
                      "prices[0].input: must not be negative",
                      "slot_ttl: must be at least 1 second",
-                     "spend budgets need a price for every model; none for 'free'"):
+                     "none for 'free'"):
         assert expected in text
     with pytest.raises(ConfigError, match="requests_per_mintue"):
         build_stage("limits", {"default": {"requests_per_mintue": 3}}, config)
@@ -437,3 +437,21 @@ def test_price_found_under_the_routed_model_id() -> None:
 
         assert isinstance(r.ask(exchange=ex, reply=routed), Reply)  # $0.015, then $0.030
     assert "daily spend budget" in refused(r.ask(body={"model": "alias-name"})).message
+
+
+def test_top_level_prices_are_used_without_prices_of_its_own() -> None:
+    """The configuration's ``[[prices]]`` (shared with the usage ledger) price spend."""
+    from types import SimpleNamespace
+
+    from txrelay.stages.limits import build_limits
+
+    price = SimpleNamespace(model="m-*", input=1000.0, output=1000.0, cache_read=None,
+                            cache_write=None)
+    config = SimpleNamespace(models=[SimpleNamespace(id="m-1")], prices=[price])
+    options = _converter.structure({"default": {"spend_per_day": 1}}, LimitsOptions)
+    stage = build_limits(options, SimpleNamespace(config=config, state=MemoryStore(),
+                                                  reactor=None))
+    assert stage.cost(["m-1"], {"input_tokens": 10, "output_tokens": 5}) == 15_000
+    with pytest.raises(ValueError, match="none for 'm-1'"):
+        build_limits(options, SimpleNamespace(config=SimpleNamespace(models=config.models),
+                                              state=MemoryStore(), reactor=None))

@@ -165,7 +165,8 @@ def options_problems(options: LimitsOptions, model_ids: Iterable[str]) -> list[s
         table = PriceTable(options.prices)
         unpriced = [m for m in model_ids if table.find([m]) is None]
         if unpriced:
-            problems.append("prices: spend budgets need a price for every model; none for "
+            problems.append("prices: spend budgets need a price for every model (here or in "
+                            "the top-level [[prices]]); none for "
                             + ", ".join(repr(m) for m in unpriced))
     return problems
 
@@ -308,13 +309,16 @@ class Admission:
     _done: bool = False
 
     def model_names(self) -> tuple[str | None, ...]:
-        """The names a price may be found under: asked for, model id, upstream model (the
-        route is known by now: the routing stages run after this one)."""
+        """
+        The names a price is looked up under, in the usage ledger's order: the configured
+        model id, the upstream model, the name asked for (the route is known by now: the
+        routing stages run after this one).
+        """
         route = self.exchange.route
         req = self.exchange.request
-        return (req.model if req is not None else None,
-                route.model.id if route is not None and route.model is not None else None,
-                route.upstream_model if route is not None else None)
+        return (route.model.id if route is not None and route.model is not None else None,
+                route.upstream_model if route is not None else None,
+                req.model if req is not None else None)
 
     @property
     def needs_end(self) -> bool:
@@ -653,8 +657,19 @@ def _spawn(awaitable: Awaitable[Any]) -> None:
     d.addErrback(lambda f: log.failure("limits: bookkeeping failed", f))
 
 
+def shared_prices(config: Any) -> tuple[ModelPrice, ...]:
+    """
+    The top-level ``[[prices]]`` of the configuration (the usage ledger's), when it has
+    them: the stage's own ``prices`` option is used instead when given.
+    """
+    return tuple(ModelPrice(p.model, p.input, p.output, p.cache_read, p.cache_write)
+                 for p in getattr(config, "prices", None) or ())
+
+
 def build_limits(options: LimitsOptions, services: Any) -> LimitsStage:
     """The stage for ``options``; raise ``ValueError`` listing the problems."""
+    if not options.prices:
+        options = attrs.evolve(options, prices=shared_prices(services.config))
     model_ids = [m.id for m in services.config.models]
     problems = options_problems(options, model_ids)
     if problems:
