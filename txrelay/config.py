@@ -23,6 +23,7 @@ import attrs
 from cattrs.errors import ClassValidationError
 
 from txrelay.capabilities import CapabilityTable, table_problems
+from txrelay.ledger.prices import Price, price_problems
 from txrelay.protocol.structure import error_lines, make_converter
 from txrelay.tracing import TracingConfig, tracing_problems
 
@@ -278,6 +279,62 @@ class LogConfig:
 
 
 @attrs.frozen
+class LedgerConfig:
+    """``[ledger]``: the usage ledger (:mod:`txrelay.ledger`), one record per request."""
+
+    kind: Literal["off", "sqlite", "postgres"] = "sqlite"
+    #: SQLite: the database file; a relative path is under ``$STATE_DIRECTORY`` when set
+    #: (systemd's ``StateDirectory=``), else the working directory.
+    path: str = "txrelay-usage.sqlite3"
+    #: PostgreSQL: the libpq connection string or URI, read like any secret.
+    dsn: Secret | None = None
+    #: Records written per transaction; a full batch is written at once.
+    batch_size: int = 200
+    #: Seconds between two writes of what is queued.
+    flush_interval: float = 1.0
+    #: Records kept in memory while the database is slow or down; past it they are dropped.
+    max_queue: int = 10_000
+    #: Seconds a stop waits for the queued records to be written.
+    close_timeout: float = 5.0
+    #: Days records are kept (older ones are deleted once an hour); 0 keeps them all.
+    retention_days: int = 0
+
+
+def _check_ledger(cfg: RelayConfig, env: Mapping[str, str], problems: list[str]) -> Any:
+    led = cfg.ledger
+    if led is None:
+        return None
+    if not 1 <= led.batch_size <= 10_000:
+        problems.append("ledger.batch_size: must be between 1 and 10000")
+    if not 0 < led.flush_interval <= 3600:
+        problems.append("ledger.flush_interval: must be between 0 and 3600 seconds")
+    if led.max_queue < led.batch_size:
+        problems.append("ledger.max_queue: must be at least ledger.batch_size")
+    if led.close_timeout < 0:
+        problems.append("ledger.close_timeout: must not be negative")
+    if led.retention_days < 0:
+        problems.append("ledger.retention_days: must not be negative (0 keeps every record)")
+    if led.kind == "postgres":
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None:
+            problems.append("ledger.kind: postgres needs psycopg, which is not installed "
+                            "(pip install 'txrelay[postgres]')")
+        if led.dsn is None:
+            problems.append('ledger.dsn: kind = "postgres" needs a dsn (env, file or '
+                            "credential)")
+        else:
+            led = attrs.evolve(led, dsn=_resolve_secret(led.dsn, "ledger.dsn", env, problems))
+    elif led.kind == "sqlite":
+        from txrelay.ledger.sinks import sqlite_path
+
+        folder = os.path.dirname(sqlite_path(led.path, env))
+        if not led.path or not os.path.isdir(folder):
+            problems.append(f"ledger.path: the directory {folder!r} does not exist")
+    return led
+
+
+@attrs.frozen
 class RelayConfig:
     """The whole configuration file."""
 
@@ -288,6 +345,10 @@ class RelayConfig:
     keys: tuple[ClientKey, ...] = ()
     log: LogConfig = LogConfig()
     tracing: TracingConfig = attrs.Factory(TracingConfig)
+    #: ``[ledger]``; without the table, no usage is recorded.
+    ledger: LedgerConfig | None = None
+    #: ``[[prices]]``: USD per million tokens by model glob (:mod:`txrelay.ledger.prices`).
+    prices: tuple[Price, ...] = ()
 
     def provider(self, name: str) -> ProviderConfig | None:
         """The provider called ``name``."""
@@ -420,6 +481,10 @@ def secret_values(cfg: RelayConfig, env: Mapping[str, str] | None = None) -> lis
             out.append(userinfo)
             if ":" in userinfo:
                 out.append(userinfo.split(":", 1)[1])
+    if cfg.ledger is not None and cfg.ledger.dsn is not None and cfg.ledger.dsn.value:
+        from txrelay.ledger.report import dsn_secrets
+
+        out.extend(dsn_secrets(cfg.ledger.dsn.value))
     return [v for v in out if v]
 
 
@@ -519,9 +584,10 @@ def _check(cfg: RelayConfig, env: Mapping[str, str], problems: list[str]) -> Rel
                 except ValueError as e:
                     problems.append(f"server.{key}[{j}]: {e}")
                     continue
-                if spec is None and s.workers > 1 and not description.startswith("systemd:"):
+                if spec is None and s.workers > 1 and not description.startswith(
+                        ("systemd:", "ssl:")):
                     problems.append(f"server.{key}[{j}]: with server.workers, every "
-                                    f"listener must be tcp:, tcp6: or systemd: "
+                                    f"listener must be tcp:, tcp6:, ssl: or systemd: "
                                     f"({description!r})")
 
     from txrelay.server.listeners import parse_ssl
@@ -586,13 +652,15 @@ def _check(cfg: RelayConfig, env: Mapping[str, str], problems: list[str]) -> Rel
     problems.extend(key_problems)
 
     problems.extend(tracing_problems(cfg.tracing))
+    ledger = _check_ledger(cfg, env, problems)
+    problems.extend(price_problems(cfg.prices))
 
     types = [st.type for st in cfg.pipeline]
     if "translate" not in types:
         problems.append("pipeline: the last stage must be 'translate' (none found)")
     elif types[-1] != "translate":
         problems.append("pipeline: 'translate' must be the last stage")
-    return attrs.evolve(cfg, providers=tuple(providers))
+    return attrs.evolve(cfg, providers=tuple(providers), ledger=ledger)
 
 
 def _resolve_pool(p: ProviderConfig, where: str, env: Mapping[str, str],

@@ -64,6 +64,7 @@ class Metrics:
     route_retries: Any = None
     _routing_watched: bool = False
     _live_collectors: list[Any] = attrs.Factory(list)
+    ledger_dropped: Any = None
     # Label children by label values: ``labels()`` validates and locks on every call.
     _request_children: dict[tuple[str, ...], tuple[Any, Any]] = attrs.Factory(dict)
     _token_children: dict[tuple[str, ...], Any] = attrs.Factory(dict)
@@ -114,6 +115,9 @@ class Metrics:
         self.route_retries = Histogram(
             "txrelay_route_attempts_per_request", "Upstream attempts one request made.",
             ["model"], registry=r, buckets=(1, 2, 3, 4, 6, 10))
+        self.ledger_dropped = Counter(
+            "txrelay_ledger_dropped", "Usage ledger records dropped: its queue was full, its "
+            "database failed, or the relay stopped first.", registry=r)
 
     def watch_drain(self, draining: Callable[[], bool]) -> None:
         """Read the drain state from ``draining`` at each scrape (and at :meth:`drain_changed`)."""

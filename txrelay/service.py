@@ -251,11 +251,13 @@ def _metrics_observer(metrics: Metrics) -> Callable[[str, RelayError], None]:
 RESTART_ONLY = ("server.listen", "server.metrics_listen", "server.admin_listen",
                 "server.metrics", "server.max_buffered_bytes", "server.workers",
                 "server.reuse_port",
-                "log.format")
+                "log.format", "ledger")
 
 
 def _setting(cfg: RelayConfig, dotted: str) -> Any:
     section, _, name = dotted.partition(".")
+    if not name:  # a whole table ("ledger")
+        return getattr(cfg, section)
     return getattr(getattr(cfg, section), name, None)
 
 
@@ -269,7 +271,8 @@ def _keep_running(old: RelayConfig, new: RelayConfig) -> RelayConfig:
     server = attrs.evolve(new.server, **{
         k.split(".", 1)[1]: _setting(old, k) for k in RESTART_ONLY
         if k.startswith("server.") and hasattr(new.server, k.split(".", 1)[1])})
-    return attrs.evolve(new, server=server, log=attrs.evolve(new.log, format=old.log.format))
+    return attrs.evolve(new, server=server, log=attrs.evolve(new.log, format=old.log.format),
+                        ledger=old.ledger)
 
 
 def _front_door(app: App, metrics: Metrics | None) -> FrontDoorPolicy:
@@ -298,6 +301,10 @@ class RelayService(Service):
         metrics = self.metrics = Metrics() if server.metrics else None
         admin_digests = admin_key_digests(app.config)[0]
         self.status_page = StatusPage(generation=lambda: self.resource.generation)
+        from txrelay.ledger.writer import open_ledger
+
+        #: The usage ledger (``[ledger]``), built once: it outlives reloads.
+        self.ledger = open_ledger(app.config, reactor, metrics, app.health)
         self.admin = AdminResource(self, self.lifecycle, reactor,
                                    AdminAccess(admin_digests, not server.admin_listen),
                                    self.status_page)
@@ -307,6 +314,7 @@ class RelayService(Service):
             MetricsAccess(admin_digests, loopback=not server.metrics_listen),
             self.admin, body_log_bytes=app.config.log.body_bytes,
             status=self.status_page.recorder, health=app.health,
+            observers=() if self.ledger is None else (self.ledger.record,),
         )
         self.site = RelaySite(self.resource, max_request_bytes=server.max_request_bytes,
                               timeout=server.idle_timeout, reactor=reactor,
@@ -338,6 +346,8 @@ class RelayService(Service):
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
+        if self.ledger is not None:
+            self.ledger.start()
         self._listen()
         self._install_sighup()
 
@@ -537,6 +547,10 @@ class RelayService(Service):
         r.pipeline, r.catalog = app.pipeline, app.catalog
         r.ping_interval, r.access_log = server.ping_interval, server.access_log
         r.body_log_bytes = app.config.log.body_bytes
+        if self.ledger is not None:  # [ledger] itself needs a restart; the prices do not
+            from txrelay.ledger.prices import PriceTable
+
+            self.ledger.prices = PriceTable(app.config.prices)
         r.metrics_access = MetricsAccess(admin_digests, loopback=not server.metrics_listen)
         self.admin.access = AdminAccess(admin_digests, not server.admin_listen)
         if self.admin_listener is not None:
@@ -618,6 +632,8 @@ class RelayService(Service):
                 await self.app.state.close()
             except Exception:
                 log.failure("closing the state store failed")
+        if self.ledger is not None:  # after the last request: its record is queued
+            await self.ledger.close()
         traced = tracing.detach()
         if traced is not None:  # flush the last spans (the exporter may block: a thread)
             await deferToThreadPool(self.reactor, self.reactor.getThreadPool(),

@@ -40,6 +40,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txrelay.metrics import MULTIPROC_ENV
+from txrelay.server.status_page import SECRET_ENV
 from txrelay.service import _sd_notify
 
 log = Logger()
@@ -152,6 +153,7 @@ class Supervisor(Service):
     #: The private directory (``metrics/``, ``notify-N``), while running.
     directory: str | None = None
     _notify_ports: list[Any] = attrs.Factory(list)
+    _session_secret: str = ""
     _delays: dict[int, float] = attrs.Factory(dict)
     #: Whether systemd was told READY=1 since the start or the last reload.
     _ready_sent: bool = False
@@ -180,6 +182,7 @@ class Supervisor(Service):
             self.command = worker_command(self.config_path)
         runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
         self.directory = tempfile.mkdtemp(prefix="txrelay-workers-", dir=runtime)
+        self._session_secret = os.urandom(32).hex()
         os.mkdir(self.metrics_dir)
         self._fds = inherited_fds()
         for index in range(self.workers):
@@ -200,6 +203,8 @@ class Supervisor(Service):
         env = {k: v for k, v in os.environ.items() if k != "prometheus_multiproc_dir"}
         env[WORKER_ENV] = str(index)
         env[MULTIPROC_ENV] = self.metrics_dir
+        # Workers accept each other's status-page cookies (one secret per supervisor run).
+        env.setdefault(SECRET_ENV, self._session_secret)
         env["NOTIFY_SOCKET"] = self._notify_path(index)
         if self._fds:
             env["LISTEN_PID"], env["LISTEN_FDS"] = INHERITED, str(len(self._fds))
@@ -335,4 +340,8 @@ class Supervisor(Service):
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
+        # As RelayService does: twistd would re-raise the SIGTERM it stopped on (status
+        # 143), but the workers drained, so the stop was clean.
+        if getattr(self.reactor, "_exitSignal", None) == signal.SIGTERM:
+            self.reactor._exitSignal = None
         return result

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import attrs
@@ -17,6 +18,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from txrelay import __version__, tracing
 from txrelay.catalog import ModelCatalog
+from txrelay.ledger.record import RequestRecord, routing_fields, usage_fields
 from txrelay.logs import RelayLogger, body_excerpt
 from txrelay.metrics import CONTENT_TYPE, Metrics
 from txrelay.pipeline import Exchange, Operation, Proceed, Reply
@@ -242,6 +244,8 @@ class RelayResource(Resource):
     status: Any = None
     #: Components' readiness reports (:class:`txrelay.health.Health`) for /health/ready.
     health: Any = None
+    #: Called with a :class:`RequestRecord` of each finished request (the usage ledger).
+    observers: tuple[Callable[[RequestRecord], None], ...] = ()
     isLeaf = True
 
     def __attrs_post_init__(self) -> None:
@@ -436,6 +440,8 @@ class RelayResource(Resource):
                     client=exchange.client if exchange is not None else None,
                     status=status, seconds=time.monotonic() - started, usage=usage,
                     error_type=error_type, now=time.time())
+            if self.observers:
+                self._observe(call, op, status, streamed, usage, error_type)
 
     def _exchange(
         self, request: Request, rid: str, op: Operation, model_id: str | None
@@ -568,6 +574,37 @@ class RelayResource(Resource):
             cache_read_tokens=usage.get("cache_read_input_tokens"),
             cache_creation_tokens=usage.get("cache_creation_input_tokens"),
         )
+
+    def _observe(self, call: InFlight, op: str, status: int, streamed: bool,
+                 usage: dict[str, Any] | None, error_type: str | None) -> None:
+        """Hand the finished request, as one :class:`RequestRecord`, to the observers."""
+        exchange = call.exchange
+        route = exchange.route if exchange is not None else None
+        first = call.stats.first_content_at
+        duration = self.reactor.seconds() - call.started
+        requested = route.requested if route else None
+        if requested is None and exchange is not None:
+            # An unrouted request (unknown model): its model if the body was parsed anyway;
+            # never parse it here (an unauthenticated body stays unread).
+            parsed = getattr(exchange, "_parsed", None)
+            requested = getattr(parsed, "model", None)
+        record = RequestRecord(
+            at=time.time() - duration, request_id=call.request_id, operation=op[:16],
+            status=status, duration=duration,
+            key=exchange.client if exchange is not None else None,
+            session=_session_id(call.request),
+            model_requested=requested[:200] if isinstance(requested, str) else None,
+            model=route.model.id if route and route.model else None,
+            model_served=route.upstream_model[:200] if route else None,
+            provider=route.provider if route else None, stream=streamed,
+            ttft=None if first is None else first - call.started, error_type=error_type,
+            **usage_fields(usage), **routing_fields(route))
+        for observe in self.observers:
+            try:
+                observe(record)
+            except Exception:
+                log.failure("a request observer failed on {request_id}",
+                            request_id=call.request_id)
 
 
 def _attempts(route: Any) -> int | None:
