@@ -455,3 +455,14 @@ def test_top_level_prices_are_used_without_prices_of_its_own() -> None:
     with pytest.raises(ValueError, match="none for 'm-1'"):
         build_limits(options, SimpleNamespace(config=SimpleNamespace(models=config.models),
                                               state=MemoryStore(), reactor=None))
+
+
+def test_top_level_prices_from_a_real_config() -> None:
+    config = {
+        "providers": [{"name": "test", "kind": "demo"}],
+        "models": [{"id": "priced", "provider": "test"}],
+        "prices": [{"model": "priced", "input": 2.0, "output": 4.0}],
+        "pipeline": [{"type": "translate"}],
+    }
+    stage = build_stage("limits", {"default": {"spend_per_month": 10}}, config)
+    assert stage.cost(["priced"], {"input_tokens": 100, "output_tokens": 10}) == 240
