@@ -53,6 +53,8 @@ MIB = 1024 * 1024
 #: How long the paced upstream waits after the first content chunk.
 PACED_GAP_MS = 5.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: Where bench/RESULTS.md's hand-kept instruction-count section starts (a full run keeps it).
+INSTR_MARKER = "<!-- instruction counts: kept by bench/run -->"
 
 
 def log(msg: str) -> None:
@@ -225,6 +227,9 @@ class Env:
     py_port: int = 0
     relay_port: int = 0
     relay: subprocess.Popen[bytes] | None = None
+    #: bench/floor.py (a bare treq pass-through relay): the paced case's third side.
+    floor: subprocess.Popen[bytes] | None = None
+    floor_port: int = 0
     key_hash: str = ""
     json_prefix: str = "json"
     fixtures: dict[str, Any] = field(default_factory=dict)
@@ -316,6 +321,15 @@ def start_pyupstream(env: Env) -> None:
                                        "--trickle-ms", str(TRICKLE_MS)],
                         WORK / "logs" / "pyupstream.log")
     wait_http(env.py_port, "/health", 10, p)
+
+
+def start_floor(env: Env) -> None:
+    """bench/floor.py over treq in front of the asyncio upstream: the pass-through floor."""
+    env.floor_port = free_port()
+    env.floor = env.procs.start("floor", [sys.executable, str(BENCH / "floor.py"),
+                                          str(env.floor_port), f"http://127.0.0.1:{env.py_port}",
+                                          "--client", "treq"], WORK / "logs" / "floor.log")
+    wait_http(env.floor_port, "/", 20, env.floor)
 
 
 def relay_config(env: Env, kind: str, port: int, *, access_log: bool = False) -> str:
@@ -602,19 +616,33 @@ def run_case(env: Env, case: WrkCase, conc: int) -> dict[str, Any]:
     if o.warmup > 0:
         wrk(d_url, d_body, DIRECT_HEADERS, conc, max(o.warmup, case.min_seconds))
         wrk(r_url, r_body, RELAY_HEADERS, conc, max(o.warmup, case.min_seconds))
+    # The paced stream also goes through the bare pass-through relay (the floor), interleaved.
+    floor = env.floor if case.key == "trickle" and env.floor is not None else None
+    f_url = d_url.replace(f":{env.py_port}/", f":{env.floor_port}/")
+    if floor is not None and o.warmup > 0:
+        wrk(f_url, d_body, DIRECT_HEADERS, conc, max(o.warmup, case.min_seconds))
     direct: list[dict[str, Any]] = []
     relay: list[dict[str, Any]] = []
-    for _ in range(o.runs):
-        direct.append(wrk(d_url, d_body, DIRECT_HEADERS, conc, seconds))
-        u0, s0 = cpu_split(pid)
-        r = wrk(r_url, r_body, RELAY_HEADERS, conc, seconds)
-        u1, s1 = cpu_split(pid)
+    floors: list[dict[str, Any]] = []
+
+    def measured(proc_pid: int, url: str, body: Path, headers: dict[str, str]) -> dict[str, Any]:
+        u0, s0 = cpu_split(proc_pid)
+        r = wrk(url, body, headers, conc, seconds)
+        u1, s1 = cpu_split(proc_pid)
         r["cpu"] = (u1 - u0) + (s1 - s0)
         r["sys_share"] = (s1 - s0) / r["cpu"] if r["cpu"] > 0 else float("nan")
         r["cpu_per_req_ms"] = r["cpu"] * 1000 / max(1, r["requests"])
-        relay.append(r)
+        return r
+
+    for _ in range(o.runs):
+        direct.append(wrk(d_url, d_body, DIRECT_HEADERS, conc, seconds))
+        relay.append(measured(pid, r_url, r_body, RELAY_HEADERS))
+        if floor is not None:
+            floors.append(measured(floor.pid, f_url, d_body, DIRECT_HEADERS))
     out = {"case": case.key, "conc": conc, "direct": direct, "relay": relay,
            "rss_after_kib": rss_kib(pid)}
+    if floors:
+        out["floor"] = floors
     bad = sum(x["errors"] for x in direct + relay)
     if bad:
         env.notes.append(f"{case.key} c={conc}: {bad} wrk errors "
@@ -877,6 +905,7 @@ def machine() -> dict[str, str]:
         "txrelay": f"{txrelay_v} @ {rev}{' + uncommitted changes in txrelay/' if dirty else ''}",
         "nginx": nginx_v,
         "wrk": wrk_v[0] if wrk_v else "?",
+        "load average at start (1/5/15 min)": "{:.2f} / {:.2f} / {:.2f}".format(*os.getloadavg()),
     }
 
 
@@ -914,6 +943,8 @@ class Report:
         add("| machine | |\n|---|---|")
         for k, v in self.info.items():
             add(f"| {k} | {v} |")
+        add("| load average at end (1/5/15 min) | {:.2f} / {:.2f} / {:.2f} |".format(
+            *os.getloadavg()))
         add(f"| provider kind | `{self.env.kind}` |")
         add(f"| load | wrk -t1, {o.duration:g} s per run, {o.runs} interleaved run(s) per "
             f"side, {o.warmup:g} s warm-up; relay and load generator share the "
@@ -924,6 +955,7 @@ class Report:
             for n in self.env.notes:
                 add(f"- {n}")
             add("")
+        self._headline(add)
         self._targets(add)
         self._nonstream(add)
         self._stream(add)
@@ -934,6 +966,39 @@ class Report:
             "Ratios are relay ÷ direct of the medians. Relay CPU is user+system time of the "
             "relay process (from /proc/PID/stat) during the run, divided by the requests.\n")
         return "\n".join(w)
+
+    def _headline(self, add: Callable[[str], None]) -> None:
+        """The paced stream at c=32: what one core's capacity for real token streams hangs on."""
+        c = self.case("trickle", 32)
+        if not c:
+            return
+        chunks = fixtures.STREAM_CHUNKS
+        add(f"## Headline: paced stream, {chunks} chunks one per read ({TRICKLE_MS:g} ms apart), "
+            "c=32\n")
+        add("Direct, relayed and (the floor) through a bare Twisted pass-through relay "
+            "(bench/floor.py, treq, no parsing), interleaved run by run.\n")
+        add("| side | streams/s | p50 ms | p99 ms | CPU ms per stream | µs per chunk | "
+            "\u00d7 floor | of it kernel |")
+        add("|---|---:|---:|---:|---:|---:|---:|---:|")
+        floor_cpu = (Spread.of([x["cpu_per_req_ms"] for x in c["floor"]]).median
+                     if c.get("floor") else None)
+        for who, label in (("direct", "direct (upstream itself)"), ("relay", "**txrelay**"),
+                           ("floor", "floor (bare treq pass-through)")):
+            runs = c.get(who)
+            if not runs:
+                continue
+            cells = [label] + [Spread.of([x[m] for x in runs]).fmt(f)
+                               for m, f in (("rps", f_int), ("p50", f_ms), ("p99", f_ms))]
+            if who == "direct":
+                cells += ["", "", "", ""]
+            else:
+                cpu = Spread.of([x["cpu_per_req_ms"] for x in runs])
+                per_chunk = Spread.of([x["cpu_per_req_ms"] * 1000 / chunks for x in runs])
+                cells += [cpu.fmt(f_ms), per_chunk.fmt(lambda v: f"{v:.1f}"),
+                          f_ratio(cpu.median / floor_cpu) if floor_cpu else "",
+                          f"{Spread.of([x['sys_share'] for x in runs]).median:.0%}"]
+            add("| " + " | ".join(cells) + " |")
+        add("")
 
     def _targets(self, add: Callable[[str], None]) -> None:
         rows: list[tuple[str, str, str, str]] = []
@@ -950,19 +1015,24 @@ class Report:
 
         def med(key: str, conc: int, who: str, metric: str) -> float | None:
             c = self.case(key, conc)
-            return Spread.of([x[metric] for x in c[who]]).median if c else None
+            return Spread.of([x[metric] for x in c[who]]).median if c and c.get(who) else None
 
-        row("relay CPU per small non-streaming request (c=16)", "≤ 0.5 ms",
-            med("small", 16, "relay", "cpu_per_req_ms"), 0.5, ms)
-        row("relay CPU per Claude-Code-sized request (83 KB, non-streaming, c=16)", "≤ 2.5 ms",
-            med("cc", 16, "relay", "cpu_per_req_ms"), 2.5, ms)
+        row("relay CPU per small non-streaming request (c=16)", "≤ 0.3 ms",
+            med("small", 16, "relay", "cpu_per_req_ms"), 0.3, ms)
+        row("relay CPU per Claude-Code-sized request (83 KB, non-streaming, c=16)", "≤ 1.5 ms",
+            med("cc", 16, "relay", "cpu_per_req_ms"), 1.5, ms)
         row("relay CPU per Claude-Code-sized streamed request (83 KB + 200 chunks, c=16)",
             "≤ 2.5 ms", med("cc-stream", 16, "relay", "cpu_per_req_ms"), 2.5, ms)
-        row("relay CPU per streamed answer of 200 chunks, all in one burst (c=16)", "≤ 2.5 ms",
-            med("stream", 16, "relay", "cpu_per_req_ms"), 2.5, ms)
+        row("relay CPU per streamed answer of 200 chunks, all in one burst (c=16)", "≤ 1.5 ms",
+            med("stream", 16, "relay", "cpu_per_req_ms"), 1.5, ms)
         row(f"relay CPU per streamed answer of 200 chunks, one chunk per read "
-            f"({TRICKLE_MS:g} ms apart, c=32)", "≤ 2.5 ms",
-            med("trickle", 32, "relay", "cpu_per_req_ms"), 2.5, ms)
+            f"({TRICKLE_MS:g} ms apart, c=32)", "≤ 3 ms (15 µs per chunk)",
+            med("trickle", 32, "relay", "cpu_per_req_ms"), 3.0, ms)
+        paced, floor = med("trickle", 32, "relay", "cpu_per_req_ms"), med(
+            "trickle", 32, "floor", "cpu_per_req_ms")
+        row("the same, as a multiple of the bare pass-through floor (same runs)",
+            "\u2264 \u00d71.5", paced / floor if paced is not None and floor else None, 1.5,
+            f_ratio)
         d, r = med("small", 1, "direct", "p50"), med("small", 1, "relay", "p50")
         row("added latency at concurrency 1 (p50, small)", "≤ 0.7 ms",
             r - d if r is not None and d is not None else None, 0.7, ms)
@@ -1359,6 +1429,8 @@ def main(argv: list[str]) -> int:
             log("starting nginx and the asyncio upstream")
             start_nginx(env)
             start_pyupstream(env)
+            if "stream" in opts.only and "trickle" in opts.cases:
+                start_floor(env)
             env.kind = choose_kind(env)
             log(f"provider kind: {env.kind}")
             env.relay, env.relay_port = start_relay(env, "main")
@@ -1393,10 +1465,13 @@ def main(argv: list[str]) -> int:
            "notes": env.notes}
     (RESULTS / "latest.json").write_text(json.dumps(to_jsonable(raw), indent=1))
     if opts.write_results_md:
-        # bench/workers.py's section is its own: keep it.
+        # Sections other tools write are theirs: bench/workers.py's and the
+        # instruction-count history (bench/instr.py) are kept, from the first one on.
         old = (BENCH / "RESULTS.md").read_text() if (BENCH / "RESULTS.md").exists() else ""
-        kept = old.find("\n## Workers (bench/workers.py)")
-        (BENCH / "RESULTS.md").write_text(text + (old[kept:] if kept >= 0 else ""))
+        marks = [i for i in (old.find("\n## Workers (bench/workers.py)"), old.find(INSTR_MARKER))
+                 if i >= 0]
+        kept = old[min(marks):] if marks else ""
+        (BENCH / "RESULTS.md").write_text(text + ("\n" + kept.lstrip("\n") if kept else ""))
     log(f"done in {time.monotonic() - t0:.0f}s: {(RESULTS / 'latest.md').relative_to(ROOT)}"
         + (" and bench/RESULTS.md" if opts.write_results_md else ""))
     print(text)

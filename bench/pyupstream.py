@@ -16,6 +16,8 @@ A small asyncio Chat Completions upstream for the tests nginx cannot play.
 * ``POST /trickle/<NAME>/v1/chat/completions``: the canned stream ``NAME``, one SSE event per
   write, ``--trickle-ms`` apart, as a model streams tokens: the relay then pays its per-read
   costs (a recv, a translation, a send) once per chunk instead of once per answer.
+* ``POST /json/<NAME>/v1/chat/completions``: the canned file ``NAME`` as a JSON answer with a
+  ``content-length`` (the small non-streaming request of bench/instr.py, without nginx).
 * ``GET /stats``: ``{"open_holds": N, ...}``.
 * ``POST /probe/v1/chat/completions``: answers like a real upstream (a short stream if the
   body says ``"stream": true``, else a JSON completion) and remembers the body's ``stream``
@@ -141,6 +143,13 @@ class Upstream:
                     await writer.drain()
                     await asyncio.sleep(self.trickle)
                 writer.write(b"0\r\n\r\n")
+                await writer.drain()
+                return True
+        if len(parts) == 6 and parts[1] == "json" and path.endswith("/v1/chat/completions"):
+            answer = self._canned(parts[2])
+            if answer is not None:
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\n\r\n%s" % (len(answer), answer))
                 await writer.drain()
                 return True
         if len(parts) == 6 and parts[1] == "paced" and path.endswith("/v1/chat/completions"):

@@ -6,6 +6,9 @@ from typing import Any
 
 import attrs
 import pytest
+from hyperlink import EncodedURL
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from OpenSSL import SSL
 from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred
@@ -19,7 +22,7 @@ from twisted.web.client import (
 )
 
 from txrelay.protocol.errors import RelayError
-from txrelay.upstream.http import read_body, transport_error
+from txrelay.upstream.http import read_body, transport_error, uri_of
 
 
 @attrs.define
@@ -192,3 +195,34 @@ def test_no_retry_once_the_answer_started() -> None:
     c, _, unpooled = client(clock, (True, broke), fresh=[(False, "response")])
     _, results = post(c)
     assert results[0].check(RelayError) and unpooled.requests == 0
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:8000/v1/chat/completions",
+    "https://api.openai.com/v1/chat/completions",
+    "https://API.Example.com:443/v1/models/gemini-2.5-pro:streamGenerateContent?alt=sse",
+    "http://bücher.example/ä/v1?q=a b",
+])
+def test_a_cached_uri_sends_what_treq_would_send(url: str) -> None:
+    assert uri_of(url).to_uri().to_text() == EncodedURL.from_text(url).to_uri().to_text()
+
+
+def test_a_url_treq_cannot_convert_fails_the_same_way() -> None:
+    url = "http://[::1]:9/v1/x"  # hyperlink's IDNA step rejects it, in treq too
+    with pytest.raises(ValueError) as ours:
+        uri_of(url)
+    with pytest.raises(ValueError) as theirs:
+        EncodedURL.from_text(url).to_uri()
+    assert type(ours.value) is type(theirs.value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(host=st.sampled_from(["127.0.0.1", "api.example.com", "Upper.Example", "xn--bcher-kva.de",
+                             "bücher.de"]),
+       path=st.text(st.characters(min_codepoint=0x21, max_codepoint=0x2FF,
+                                  blacklist_characters="#?"), max_size=30),
+       query=st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E,
+                                   blacklist_characters="#"), max_size=20))
+def test_uri_of_matches_treqs_conversion(host: str, path: str, query: str) -> None:
+    url = f"https://{host}/v1/{path}" + (f"?{query}" if query else "")
+    assert uri_of(url).to_uri().to_text() == EncodedURL.from_text(url).to_uri().to_text()

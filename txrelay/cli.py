@@ -5,7 +5,8 @@ The ``txrelay`` command.
 ``txrelay serve --config FILE`` runs the relay in the foreground (as ``twistd -n relay`` does),
 ``txrelay check-config FILE`` validates a configuration and lists every problem with its key
 path, ``txrelay hash-key`` prints the SHA-256 a ``[[keys]]`` entry expects, ``txrelay usage``
-prints the usage ledger's totals per key and model.
+prints the usage ledger's totals per key and model, ``txrelay keys
+add|disable|enable|rotate|remove|list`` manages client keys in the shared store.
 """
 
 from __future__ import annotations
@@ -75,7 +76,12 @@ def _serve(path: str) -> int:
         if cfg.server.workers > 1 and not is_worker():
             service = Supervisor(r, path, cfg.server.workers, stop_on_failure=False)
         else:
-            service = RelayService(build_app(cfg, r, path), r, path)
+            from txrelay.health import Health
+            from txrelay.state.build import build_state
+
+            health = Health()
+            service = RelayService(build_app(cfg, r, path, build_state(cfg.state, r, health),
+                                             health), r, path)
         service.startService()
         r.addSystemEventTrigger("before", "shutdown", service.stopService)
         if isinstance(service, Supervisor):  # a worker that cannot start: exit 1
@@ -169,6 +175,13 @@ def _usage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(args: Any) -> int:
+    from txrelay.keys import keys_command
+
+    cfg = _load(args.config)
+    return 1 if cfg is None else keys_command(cfg, args, sys.stdout, sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``txrelay`` console script."""
     parser = argparse.ArgumentParser(prog="txrelay", description=__doc__.split("\n\n")[0])
@@ -195,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="group by a comma-separated list of key, model, requested, "
                        "provider, session (default: key,model)")
     usage.add_argument("--format", choices=("table", "json"), default="table")
+    from txrelay.keys import add_keys_parser
+
+    add_keys_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "usage":
         if args.until is not None and (args.today or args.month):
@@ -204,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args.config)
     if args.command == "hash-key":
         return _hash(args.key)
+    if args.command == "keys":
+        return _keys(args)
     return _serve(args.config)
 
 

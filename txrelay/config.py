@@ -268,6 +268,58 @@ class ServerConfig:
 
 
 @attrs.frozen
+class StateConfig:
+    """
+    ``[state]``: where the shared state (limits, quotas, breakers, affinity, managed keys)
+    lives: ``memory`` (this process) or ``redis`` (shared by a fleet). Restart-only.
+    """
+
+    kind: Literal["memory", "redis"] = "memory"
+    #: ``redis://host:port/db`` (``rediss://`` for TLS); or host/port/db below.
+    url: str | None = None
+    host: str | None = None
+    port: int | None = None
+    db: int | None = None
+    password: Secret | None = None
+    #: Prepended to every key, so several deployments can share one server.
+    prefix: str = "txrelay:"
+    #: Seconds one operation may take before it counts as a failure.
+    timeout: float = 0.25
+    #: While Redis is unreachable: ``open`` serves under in-process state, ``closed``
+    #: fails the operations (stages that need them refuse requests).
+    on_unavailable: Literal["open", "closed"] = "open"
+    #: Seconds between probes of an unreachable Redis.
+    probe_interval: float = 2.0
+
+
+def _check_state(st: StateConfig, env: Mapping[str, str], problems: list[str]) -> StateConfig:
+    if st.url is not None and (st.host, st.port, st.db) != (None, None, None):
+        problems.append("state.url: give either url or host/port/db, not both")
+    if st.url is not None:
+        from txrelay.state.redis import RedisAddress
+
+        try:
+            RedisAddress.from_url(st.url)
+        except ValueError as e:
+            problems.append(f"state.url: {e}")
+    if st.port is not None and not 0 < st.port < 65536:
+        problems.append("state.port: must be between 1 and 65535")
+    if st.db is not None and st.db < 0:
+        problems.append("state.db: must not be negative")
+    if not 0 < st.timeout <= 30:
+        problems.append("state.timeout: must be between 0 and 30 seconds")
+    if not 0 < st.probe_interval <= 300:
+        problems.append("state.probe_interval: must be between 0 and 300 seconds")
+    if st.kind == "memory" and (st.url or st.host or st.password):
+        problems.append("state.kind: is \"memory\", but a Redis server is configured "
+                        "(set kind = \"redis\")")
+    if st.password is not None:
+        return attrs.evolve(st, password=_resolve_secret(st.password, "state.password", env,
+                                                         problems))
+    return st
+
+
+@attrs.frozen
 class LogConfig:
     """Logging."""
 
@@ -349,6 +401,7 @@ class RelayConfig:
     ledger: LedgerConfig | None = None
     #: ``[[prices]]``: USD per million tokens by model glob (:mod:`txrelay.ledger.prices`).
     prices: tuple[Price, ...] = ()
+    state: StateConfig = StateConfig()
 
     def provider(self, name: str) -> ProviderConfig | None:
         """The provider called ``name``."""
@@ -485,6 +538,8 @@ def secret_values(cfg: RelayConfig, env: Mapping[str, str] | None = None) -> lis
         from txrelay.ledger.report import dsn_secrets
 
         out.extend(dsn_secrets(cfg.ledger.dsn.value))
+    if cfg.state.password is not None:
+        out.append(cfg.state.password.value)
     return [v for v in out if v]
 
 
@@ -654,13 +709,14 @@ def _check(cfg: RelayConfig, env: Mapping[str, str], problems: list[str]) -> Rel
     problems.extend(tracing_problems(cfg.tracing))
     ledger = _check_ledger(cfg, env, problems)
     problems.extend(price_problems(cfg.prices))
+    state = _check_state(cfg.state, env, problems)
 
     types = [st.type for st in cfg.pipeline]
     if "translate" not in types:
         problems.append("pipeline: the last stage must be 'translate' (none found)")
     elif types[-1] != "translate":
         problems.append("pipeline: 'translate' must be the last stage")
-    return attrs.evolve(cfg, providers=tuple(providers), ledger=ledger)
+    return attrs.evolve(cfg, providers=tuple(providers), ledger=ledger, state=state)
 
 
 def _resolve_pool(p: ProviderConfig, where: str, env: Mapping[str, str],

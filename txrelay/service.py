@@ -251,7 +251,11 @@ def _metrics_observer(metrics: Metrics) -> Callable[[str, RelayError], None]:
 RESTART_ONLY = ("server.listen", "server.metrics_listen", "server.admin_listen",
                 "server.metrics", "server.max_buffered_bytes", "server.workers",
                 "server.reuse_port",
-                "log.format", "ledger")
+                "log.format", "ledger",
+                # The state store is built once at start (txrelay.state.build).
+                "state.kind", "state.url", "state.host", "state.port", "state.db",
+                "state.prefix", "state.timeout", "state.on_unavailable",
+                "state.probe_interval")
 
 
 def _setting(cfg: RelayConfig, dotted: str) -> Any:
@@ -272,7 +276,7 @@ def _keep_running(old: RelayConfig, new: RelayConfig) -> RelayConfig:
         k.split(".", 1)[1]: _setting(old, k) for k in RESTART_ONLY
         if k.startswith("server.") and hasattr(new.server, k.split(".", 1)[1])})
     return attrs.evolve(new, server=server, log=attrs.evolve(new.log, format=old.log.format),
-                        ledger=old.ledger)
+                        ledger=old.ledger, state=old.state)
 
 
 def _front_door(app: App, metrics: Metrics | None) -> FrontDoorPolicy:
@@ -299,6 +303,10 @@ class RelayService(Service):
         self.lifecycle = Lifecycle()
         server = app.config.server
         metrics = self.metrics = Metrics() if server.metrics else None
+        if metrics is not None and app.state is not None:
+            from txrelay.state.failover import register_metrics
+
+            register_metrics(metrics.registry, app.state)
         admin_digests = admin_key_digests(app.config)[0]
         self.status_page = StatusPage(generation=lambda: self.resource.generation)
         from txrelay.ledger.writer import open_ledger

@@ -81,7 +81,12 @@ def makeService(options: Options) -> IService:
 
     if cfg.server.workers > 1 and not is_worker():
         return Supervisor(reactor, options["config"], cfg.server.workers)
-    app = build_app(cfg, reactor, options["config"])
+    from txrelay.health import Health
+    from txrelay.state.build import build_state
+
+    health = Health()  # the store reports to it from the start, across reloads
+    app = build_app(cfg, reactor, options["config"], build_state(cfg.state, reactor, health),
+                    health)
     service: Any = RelayService(app, reactor, options["config"])
     if cfg.log.format == "json":
         parent = getattr(options, "parent", None)

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.integration
 ADMIN_KEY = "txrelay-admin-key-for-tests"
 NEW_KEY = "txrelay-key-added-by-reload"
 ADMIN = [{"name": "ops", "sha256": hash_key(ADMIN_KEY)}]
-SLOW_DEMO = [{"name": "demo", "kind": "demo", "options": {"event_delay": 0.15}}]
+SLOW_DEMO = [{"name": "demo", "kind": "demo", "options": {"event_delay": 0.3}}]
 STREAM_BODY = {"model": "sonnet", "max_tokens": 500, "stream": True,
                "messages": [{"role": "user", "content": "a slow answer that outlives "
                                                         "the reload, please"}]}

@@ -102,8 +102,8 @@ def test_config_names_a_tcp_listener_reuse_port_cannot_bind() -> None:
      "only, which the workers inherit)"),
     ({"workers": 0}, "server.workers: must be between 1 and 64"),
     ({"workers": 2, "reuse_port": True, "listen": ["unix:/tmp/x.sock"]},
-     "server.listen[0]: with server.workers, every listener must be tcp:, tcp6: or "
-     "systemd: ('unix:/tmp/x.sock')"),
+     "server.listen[0]: with server.workers, every listener must be tcp:, tcp6:, ssl: "
+     "or systemd: ('unix:/tmp/x.sock')"),
 ])
 def test_config_names_what_workers_need(server: dict[str, object], problem: str) -> None:
     raw = tomllib.loads(config_text(server=server))

@@ -9,7 +9,7 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from txrelay.interfaces import IStageFactory, StageServices
-from txrelay.stages.auth import AuthOptions, AuthStage
+from txrelay.stages.auth import AuthOptions, build_auth
 from txrelay.stages.identity import IdentityGuardStage, IdentityOptions
 from txrelay.stages.limits import LimitsOptions, build_limits
 from txrelay.stages.modelmap import ModelMapOptions, ModelMapStage
@@ -25,13 +25,7 @@ class _Auth:
     options_type: type = AuthOptions
 
     def build(self, options: AuthOptions, services: StageServices) -> Any:
-        digests = dict(services.key_digests)
-        if options.allow:
-            unknown = set(options.allow) - set(digests)
-            if unknown:
-                raise ValueError(f"allow: no key named {', '.join(sorted(unknown))}")
-            digests = {n: d for n, d in digests.items() if n in options.allow}
-        return AuthStage(digests)
+        return build_auth(options, services)
 
 
 @implementer(IPlugin, IStageFactory)

@@ -39,6 +39,7 @@ which fails loudly when an upgrade changes them):
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.interfaces import IDelayedCall, ITCPTransport
@@ -49,6 +50,7 @@ from twisted.web.http import HTTPChannel, _ChunkedTransferDecoder, _MalformedChu
 from txrelay.logs import RelayLogger
 from txrelay.protocol.errors import RelayError, api_error
 from txrelay.protocol.ids import request_id
+from txrelay.server.directwrite import write_now
 from txrelay.server.frontdoor import (
     MAX_FRAMING_LENGTH,
     BufferBudget,
@@ -133,6 +135,12 @@ class FrontDoorChannel(HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()  # type: ignore[no-untyped-call]
+        # Replies are written as they are ready (streamed frames, head and body together):
+        # Nagle's algorithm would hold a frame back until the client ACKs the previous one.
+        set_nodelay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_nodelay is not None:
+            with contextlib.suppress(OSError):
+                set_nodelay(True)
         self.MAX_LENGTH = self.totalHeadersSize = self.policy.max_head_bytes
         self._start_head()
 
@@ -142,6 +150,16 @@ class FrontDoorChannel(HTTPChannel):
             self._abort_timer.cancel()
         self._release()
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
+
+    # -- writing: at once when the socket has nothing queued (txrelay.server.directwrite) ----
+
+    def write(self, data: bytes) -> None:
+        if not write_now(self.transport, (data,)):
+            super().write(data)  # type: ignore[no-untyped-call]
+
+    def writeSequence(self, iovec: list[bytes]) -> None:
+        if not write_now(self.transport, iovec):
+            super().writeSequence(iovec)  # type: ignore[no-untyped-call]
 
     def dataReceived(self, data: bytes) -> None:
         if self._phase == "rejected":
