@@ -11,6 +11,7 @@ from zope.interface import implementer
 from txrelay.interfaces import IStageFactory, StageServices
 from txrelay.stages.auth import AuthOptions, build_auth
 from txrelay.stages.identity import IdentityGuardStage, IdentityOptions
+from txrelay.stages.limits import LimitsOptions, build_limits
 from txrelay.stages.modelmap import ModelMapOptions, ModelMapStage
 from txrelay.stages.toolhygiene import ToolHygieneOptions, ToolHygieneStage
 from txrelay.stages.toolintercept.stage import ToolInterceptOptions, build_tool_intercept
@@ -93,3 +94,16 @@ class _IdentityGuard:
 
 
 identity_guard = _IdentityGuard()
+
+
+@implementer(IPlugin, IStageFactory)
+@attrs.frozen
+class _Limits:
+    type_name: str = "limits"
+    options_type: type = LimitsOptions
+
+    def build(self, options: LimitsOptions, services: StageServices) -> Any:
+        return build_limits(options, services)
+
+
+limits = _Limits()
