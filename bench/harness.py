@@ -1466,10 +1466,12 @@ def main(argv: list[str]) -> int:
     (RESULTS / "latest.json").write_text(json.dumps(to_jsonable(raw), indent=1))
     if opts.write_results_md:
         # Sections other tools write are theirs: bench/workers.py's and the
-        # instruction-count history (bench/instr.py) are kept, from the first one on.
+        # instruction-count history (bench/instr.py) and bench/limits.py's are kept, from the
+        # first one on.
         old = (BENCH / "RESULTS.md").read_text() if (BENCH / "RESULTS.md").exists() else ""
-        marks = [i for i in (old.find("\n## Workers (bench/workers.py)"), old.find(INSTR_MARKER))
-                 if i >= 0]
+        marks = [i for i in (old.find("\n## Limits stage"),
+                             old.find("\n## Workers (bench/workers.py)"),
+                             old.find(INSTR_MARKER)) if i >= 0]
         kept = old[min(marks):] if marks else ""
         (BENCH / "RESULTS.md").write_text(text + ("\n" + kept.lstrip("\n") if kept else ""))
     log(f"done in {time.monotonic() - t0:.0f}s: {(RESULTS / 'latest.md').relative_to(ROOT)}"
