@@ -95,6 +95,12 @@ class Exchange:
         self._body = None
 
     @property
+    def parsed_request(self) -> MessagesRequest | None:
+        """The request if it was parsed already, else ``None``: never parses the body (for
+        observers that must not read an unauthenticated body)."""
+        return self._parsed
+
+    @property
     def raw_body(self) -> bytes:
         """The body bytes of :attr:`request`: the client's, until a stage replaced it."""
         if self._replaced:

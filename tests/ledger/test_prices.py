@@ -80,7 +80,8 @@ def test_the_example_blocks_are_valid_when_uncommented(tmp_path: Path) -> None:
     import tomllib
 
     text = (Path(__file__).resolve().parents[2] / "config.example.toml").read_text()
-    block = text[text.index("# [ledger]"):text.index("# ── Client keys")]
+    start = text.index("# [ledger]")
+    block = text[start:text.index("\n# ──", start)]
     lines = [line[2:] for line in block.splitlines()
              if line.startswith("# ") and not line.startswith("# #")]
     raw = tomllib.loads("\n".join(line for line in lines if "=" in line or "[" in line))

@@ -586,8 +586,8 @@ class RelayResource(Resource):
         if requested is None and exchange is not None:
             # An unrouted request (unknown model): its model if the body was parsed anyway;
             # never parse it here (an unauthenticated body stays unread).
-            parsed = getattr(exchange, "_parsed", None)
-            requested = getattr(parsed, "model", None)
+            parsed = exchange.parsed_request
+            requested = parsed.model if parsed is not None else None
         record = RequestRecord(
             at=time.time() - duration, request_id=call.request_id, operation=op[:16],
             status=status, duration=duration,
