@@ -160,8 +160,8 @@ def test_an_unavailable_store_keeps_the_last_copy(relay: Relay) -> None:
 
 
 def test_config_keys_carry_no_groups_by_default() -> None:
-    stage = AuthStage({"alice": bytes.fromhex(hash_key("k"))})
-    exchange = make_exchange(headers={"x-api-key": "k"})
+    stage = AuthStage({"alice": bytes.fromhex(hash_key("alice-config-key-0123"))})
+    exchange = make_exchange(headers={"x-api-key": "alice-config-key-0123"})
     run_stage(stage, exchange)
     assert exchange.state["key"] == KeyInfo("alice", "config")
 
