@@ -443,10 +443,10 @@ def test_top_level_prices_are_used_without_prices_of_its_own() -> None:
     """The configuration's ``[[prices]]`` (shared with the usage ledger) price spend."""
     from types import SimpleNamespace
 
+    from txrelay.ledger.prices import Price
     from txrelay.stages.limits import build_limits
 
-    price = SimpleNamespace(model="m-*", input=1000.0, output=1000.0, cache_read=None,
-                            cache_write=None)
+    price = Price(model="m-*", input=1000.0, output=1000.0)
     config = SimpleNamespace(models=[SimpleNamespace(id="m-1")], prices=[price])
     options = _converter.structure({"default": {"spend_per_day": 1}}, LimitsOptions)
     stage = build_limits(options, SimpleNamespace(config=config, state=MemoryStore(),

@@ -119,15 +119,15 @@ def test_prices() -> None:
     usage = {"input_tokens": 1000, "output_tokens": 200, "cache_read_input_tokens": 10_000,
              "cache_creation_input_tokens": 2000}
     # 1000*3 + 200*15 + 10000*0.3 + 2000*3.75 µ$
-    assert sonnet.cost(usage) == 3000 + 3000 + 3000 + 7500
+    assert sonnet.micro_cost(usage) == 3000 + 3000 + 3000 + 7500
     explicit = ModelPrice("x", input=1, output=2, cache_read=0, cache_write=0)
-    assert explicit.cost(usage) == 1000 + 400
+    assert explicit.micro_cost(usage) == 1000 + 400
     assert total_tokens(usage) == 13_200
     assert total_tokens({"input_tokens": True, "output_tokens": -3}) == 0
     table = PriceTable((sonnet, ModelPrice("*", input=1)))
-    assert table.find([None, "claude-sonnet-4-6"]) is sonnet
-    assert table.find(["gpt-4o"]) == ModelPrice("*", input=1)
-    assert PriceTable().find(["a"]) is None
+    assert table.find(None, "claude-sonnet-4-6") is sonnet
+    assert table.find("gpt-4o") == ModelPrice("*", input=1)
+    assert PriceTable().find("a") is None
     assert dollars(12_345_678) == "$12.35"
     assert dollars(500) == "$0.0005"
     assert dollars(0) == "$0.00"
@@ -141,7 +141,7 @@ def test_prices() -> None:
 def test_cost_is_monotonic_in_usage(usage: dict[str, int], pin: float, pout: float) -> None:
     price = ModelPrice("*", input=pin, output=pout)
     more = {k: v + 1000 for k, v in usage.items()}
-    assert 0 <= price.cost(usage) <= price.cost(more)
+    assert 0 <= price.micro_cost(usage) <= price.micro_cost(more)
 
 
 def test_headers_pick_the_tightest() -> None:

@@ -41,20 +41,29 @@ class Price:
 
     def cost(self, usage: Mapping[str, Any]) -> float:
         """The USD cost of ``usage`` (Anthropic usage field names; missing counts are 0)."""
+        return self._micro(usage) / 1_000_000
+
+    def micro_cost(self, usage: Mapping[str, Any]) -> int:
+        """The cost of ``usage`` in whole micro-dollars (µ$, rounded): integers a store can
+        add atomically (the ``limits`` stage's spend budgets)."""
+        return round(self._micro(usage))
+
+    def _micro(self, usage: Mapping[str, Any]) -> float:
+        # USD per million tokens x tokens is already µ$.
         cache_read = (self.input * CACHE_READ_RATIO if self.cache_read is None
                       else self.cache_read)
         cache_write = (self.input * CACHE_WRITE_RATIO if self.cache_write is None
                        else self.cache_write)
-        total = (_count(usage, "input_tokens") * self.input
-                 + _count(usage, "output_tokens") * self.output
-                 + _count(usage, "cache_read_input_tokens") * cache_read
-                 + _count(usage, "cache_creation_input_tokens") * cache_write)
-        return total / 1_000_000
+        return (tokens(usage, "input_tokens") * self.input
+                + tokens(usage, "output_tokens") * self.output
+                + tokens(usage, "cache_read_input_tokens") * cache_read
+                + tokens(usage, "cache_creation_input_tokens") * cache_write)
 
 
-def _count(usage: Mapping[str, Any], field: str) -> int:
+def tokens(usage: Mapping[str, Any], field: str) -> int:
+    """A token count of ``usage`` (0 when absent or not a count)."""
     value = usage.get(field)
-    return value if isinstance(value, int) and value > 0 else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 @attrs.frozen

@@ -163,7 +163,7 @@ def options_problems(options: LimitsOptions, model_ids: Iterable[str]) -> list[s
     if any(entry.has_spend() for _, entry in entries):
         # A spend budget over an unpriced model would never be reached: refuse that here.
         table = PriceTable(options.prices)
-        unpriced = [m for m in model_ids if table.find([m]) is None]
+        unpriced = [m for m in model_ids if table.find(m) is None]
         if unpriced:
             problems.append("prices: spend budgets need a price for every model (here or in "
                             "the top-level [[prices]]); none for "
@@ -439,7 +439,7 @@ class LimitsStage:
     def cost(self, names: Iterable[str | None], usage: Mapping[str, Any]) -> int:
         """What ``usage`` cost (µ$) at the first of ``names`` that has a price, else 0."""
         listed = tuple(names)
-        price = self._prices.find(listed)
+        price = self._prices.find(*listed)
         if price is None:
             model = next((n for n in listed if n), "?")
             if model not in self._unpriced:
@@ -447,7 +447,7 @@ class LimitsStage:
                 log.warn("limits: no price for model {model}; its spend counts as 0",
                          model=model)
             return 0
-        return price.cost(usage)
+        return price.micro_cost(usage)
 
     # -- the stage
 
@@ -662,8 +662,7 @@ def shared_prices(config: Any) -> tuple[ModelPrice, ...]:
     The top-level ``[[prices]]`` of the configuration (the usage ledger's), when it has
     them: the stage's own ``prices`` option is used instead when given.
     """
-    return tuple(ModelPrice(p.model, p.input, p.output, p.cache_read, p.cache_write)
-                 for p in getattr(config, "prices", None) or ())
+    return tuple(getattr(config, "prices", None) or ())
 
 
 def build_limits(options: LimitsOptions, services: Any) -> LimitsStage:
