@@ -269,6 +269,9 @@ def test_workers_share_metrics_and_readiness(tmp: Path) -> None:
         pinned = {pid: cs[0] for pid, cs in by_worker.items()}
         metrics_conn = http.client.HTTPConnection("127.0.0.1", metrics_port, timeout=20)
         conns.append(metrics_conn)
+        # A request is counted just after its answer was written: wait for the last one.
+        wait_until(lambda: total(scrape(metrics_conn), "txrelay_requests_total",
+                                 client="tester", status="200") == len(tokens))
         for where in (pinned[a], pinned[b], metrics_conn):
             samples = scrape(where)
             assert total(samples, "txrelay_requests_total", client="tester",
@@ -302,8 +305,9 @@ def test_workers_share_metrics_and_readiness(tmp: Path) -> None:
         samples = scrape(pinned[b])
         assert total(samples, "txrelay_streams_active") == 0  # the dead worker's is gone
         # Worker a's counts stay (its stream never finished: not counted).
-        assert total(samples, "txrelay_requests_total", client="tester",
-                     status="200") == len(tokens) + streamed_on_b
+        wait_until(lambda: total(scrape(pinned[b]), "txrelay_requests_total",
+                                 client="tester", status="200")
+                   == len(tokens) + streamed_on_b)
         wait_until(lambda: notify.wait_for("STATUS")["STATUS"].startswith("2/2 "))
         workers = children(relay.process.pid)
         (c,) = [pid for pid in workers if pid != b]
