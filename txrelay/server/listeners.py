@@ -73,6 +73,19 @@ class TCPListenSpec:
     backlog: int = 50
 
 
+def _port_and_backlog(description: str, positional: list[str],
+                      named: dict[str, str]) -> tuple[int, int]:
+    """The port (positional or ``port=``) and ``backlog`` of an endpoint string, checked."""
+    try:
+        port = int(positional[0] if positional else named["port"])
+        backlog = int(named.get("backlog", "50"))
+    except (KeyError, ValueError):
+        raise ValueError(f"{description!r}: the port and backlog must be numbers") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{description!r}: port {port} is out of range")
+    return port, backlog
+
+
 def parse_tcp(description: str) -> TCPListenSpec | None:
     """
     ``tcp:8080:interface=127.0.0.1:backlog=128`` (or ``port=8080``) as a spec; ``None``
@@ -90,13 +103,7 @@ def parse_tcp(description: str) -> TCPListenSpec | None:
                          f"port, interface and backlog, not {', '.join(sorted(unknown))}")
     if (positional and "port" in named) or len(positional) > 1:
         raise ValueError(f"{description!r}: give the port once")
-    try:
-        port = int(positional[0] if positional else named["port"])
-        backlog = int(named.get("backlog", "50"))
-    except (KeyError, ValueError):
-        raise ValueError(f"{description!r}: the port and backlog must be numbers") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"{description!r}: port {port} is out of range")
+    port, backlog = _port_and_backlog(description, positional, named)
     default = "::" if family == socket.AF_INET6 else ""
     return TCPListenSpec(family, port, named.get("interface", default), backlog)
 
@@ -189,13 +196,7 @@ def parse_ssl(description: str, base: str = ".") -> TLSListenSpec | None:
     minimum = named.get("tlsMinimum", "1.2")
     if minimum not in _MINIMUM:
         raise ValueError(f"{description!r}: tlsMinimum must be 1.2 or 1.3, not {minimum!r}")
-    try:
-        port = int(positional[0] if positional else named["port"])
-        backlog = int(named.get("backlog", "50"))
-    except (KeyError, ValueError):
-        raise ValueError(f"{description!r}: the port and backlog must be numbers") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"{description!r}: port {port} is out of range")
+    port, backlog = _port_and_backlog(description, positional, named)
 
     def path(name: str) -> str | None:
         value = named.get(name)
