@@ -363,3 +363,12 @@ def test_provider_prefixed_names_get_their_presets_capabilities() -> None:
     obj = ModelCatalog.from_config(cfg).get("p/deepseek-reasoner")
     assert obj is not None and obj["capabilities"]["image_input"] == {"supported": False}
     ModelInfo.model_validate(obj)
+
+
+def test_resolve_is_cached_and_shares_its_immutable_result() -> None:
+    """A request resolves its model's capabilities several times: once per table is enough."""
+    table = CapabilityTable(vision=False)
+    first = resolve(table, "deepseek-chat", max_tokens=100)
+    assert resolve(CapabilityTable(vision=False), "deepseek-chat", max_tokens=100) is first
+    assert resolve(table, "deepseek-chat", max_tokens=200) is not first
+    assert first.max_output_tokens == 100 and first.vision is False

@@ -148,11 +148,15 @@ def preset_for(upstream_model: str) -> Preset | None:
     return None
 
 
+@functools.lru_cache(maxsize=1024)
 def resolve(table: CapabilityTable, upstream_model: str, *, max_tokens: int | None = None,
             max_input_tokens: int | None = None) -> Capabilities:
     """
     ``table`` over its preset over the defaults; ``max_tokens``/``max_input_tokens`` (the
     model's older keys) stand in for ``max_output_tokens``/``context_window``.
+
+    Cached (every argument is immutable, and so is the result): a request resolves its
+    model's capabilities about three times.
     """
     if table.preset == "auto":
         preset = preset_for(upstream_model)

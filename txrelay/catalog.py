@@ -51,8 +51,10 @@ class Route:
 
     def for_target(self, target: Target) -> Route:
         """This route sent to ``target``."""
-        return attrs.evolve(self, provider=target.provider,
-                            upstream_model=target.upstream_model, target=target.name)
+        # (a constructor call: attrs.evolve introspects the class on every call)
+        return Route(requested=self.requested, provider=target.provider,
+                     upstream_model=target.upstream_model, model=self.model,
+                     targets=self.targets, target=target.name, attempts=self.attempts)
 
 
 def _route(name: str, model: ModelConfig, asked: str | None = None) -> Route:

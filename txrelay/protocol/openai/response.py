@@ -9,6 +9,7 @@ Tool calls use complete-then-emit mode (R-S11): each input is one canonical JSON
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -89,6 +90,12 @@ def _shape_problem(body: dict[str, Any]) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=256)
+def _whole_answer(dialect: OpenAIDialect) -> OpenAIDialect:
+    """``dialect`` for a whole (non-streamed) answer: tool arguments come complete."""
+    return attrs.evolve(dialect, tool_streaming="complete", cumulative_args=False)
+
+
 def chat_response_events(
     body: dict[str, Any],
     *,
@@ -116,7 +123,7 @@ def chat_response_events(
     translator = ChatStreamTranslator(
         model=model,
         input_tokens=input_tokens,
-        dialect=attrs.evolve(dialect, tool_streaming="complete", cumulative_args=False),
+        dialect=_whole_answer(dialect),
         stop_sequences=stop_sequences,
         tool_names=tool_names,
         message_id=message_id,
