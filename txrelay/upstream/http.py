@@ -38,6 +38,7 @@ from txrelay.config import ProviderConfig
 from txrelay.logs import RelayLogger
 from txrelay.protocol.errors import RelayError, connection_error
 from txrelay.server.directwrite import write_now
+from txrelay.upstream.fastbody import LeanClientFactory
 from txrelay.upstream.tls import HANDSHAKE_FAILED, StrictPolicyForHTTPS, describe_tls_failure
 
 log = RelayLogger()
@@ -147,7 +148,12 @@ def uri_of(url: str) -> EncodedURL:
 
 
 class _Pool(HTTPConnectionPool):
-    """A pool that connects quietly and tells whether the last connection it gave was reused."""
+    """
+    A pool that connects quietly, reads bodies through :mod:`txrelay.upstream.fastbody`, and
+    tells whether the last connection it gave was reused.
+    """
+
+    _factory = LeanClientFactory
 
     #: Whether the connection handed out by the latest :meth:`getConnection` came from the
     #: pool (it fires at once) rather than from a new connect.
