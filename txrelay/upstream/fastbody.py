@@ -47,7 +47,7 @@ class LeanChunkedDecoder(_ChunkedTransferDecoder):
         owner = getattr(dataCallback, "__self__", None)
         # Response._bodyDataReceived dispatches on the response's state per call; while a
         # body protocol is connected that is a call of its dataReceived, made here directly.
-        self._response: Response | None = owner if isinstance(owner, Response) else None
+        self._response: Any = owner if isinstance(owner, Response) else None
 
     def dataReceived(self, data: bytes) -> None:
         """Deliver the whole chunks at the start of ``data``; the rest the Twisted way."""
@@ -76,7 +76,7 @@ class LeanChunkedDecoder(_ChunkedTransferDecoder):
 
 
 #: The parser's transfer decoders, for :class:`LeanClientProtocol`'s responses.
-_DECODERS = {b"chunked": LeanChunkedDecoder}
+_DECODERS: dict[bytes, type[_ChunkedTransferDecoder]] = {b"chunked": LeanChunkedDecoder}
 
 
 class LeanClientProtocol(HTTP11ClientProtocol):
@@ -95,15 +95,15 @@ class LeanClientProtocol(HTTP11ClientProtocol):
         A read of a response body goes straight to its decoder, as the parser would pass it
         (raw mode, nothing buffered); anything else goes through the parser.
         """
-        parser = self._parser
+        parser: Any = self._parser
         if (parser is None or parser.state != BODY or parser._busyReceiving
                 or parser._buffer):
-            super().dataReceived(data)
+            super().dataReceived(data)  # type: ignore[no-untyped-call]
             return
         try:
             parser.bodyDecoder.dataReceived(data)
         except BaseException:
-            self._giveUp(Failure())
+            self._giveUp(Failure())  # type: ignore[no-untyped-call]
 
 
 class LeanClientFactory(_HTTP11ClientFactory):
@@ -111,4 +111,4 @@ class LeanClientFactory(_HTTP11ClientFactory):
 
     def buildProtocol(self, addr: Any) -> LeanClientProtocol:
         """A protocol returning to the pool through the quiescent callback."""
-        return LeanClientProtocol(self._quiescentCallback)
+        return LeanClientProtocol(self._quiescentCallback)  # type: ignore[no-untyped-call]
