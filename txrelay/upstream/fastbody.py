@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.upstream.test_fastbody -*-
+# -*- test-case-name: tests.test_upstream_fastbody -*-
 """
 A leaner path for upstream response bodies, behind Agent's interfaces.
 
