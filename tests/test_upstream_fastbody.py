@@ -5,6 +5,7 @@ errors, backpressure and connection reuse, for every way a response can be split
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -48,7 +49,7 @@ def decode(cls: type[_ChunkedTransferDecoder], reads: list[bytes]) -> list[Any]:
 
 def split(body: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({0, len(body), *(c % (len(body) + 1) for c in cuts)})
-    return [body[a:b] for a, b in zip(points, points[1:], strict=False)] or [body]
+    return [body[a:b] for a, b in pairwise(points)] or [body]
 
 
 def same(reads: list[bytes]) -> list[Any]:
@@ -79,7 +80,8 @@ def damaged(draw: Any) -> bytes:
     """A chunked body with a byte replaced, inserted or removed somewhere."""
     body: bytes = draw(chunked())
     at = draw(st.integers(0, len(body)))
-    byte = draw(st.sampled_from([b"\r", b"\n", b";", b"g", b" ", b"0", b"-", b"+", b"\x00", b";\x01"]))
+    byte = draw(st.sampled_from([b"\r", b"\n", b";", b"g", b" ", b"0", b"-", b"+", b"\x00",
+                                 b";\x01"]))
     how = draw(st.sampled_from(["replace", "insert", "delete"]))
     if how == "replace":
         return body[:at] + byte + body[at + 1:]
@@ -94,7 +96,7 @@ def test_any_split_of_a_chunked_body_decodes_as_twisted_does(body: bytes,
                                                              cuts: list[int]) -> None:
     events = same(split(body, cuts))
     # (bytes after the last chunk in a later read fail both: the parser is done by then)
-    assert [e[0] for e in events if e[0] != "data"][0] == "end"
+    assert next(e[0] for e in events if e[0] != "data") == "end"
 
 
 @settings(max_examples=400, deadline=None)
@@ -209,7 +211,7 @@ def test_a_response_split_anywhere_ends_as_with_twisteds_protocol(body: bytes,
 def test_body_reads_take_the_lean_path_and_the_connection_is_reused() -> None:
     conn = Conn(LeanClientProtocol)
     for _ in range(2):  # the second request on the same connection, after a full body
-        results, body = conn.request()
+        _, body = conn.request()
         conn.protocol.dataReceived(HEAD)
         parser: Any = conn.protocol._parser
         assert isinstance(parser.bodyDecoder, LeanChunkedDecoder) and parser.state == BODY
@@ -226,7 +228,7 @@ def test_body_reads_take_the_lean_path_and_the_connection_is_reused() -> None:
 
 def test_pause_resume_and_stop_reach_the_upstream_transport() -> None:
     conn = Conn(LeanClientProtocol)
-    results, body = conn.request()
+    _, body = conn.request()
     conn.protocol.dataReceived(HEAD)
     assert conn.transport.producerState == "producing"  # resumed by deliverBody
     assert body.transport is not None
@@ -242,7 +244,7 @@ def test_pause_resume_and_stop_reach_the_upstream_transport() -> None:
 
 def test_a_malformed_chunk_fails_the_body_and_closes_the_connection() -> None:
     conn = Conn(LeanClientProtocol)
-    results, body = conn.request()
+    _, body = conn.request()
     conn.protocol.dataReceived(HEAD + b"5\r\nhello\r\nzz\r\n")
     assert body.data == [b"hello"] and conn.transport.disconnecting
     assert body.reason is not None and body.reason.check(_newclient.ResponseFailed)
