@@ -289,3 +289,16 @@ def test_twisted_private_contract() -> None:
     assert decoder.state == "BODY" and decoder.length == 2 and decoder._buffer == bytearray()
     decoder.dataReceived(b"lo\r")
     assert decoder.state == "CRLF" and decoder._buffer == bytearray(b"\r")
+
+
+def test_cancelling_the_request_drops_the_upstream_connection() -> None:
+    """A client that left cancels the request: the connection is aborted, never pooled."""
+    conn = Conn(LeanClientProtocol)
+    request = Request(b"POST", b"/v1/x", Headers({b"host": [b"up"]}), None,
+                      persistent=True)  # type: ignore[no-untyped-call]
+    d = conn.protocol.request(request)
+    failures: list[Failure] = []
+    d.addErrback(failures.append)
+    d.cancel()
+    assert failures and failures[0].check(_newclient.ResponseNeverReceived)
+    assert conn.transport.disconnecting and conn.quiescent == []
