@@ -226,3 +226,48 @@ def test_a_url_treq_cannot_convert_fails_the_same_way() -> None:
 def test_uri_of_matches_treqs_conversion(host: str, path: str, query: str) -> None:
     url = f"https://{host}/v1/{path}" + (f"?{query}" if query else "")
     assert uri_of(url).to_uri().to_text() == EncodedURL.from_text(url).to_uri().to_text()
+
+
+def test_a_cached_uri_renders_its_text_once_and_as_treq_would() -> None:
+    url = "https://api.example.com/v1/chat/completions?x=1"
+    parsed = uri_of(url)
+    assert parsed.to_text() == url == parsed.to_text() == EncodedURL.from_text(url).to_text()
+    assert parsed.__dict__["_text"] == url
+
+
+def test_one_endpoint_per_host_and_port() -> None:
+    """Also the contract: ``Agent.request`` asks ``_getEndpoint`` for the parsed URI."""
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    from txrelay.upstream.http import _Agent
+
+    reactor = MemoryReactorClock()
+    made: list[Any] = []
+    agent = _Agent(reactor, pool=HTTPConnectionPool(reactor))  # type: ignore[no-untyped-call]
+    real = agent._endpointFactory.endpointForURI
+
+    def counted(uri: Any) -> Any:
+        made.append((uri.scheme, uri.host, uri.port))
+        return real(uri)
+
+    agent._endpointFactory.endpointForURI = counted  # type: ignore[method-assign]
+    for url in (b"http://up:8000/a", b"http://up:8000/b", b"http://up:8001/a",
+                b"http://up:8000/c"):
+        agent.request(b"GET", url)
+    assert made == [(b"http", b"up", 8000), (b"http", b"up", 8001)]
+    assert agent._getEndpoint.__func__ is not Agent._getEndpoint  # type: ignore[attr-defined]
+
+
+def test_the_cookie_jar_never_sends_a_cookie() -> None:
+    from txrelay.upstream.http import _NO_COOKIES
+
+    class Req:
+        headers: dict[str, str] = {}
+
+        def add_unredirected_header(self, name: str, value: str) -> None:
+            self.headers[name] = value
+
+    req = Req()
+    _NO_COOKIES.add_cookie_header(req)
+    assert req.headers == {} and list(_NO_COOKIES) == []

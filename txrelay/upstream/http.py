@@ -38,6 +38,7 @@ from txrelay.config import ProviderConfig
 from txrelay.logs import RelayLogger
 from txrelay.protocol.errors import RelayError, connection_error
 from txrelay.server.directwrite import write_now
+from txrelay.upstream.fastbody import LeanClientFactory
 from txrelay.upstream.tls import HANDSHAKE_FAILED, StrictPolicyForHTTPS, describe_tls_failure
 
 log = RelayLogger()
@@ -90,6 +91,15 @@ class _NoCookies(CookieJar):
     def set_cookie(self, cookie: Any) -> None:
         pass
 
+    def add_cookie_header(self, request: Any) -> None:
+        # Nothing is ever stored, so nothing is sent; skips the stdlib's lock and scan.
+        pass
+
+
+#: The jar passed as treq's per-request ``cookies``: treq builds a new (empty) jar per
+#: request from anything that is not a ``CookieJar``.
+_NO_COOKIES = _NoCookies()
+
 
 @implementer(IStreamClientEndpoint)
 @attrs.frozen
@@ -130,6 +140,15 @@ class _URI(EncodedURL):
     def to_uri(self) -> EncodedURL:
         return self
 
+    def to_text(self, with_password: bool = False) -> str:
+        # Immutable, and treq asks for its text per request: rendered once.
+        text: str | None = self.__dict__.get("_text")
+        if text is None:
+            text = super().to_text(with_password)
+            if not with_password:
+                self.__dict__["_text"] = text
+        return text
+
 
 @functools.lru_cache(maxsize=4096)
 def uri_of(url: str) -> EncodedURL:
@@ -147,7 +166,12 @@ def uri_of(url: str) -> EncodedURL:
 
 
 class _Pool(HTTPConnectionPool):
-    """A pool that connects quietly and tells whether the last connection it gave was reused."""
+    """
+    A pool that connects quietly, reads bodies through :mod:`txrelay.upstream.fastbody`, and
+    tells whether the last connection it gave was reused.
+    """
+
+    _factory = LeanClientFactory
 
     #: Whether the connection handed out by the latest :meth:`getConnection` came from the
     #: pool (it fires at once) rather than from a new connect.
@@ -167,6 +191,22 @@ class _Pool(HTTPConnectionPool):
     def _remember(self, protocol: Any) -> Any:
         self.last_protocol = protocol
         return protocol
+
+
+class _Agent(Agent):
+    """An ``Agent`` that makes one endpoint per (scheme, host, port), not one per request."""
+
+    _endpoints: dict[tuple[bytes, bytes, int], Any]
+
+    def _getEndpoint(self, uri: Any) -> Any:
+        endpoints = self.__dict__.setdefault("_endpoints", {})
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = endpoints.get(key)
+        if endpoint is None:
+            if len(endpoints) >= 64:
+                endpoints.clear()
+            endpoint = endpoints[key] = super()._getEndpoint(uri)  # type: ignore[no-untyped-call]
+        return endpoint
 
 
 class _StaleConnection(Exception):
@@ -200,14 +240,15 @@ class UpstreamClient:
         pool.retryAutomatically = False
         self.pool = pool
         self._tls_policy = StrictPolicyForHTTPS(self.provider.tls)
-        self.http = HTTPClient(self._agent(pool), cookiejar=cast("Any", _NoCookies()))
+        self.http = HTTPClient(self._agent(pool), cookiejar=cast("Any", _NO_COOKIES))
         unpooled = _Pool(self.reactor, persistent=False)  # type: ignore[no-untyped-call]
-        self._fresh = HTTPClient(self._agent(unpooled), cookiejar=cast("Any", _NoCookies()))
+        self._fresh = HTTPClient(self._agent(unpooled), cookiejar=cast("Any", _NO_COOKIES))
 
     def _agent(self, pool: HTTPConnectionPool) -> Agent:
         """The one place this provider's Agents are made (TLS policy, connect timeout)."""
-        return Agent(self.reactor, connectTimeout=self.provider.timeouts.connect, pool=pool,
-                     contextFactory=self._tls_policy)
+        return _Agent(self.reactor,  # type: ignore[no-untyped-call]
+                      connectTimeout=self.provider.timeouts.connect, pool=pool,
+                      contextFactory=self._tls_policy)
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Any:
         """
@@ -269,7 +310,7 @@ class UpstreamClient:
         hdrs: dict[bytes | str, list[bytes | str]] = {k: [v] for k, v in headers.items()}
         data = BytesProducer(body) if body is not None else None
         d = http.request("POST" if body is not None else "GET", uri_of(url), data=data,
-                         headers=hdrs,
+                         headers=hdrs, cookies=_NO_COOKIES,
                          unbuffered=True, allow_redirects=False, reactor=self.reactor)
         # Read right after the (synchronous) request call: it describes this request.
         reused = retry and self.pool is not None and self.pool.last_reused
