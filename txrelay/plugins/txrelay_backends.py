@@ -39,13 +39,13 @@ class _OpenAIChat:
     kind: str = "openai-chat"
 
     @property
-    def options_type(self) -> type:
+    def options_type(self) -> Any:
         from txrelay.upstream.openai import OpenAIChatOptions
 
         return OpenAIChatOptions
 
     @property
-    def model_options_type(self) -> type:
+    def model_options_type(self) -> Any:
         from txrelay.upstream.openai import OpenAIChatModelOptions
 
         return OpenAIChatModelOptions
