@@ -779,12 +779,15 @@ def hold_streams(env: Env, n: int) -> dict[str, Any]:
     # sockets a reactor turn after the disconnects): count what is open 3 s on, then wait
     # (bounded) until the upstream saw every stream closed, so a leak shows as a timeout.
     t_close, c_close = time.monotonic(), cpu_seconds(pid)
-    time.sleep(3)
-    left_open = upstream_stats(env).get("open_holds")
+    left_open: Any = None
     all_closed_s: float | None = None
-    while time.monotonic() - t_close < 60:
-        if upstream_stats(env).get("open_holds") == 0:
-            all_closed_s = time.monotonic() - t_close
+    while (waited := time.monotonic() - t_close) < 60:
+        open_now = upstream_stats(env).get("open_holds")
+        if left_open is None and waited >= 3:
+            left_open = open_now
+        if open_now == 0 and all_closed_s is None:
+            all_closed_s = waited
+        if all_closed_s is not None and left_open is not None:
             break
         time.sleep(0.2)
     teardown_cpu = cpu_seconds(pid) - c_close
