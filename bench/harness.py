@@ -775,18 +775,43 @@ def hold_streams(env: Env, n: int) -> dict[str, Any]:
         closed = read_line(p, 60)
     finally:
         env.procs.stop(p)
-    time.sleep(3)
+    # Many streams closed at once take the relay seconds to tear down (it closes the upstream
+    # sockets a reactor turn after the disconnects): count what is open 3 s on, then wait
+    # (bounded) until the upstream saw every stream closed, so a leak shows as a timeout.
+    t_close, c_close = time.monotonic(), cpu_seconds(pid)
+    left_open: Any = None
+    all_closed_s: float | None = None
+    while (waited := time.monotonic() - t_close) < 60:
+        open_now = upstream_stats(env).get("open_holds")
+        if left_open is None and waited >= 3:
+            left_open = open_now
+        if open_now == 0 and all_closed_s is None:
+            all_closed_s = waited
+        if all_closed_s is not None and left_open is not None:
+            break
+        time.sleep(0.2)
+    teardown_cpu = cpu_seconds(pid) - c_close
     after = rss_kib(pid)
-    left_open = upstream_stats(env).get("open_holds")
     held = int(ready["held"])
     res = {"n": n, "held": held, "failed": ready["failed"], "setup_s": ready["seconds"],
            "rss_before_kib": before, "rss_kib": during, "rss_after_kib": after,
            "kib_per_stream": (during - before) / held if held else float("nan"),
            "cpu_ms_per_stream": setup_cpu * 1000 / held if held else float("nan"),
-           "closed": closed == "CLOSED", "upstream_left_open": left_open}
+           "closed": closed == "CLOSED", "upstream_left_open": left_open,
+           "upstream_all_closed_s": all_closed_s,
+           "teardown_cpu_ms_per_stream": teardown_cpu * 1000 / held if held else float("nan")}
     log(f"  {n} streams: held {held}, RSS {before / 1024:.1f} → {during / 1024:.1f} MiB "
         f"({res['kib_per_stream']:.1f} KiB/stream), after close {after / 1024:.1f} MiB")
     return res
+
+
+def _all_closed(h: dict[str, Any]) -> str:
+    """When the upstream saw the last held stream close, and the relay's teardown CPU."""
+    if "upstream_all_closed_s" not in h:  # a report from before these fields
+        return ""
+    s = h["upstream_all_closed_s"]
+    when = f"all closed after {s:.1f} s" if s is not None else "**not all closed after 60 s**"
+    return f", {when} (teardown {h['teardown_cpu_ms_per_stream']:.2f} ms CPU per stream)"
 
 
 def upstream_stats(env: Env) -> dict[str, Any]:
@@ -1151,7 +1176,8 @@ class Report:
                 f" {h['kib_per_stream']:.1f} KiB and {h['cpu_ms_per_stream']:.2f} ms CPU per "
                 f"stream; {h['rss_before_kib'] / 1024:.1f} before, "
                 f"{h['rss_after_kib'] / 1024:.1f} after closing; upstream streams still open "
-                f"3 s after the clients left: {h.get('upstream_left_open')} |")
+                f"3 s after the clients left: {h.get('upstream_left_open')}"
+                f"{_all_closed(h)} |")
         add("")
         if self.cases:
             trail = ", ".join(f"{c['case']} c={c['conc']}: {c['rss_after_kib'] / 1024:.1f}"

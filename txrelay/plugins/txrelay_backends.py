@@ -9,24 +9,27 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from txrelay.interfaces import BackendContext, IBackendFactory
-from txrelay.upstream.anthropic import AnthropicOptions, build_anthropic_backend
-from txrelay.upstream.demo import DemoBackend, DemoOptions
-from txrelay.upstream.gemini import GeminiModelOptions, GeminiOptions, build_gemini_backend
-from txrelay.upstream.openai import (
-    OpenAIChatModelOptions,
-    OpenAIChatOptions,
-    build_openai_backend,
-)
+
+# Each backend's module is imported only when a configuration names its kind (the option
+# types are read only then), so a relay does not load, or hold in memory, backends (Gemini,
+# Vertex auth, ...) it does not use.
 
 
 @implementer(IPlugin, IBackendFactory)
 @attrs.frozen
 class _Demo:
     kind: str = "demo"
-    options_type: type = DemoOptions
     model_options_type: None = None
 
-    def build(self, options: DemoOptions, context: BackendContext) -> Any:
+    @property
+    def options_type(self) -> type:
+        from txrelay.upstream.demo import DemoOptions
+
+        return DemoOptions
+
+    def build(self, options: Any, context: BackendContext) -> Any:
+        from txrelay.upstream.demo import DemoBackend
+
         return DemoBackend(context.reactor, options)
 
 
@@ -34,10 +37,22 @@ class _Demo:
 @attrs.frozen
 class _OpenAIChat:
     kind: str = "openai-chat"
-    options_type: type = OpenAIChatOptions
-    model_options_type: type = OpenAIChatModelOptions
+
+    @property
+    def options_type(self) -> Any:
+        from txrelay.upstream.openai import OpenAIChatOptions
+
+        return OpenAIChatOptions
+
+    @property
+    def model_options_type(self) -> Any:
+        from txrelay.upstream.openai import OpenAIChatModelOptions
+
+        return OpenAIChatModelOptions
 
     def build(self, options: Any, context: BackendContext) -> Any:
+        from txrelay.upstream.openai import build_openai_backend
+
         return build_openai_backend(options, context)
 
 
@@ -45,10 +60,17 @@ class _OpenAIChat:
 @attrs.frozen
 class _Anthropic:
     kind: str = "anthropic"
-    options_type: type = AnthropicOptions
     model_options_type: None = None
 
-    def build(self, options: AnthropicOptions, context: BackendContext) -> Any:
+    @property
+    def options_type(self) -> type:
+        from txrelay.upstream.anthropic import AnthropicOptions
+
+        return AnthropicOptions
+
+    def build(self, options: Any, context: BackendContext) -> Any:
+        from txrelay.upstream.anthropic import build_anthropic_backend
+
         return build_anthropic_backend(options, context)
 
 
@@ -56,10 +78,22 @@ class _Anthropic:
 @attrs.frozen
 class _Gemini:
     kind: str = "gemini"
-    options_type: type = GeminiOptions
-    model_options_type: type = GeminiModelOptions
 
-    def build(self, options: GeminiOptions, context: BackendContext) -> Any:
+    @property
+    def options_type(self) -> type:
+        from txrelay.upstream.gemini import GeminiOptions
+
+        return GeminiOptions
+
+    @property
+    def model_options_type(self) -> type:
+        from txrelay.upstream.gemini import GeminiModelOptions
+
+        return GeminiModelOptions
+
+    def build(self, options: Any, context: BackendContext) -> Any:
+        from txrelay.upstream.gemini import build_gemini_backend
+
         return build_gemini_backend(options, context)
 
 

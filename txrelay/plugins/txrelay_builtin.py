@@ -9,22 +9,25 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from txrelay.interfaces import IStageFactory, StageServices
-from txrelay.stages.auth import AuthOptions, build_auth
-from txrelay.stages.identity import IdentityGuardStage, IdentityOptions
-from txrelay.stages.limits import LimitsOptions, build_limits
-from txrelay.stages.modelmap import ModelMapOptions, ModelMapStage
-from txrelay.stages.toolhygiene import ToolHygieneOptions, ToolHygieneStage
-from txrelay.stages.toolintercept.stage import ToolInterceptOptions, build_tool_intercept
-from txrelay.stages.translate import TranslateStage
+
+# Each stage's module is imported only when a configuration names the stage (``options_type``
+# is read only then), so a relay does not load, or hold in memory, stages it does not run.
 
 
 @implementer(IPlugin, IStageFactory)
 @attrs.frozen
 class _Auth:
     type_name: str = "auth"
-    options_type: type = AuthOptions
 
-    def build(self, options: AuthOptions, services: StageServices) -> Any:
+    @property
+    def options_type(self) -> type:
+        from txrelay.stages.auth import AuthOptions
+
+        return AuthOptions
+
+    def build(self, options: Any, services: StageServices) -> Any:
+        from txrelay.stages.auth import build_auth
+
         return build_auth(options, services)
 
 
@@ -32,9 +35,16 @@ class _Auth:
 @attrs.frozen
 class _ModelMap:
     type_name: str = "model-map"
-    options_type: type = ModelMapOptions
 
-    def build(self, options: ModelMapOptions, services: StageServices) -> Any:
+    @property
+    def options_type(self) -> type:
+        from txrelay.stages.modelmap import ModelMapOptions
+
+        return ModelMapOptions
+
+    def build(self, options: Any, services: StageServices) -> Any:
+        from txrelay.stages.modelmap import ModelMapStage
+
         if options.default is not None and services.catalog.resolve(options.default) is None:
             raise ValueError(f"default: no model named {options.default!r}")
         return ModelMapStage(services.catalog, options.default)
@@ -48,6 +58,7 @@ class _Translate:
 
     def build(self, options: None, services: StageServices) -> Any:
         from txrelay.routing.router import build_router
+        from txrelay.stages.translate import TranslateStage
 
         return TranslateStage(services.backends, build_router(services))
 
@@ -56,9 +67,16 @@ class _Translate:
 @attrs.frozen
 class _ToolHygiene:
     type_name: str = "tool-hygiene"
-    options_type: type = ToolHygieneOptions
 
-    def build(self, options: ToolHygieneOptions, services: StageServices) -> Any:
+    @property
+    def options_type(self) -> type:
+        from txrelay.stages.toolhygiene import ToolHygieneOptions
+
+        return ToolHygieneOptions
+
+    def build(self, options: Any, services: StageServices) -> Any:
+        from txrelay.stages.toolhygiene import ToolHygieneStage
+
         if not options.formats and not options.fix_ids and not options.repair_history:
             raise ValueError("formats, fix_ids and repair_history: nothing left to do")
         return ToolHygieneStage(options)
@@ -74,9 +92,16 @@ tool_hygiene = _ToolHygiene()
 @attrs.frozen
 class _ToolIntercept:
     type_name: str = "tool-intercept"
-    options_type: type = ToolInterceptOptions
 
-    def build(self, options: ToolInterceptOptions, services: StageServices) -> Any:
+    @property
+    def options_type(self) -> type:
+        from txrelay.stages.toolintercept.stage import ToolInterceptOptions
+
+        return ToolInterceptOptions
+
+    def build(self, options: Any, services: StageServices) -> Any:
+        from txrelay.stages.toolintercept.stage import build_tool_intercept
+
         return build_tool_intercept(options, services)
 
 
@@ -87,9 +112,16 @@ tool_intercept = _ToolIntercept()
 @attrs.frozen
 class _IdentityGuard:
     type_name: str = "identity-guard"
-    options_type: type = IdentityOptions
 
-    def build(self, options: IdentityOptions, services: StageServices) -> Any:
+    @property
+    def options_type(self) -> type:
+        from txrelay.stages.identity import IdentityOptions
+
+        return IdentityOptions
+
+    def build(self, options: Any, services: StageServices) -> Any:
+        from txrelay.stages.identity import IdentityGuardStage
+
         return IdentityGuardStage.build(options, services.catalog)
 
 
@@ -100,9 +132,16 @@ identity_guard = _IdentityGuard()
 @attrs.frozen
 class _Limits:
     type_name: str = "limits"
-    options_type: type = LimitsOptions
 
-    def build(self, options: LimitsOptions, services: StageServices) -> Any:
+    @property
+    def options_type(self) -> type:
+        from txrelay.stages.limits import LimitsOptions
+
+        return LimitsOptions
+
+    def build(self, options: Any, services: StageServices) -> Any:
+        from txrelay.stages.limits import build_limits
+
         return build_limits(options, services)
 
 

@@ -27,8 +27,6 @@ import logging
 import re
 from typing import Any
 
-import json_repair
-
 from txrelay.protocol.jsoncodec import JSONDecodeError, dumps_str, loads
 
 log = logging.getLogger(__name__)
@@ -444,6 +442,8 @@ def repair_json_object(text: str) -> dict[str, Any]:
             return _as_object(loads(head))
         except JSONDecodeError:
             pass
+    import json_repair  # only for arguments that are not JSON: keep it out of a fresh relay
+
     try:
         value = json_repair.loads(stripped)
     except Exception:  # json_repair may raise on pathological input; never let it escape
