@@ -10,7 +10,7 @@ so a multi-byte character split across reads is harmless.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import attrs
@@ -260,6 +260,8 @@ def encode_event(event: Event) -> bytes:
     return b"event: " + kind.encode("ascii") + b"\ndata: " + dumps(event) + b"\n\n"
 
 
-def encode_events(events: Iterable[Event]) -> bytes:
+def encode_events(events: Sequence[Event]) -> bytes:
     """Several events as one buffer, for one socket write per upstream read."""
+    if len(events) == 1:  # the common case of one delta per upstream read
+        return encode_event(events[0])
     return b"".join([encode_event(e) for e in events])

@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _ORX_KEYS = ("signature", "format", "id")
+#: The keys of a delta the text fast path takes (:meth:`ChatStreamTranslator._plain_text`).
+_PLAIN_DELTA = frozenset({"content", "role"})
 #: Tool-call arguments nested deeper than this end the stream (hostile or broken upstream).
 MAX_ARGUMENT_DEPTH = 256
 
@@ -345,6 +347,8 @@ class ChatStreamTranslator:
     def _chunk(self, chunk: dict[str, Any], out: list[Event]) -> None:
         self._received = True
         self._tools.chunk_seq += 1
+        if self._open_kind == "text" and self._think is None and self._plain_text(chunk, out):
+            return
         err = chunk.get("error")
         if err or chunk.get("object") == "error":
             self._fail(stream_error(chunk, upstream_name=self._upstream), out)
@@ -380,6 +384,38 @@ class ChatStreamTranslator:
                 self._on_finish(reason, choice, chunk, out)
                 if self._done:
                     return
+
+    def _plain_text(self, chunk: dict[str, Any], out: list[Event]) -> bool:
+        """
+        The common chunk, while a text block is open: one choice whose delta holds only
+        ``content`` text (and perhaps ``role``), no ``finish_reason``, no usage, no error.
+        Appends its ``text_delta`` exactly as the general path would and returns True; any
+        other chunk returns False with nothing done.
+        """
+        choices = chunk.get("choices")
+        if (
+            type(choices) is not list
+            or len(choices) != 1
+            or chunk.get("usage")
+            or chunk.get("error")
+            or chunk.get("object") == "error"
+        ):
+            return False
+        choice = choices[0]
+        if type(choice) is not dict or choice.get("finish_reason") is not None:
+            return False
+        delta = choice.get("delta")
+        if type(delta) is not dict or not delta.keys() <= _PLAIN_DELTA:
+            return False
+        content = delta.get("content")
+        if type(content) is not str or not content or choice.get("index", 0) not in (0, None):
+            return False
+        out.append(
+            {"type": "content_block_delta", "index": self._open_index,
+             "delta": {"type": "text_delta", "text": content}}
+        )
+        self._out_chars += len(content)
+        return True
 
     def _on_finish(
         self, reason: str, choice: dict[str, Any], chunk: dict[str, Any], out: list[Event]
