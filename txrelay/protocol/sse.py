@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple, NoReturn
 
 from txrelay.protocol.events import Event
-from txrelay.protocol.jsoncodec import dumps
+from txrelay.protocol.jsoncodec import dumps, fast_dumps
 
 
 class SSEEvent(NamedTuple):
@@ -268,7 +268,11 @@ def encode_event(event: Event) -> bytes:
     if type(event) is RawEvent:
         return event.raw
     kind: str = event["type"]
-    return b"event: " + kind.encode("ascii") + b"\ndata: " + dumps(event) + b"\n\n"
+    try:
+        data = fast_dumps(event)
+    except TypeError:
+        data = dumps(event)
+    return b"event: " + kind.encode("ascii") + b"\ndata: " + data + b"\n\n"
 
 
 def encode_events(events: Sequence[Event]) -> bytes:

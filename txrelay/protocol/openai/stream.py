@@ -27,7 +27,7 @@ from txrelay.protocol import events as ev
 from txrelay.protocol.errors import RelayError
 from txrelay.protocol.events import Event
 from txrelay.protocol.ids import message_id, tool_use_id
-from txrelay.protocol.jsoncodec import JSONNestingError, dumps_str, loads
+from txrelay.protocol.jsoncodec import JSONNestingError, dumps_str, fast_loads, loads
 from txrelay.protocol.jsonprefix import repair_json_object
 from txrelay.protocol.openai.dialect import OpenAIDialect
 from txrelay.protocol.openai.errors import stream_error
@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 _ORX_KEYS = ("signature", "format", "id")
 #: The keys of a delta the text fast path takes (:meth:`ChatStreamTranslator._plain_text`).
 _PLAIN_DELTA = frozenset({"content", "role"})
+_NOT_PARSED = object()
 #: Tool-call arguments nested deeper than this end the stream (hostile or broken upstream).
 MAX_ARGUMENT_DEPTH = 256
 
@@ -184,7 +185,7 @@ class ChatStreamTranslator:
             self._untranslatable(e, out)
         if too_large is not None and not self._done:
             self._fail(self._too_large(too_large.limit), out)
-        return self._emit(out)
+        return out if self._started else self._emit(out)
 
     def finish(self) -> list[Event]:
         """
@@ -322,6 +323,24 @@ class ChatStreamTranslator:
                 self._end_without_finish(out)
             return
         try:
+            chunk = fast_loads(data)
+        except ValueError:
+            chunk = _NOT_PARSED
+        if chunk is _NOT_PARSED:
+            self._slow_json(data, out)
+            return
+        if type(chunk) is dict:
+            if self._open_kind == "text" and self._think is None and self._plain_text(chunk, out):
+                self._received = True
+                self._tools.chunk_seq += 1
+                return
+            self._chunk(chunk, out)
+        else:
+            self._fail(stream_error(chunk, upstream_name=self._upstream), out)
+
+    def _slow_json(self, data: bytes, out: list[Event]) -> None:
+        """A chunk orjson refused: :func:`loads` takes what it can, or the stream fails."""
+        try:
             chunk = loads(data)
         except (RecursionError, JSONNestingError):
             self._malformed("JSON nested too deeply", out)
@@ -347,8 +366,6 @@ class ChatStreamTranslator:
     def _chunk(self, chunk: dict[str, Any], out: list[Event]) -> None:
         self._received = True
         self._tools.chunk_seq += 1
-        if self._open_kind == "text" and self._think is None and self._plain_text(chunk, out):
-            return
         err = chunk.get("error")
         if err or chunk.get("object") == "error":
             self._fail(stream_error(chunk, upstream_name=self._upstream), out)
@@ -396,8 +413,8 @@ class ChatStreamTranslator:
         if (
             type(choices) is not list
             or len(choices) != 1
+            or "error" in chunk
             or chunk.get("usage")
-            or chunk.get("error")
             or chunk.get("object") == "error"
         ):
             return False
@@ -405,9 +422,9 @@ class ChatStreamTranslator:
         if type(choice) is not dict or choice.get("finish_reason") is not None:
             return False
         delta = choice.get("delta")
-        if type(delta) is not dict or not delta.keys() <= _PLAIN_DELTA:
+        if type(delta) is not dict or not delta.keys() <= _PLAIN_DELTA or "content" not in delta:
             return False
-        content = delta.get("content")
+        content = delta["content"]
         if type(content) is not str or not content or choice.get("index", 0) not in (0, None):
             return False
         out.append(
