@@ -883,7 +883,8 @@ def test_fast_path_matches_general_path_on_fixtures(name: str) -> None:
     assert encode_events(fast) == encode_events(run_general(data, expect))
 
 
-_text = st.text(alphabet=st.sampled_from("ab \n\t<>/think é😀\u2028\"\\"), max_size=8)
+# A lone surrogate makes orjson refuse the chunk: the general JSON path must take it.
+_text = st.text(alphabet=st.sampled_from("ab \n\t<>/think é😀\u2028\"\\\ud800"), max_size=8)
 
 
 @st.composite
@@ -977,3 +978,10 @@ def test_fast_path_is_taken_for_the_common_chunk() -> None:
         {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta",
                                                                "text": "!"}},
     ]
+
+
+def test_a_chunk_orjson_refuses_still_translates() -> None:
+    out = run(sse(delta(content="Hi"), delta(content="\ud83d"), finish()))
+    deltas = [e["delta"]["text"] for e in out if e["type"] == "content_block_delta"]
+    assert deltas == ["Hi", "\ud83d"]
+    assert b'"text":"\\ud83d"' in encode_events(out)
