@@ -70,6 +70,18 @@ def main() -> int:
         events = translate()
         rows.append(("ChatStreamTranslator: start+feed+finish (200 chunks)",
                      best_us(translate, 200)))
+        # One paced chunk (one upstream read) into a translator with its text block open.
+        paced = stream.split(b"\n\n")[2] + b"\n\n"
+        warm = ChatStreamTranslator(model="m", input_tokens=10, dialect=dialect)
+        warm.start()
+        warm.feed(stream.split(b"\n\n")[1] + b"\n\n")
+        one = warm.feed(paced)
+        rows.append(("per paced chunk: SSEParser.feed(one data: event)",
+                     best_us(lambda: SSEParser().feed(paced), 20000)))
+        rows.append(("per paced chunk: ChatStreamTranslator.feed (parse+translate)",
+                     best_us(lambda: warm.feed(paced), 20000)))
+        rows.append(("per paced chunk: encode_events(its text_delta)",
+                     best_us(lambda: encode_events(one), 20000)))
         rows.append((f"encode_events({len(events)} events)",
                      best_us(lambda: encode_events(events), 200)))
         req_small, req_cc = parse_request(small), parse_request(cc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from txrelay.protocol.sse import SSEEvent, SSEParser, encode_event, encode_events
@@ -90,3 +90,31 @@ def test_encoder_round_trip(events: list[dict[str, str]], cuts: list[int]) -> No
     for e in events:
         frame = encode_event(e)
         assert frame.count(b"\n") == 3  # event line, one data line, blank line
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    prefix=st.sampled_from([b"", b"data: a\n\n", b"event: x\n", b"data: a\n", b": c\n", b"da"]),
+    body=st.lists(st.sampled_from([b"data: ", b"data:", b"event: e", b"x", b"{}", b"\n", b"\r",
+                                   b"\r\n", b" ", b":"]), max_size=8).map(b"".join),
+)
+def test_one_event_fast_path_matches_the_line_machinery(prefix: bytes, body: bytes) -> None:
+    # Fed whole after ``prefix``, a read shaped like one ``data:`` event may take the fast
+    # path; fed a byte at a time it never does. Both must give the same events.
+    for chunk in (body, body + b"\n\n", b"data: " + body + b"\n\n"):
+        whole = SSEParser()
+        got = whole.feed(prefix) + whole.feed(chunk) + whole.finish()
+        slow = SSEParser()
+        want = slow.feed(prefix)
+        for i in range(len(chunk)):
+            want += slow.feed(chunk[i:i + 1])
+        want += slow.finish()
+        assert got == want, (prefix, chunk)
+
+
+def test_one_event_read() -> None:
+    parser = SSEParser()
+    assert parser.feed(b'data: {"a":1}\n\n') == [SSEEvent(None, b'{"a":1}')]
+    assert parser.feed(b"data: \n\n") == [SSEEvent(None, b"")]
+    assert parser.feed(b"data: x\n\n") == [SSEEvent(None, b"x")]
+    assert parser.finish() == []

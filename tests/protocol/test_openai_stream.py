@@ -848,3 +848,140 @@ def test_chaotic_streams_always_keep_the_grammar(
     dialect = OpenAIDialect(tool_streaming=mode, think_tags=think)  # type: ignore[arg-type]
     events = run(data, dialect=dialect)
     check_stream(events)
+
+
+# --- the text fast path (ChatStreamTranslator._plain_text) ------------------------------------
+
+
+class _GeneralOnly(ChatStreamTranslator):
+    """The translator with the text fast path switched off: every chunk takes the general path."""
+
+    def _plain_text(self, chunk: dict[str, Any], out: list[Event]) -> bool:
+        return False
+
+
+def run_general(data: bytes, expect: Expect | None = None, **kw: Any) -> list[Event]:
+    expect = expect or Expect()
+    ids = itertools.count(1)
+    sigs = itertools.count(1)
+    t = _GeneralOnly(
+        model="claude-test", input_tokens=100, dialect=kw.pop("dialect", None) or expect.dialect,
+        stop_sequences=expect.stop_sequences, message_id="msg_test",
+        id_factory=lambda: f"toolu_{next(ids):04d}",
+        signature_factory=lambda: f"txr1.oai.sig{next(sigs)}", **kw)
+    out = t.start() + t.feed(data) + t.finish()
+    assert t.done
+    return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fast_path_matches_general_path_on_fixtures(name: str) -> None:
+    expect = FIXTURES[name]
+    data = load(name)
+    fast = run(data, expect)
+    assert fast == run_general(data, expect)
+    assert encode_events(fast) == encode_events(run_general(data, expect))
+
+
+# A lone surrogate makes orjson refuse the chunk: the general JSON path must take it.
+_text = st.text(alphabet=st.sampled_from("ab \n\t<>/think é😀\u2028\"\\\ud800"), max_size=8)
+
+
+@st.composite
+def near_plain_chunks(draw: st.DrawFn) -> Any:
+    """Chunks shaped like the fast path's, and the shapes just outside it."""
+    d: dict[str, Any] = {}
+    content = draw(st.one_of(_text, st.none(), st.just([{"type": "text", "text": "p"}]),
+                             st.integers(0, 3)))
+    if content is not None or draw(st.booleans()):
+        d["content"] = content
+    if draw(st.booleans()):
+        d["role"] = "assistant"
+    extra = draw(st.sampled_from([None, "refusal", "reasoning_content", "tool_calls",
+                                  "function_call", "reasoning"]))
+    if extra == "tool_calls":
+        d["tool_calls"] = [{"index": 0, "id": "call_1", "function": {"name": "Read",
+                                                                      "arguments": "{}"}}]
+    elif extra == "function_call":
+        d["function_call"] = {"name": "Bash", "arguments": "{}"}
+    elif extra is not None:
+        d[extra] = draw(st.one_of(st.none(), _text))
+    choice: dict[str, Any] = {"delta": d}
+    index = draw(st.sampled_from(["absent", 0, None, 1]))
+    if index != "absent":
+        choice["index"] = index
+    reason = draw(st.sampled_from(["absent", None, "", "stop", "length"]))
+    if reason != "absent":
+        choice["finish_reason"] = reason
+    chunk: dict[str, Any] = {"object": "chat.completion.chunk", "choices": [choice]}
+    more = draw(st.sampled_from([None, "second_choice", "usage", "usage_null", "error",
+                                 "object_error", "no_choices", "choice_not_dict",
+                                 "delta_not_dict"]))
+    if more == "second_choice":
+        chunk["choices"].append({"index": 1, "delta": {"content": "other"}})
+    elif more == "usage":
+        chunk["usage"] = {"prompt_tokens": 3, "completion_tokens": 2}
+    elif more == "usage_null":
+        chunk["usage"] = None
+    elif more == "error":
+        chunk["error"] = {"message": "boom"}
+    elif more == "object_error":
+        chunk["object"] = "error"
+    elif more == "no_choices":
+        chunk["choices"] = []
+    elif more == "choice_not_dict":
+        chunk["choices"] = ["x"]
+    elif more == "delta_not_dict":
+        choice["delta"] = "x"
+    return chunk
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    chunks=st.lists(near_plain_chunks(), max_size=12),
+    opening=st.sampled_from(["text", "whitespace", "none"]),
+    think_tags=st.booleans(),
+    done=st.booleans(),
+)
+def test_fast_path_matches_general_path_on_generated_chunks(
+    chunks: list[Any], opening: str, think_tags: bool, done: bool
+) -> None:
+    head = {"text": [delta(content="Hi")], "whitespace": [delta(content="  ")],
+            "none": []}[opening]
+    data = sse(*head, *chunks, finish(), done=done)
+    dialect = OpenAIDialect(think_tags=think_tags)
+    fast = run(data, dialect=dialect)
+    general = run_general(data, dialect=dialect)
+    assert fast == general
+    assert encode_events(fast) == encode_events(general)
+
+
+def test_fast_path_is_taken_for_the_common_chunk() -> None:
+    t = make()
+    t.start()
+    t.feed(sse(delta(role="assistant", content="Hi"), done=False))
+    calls: list[bool] = []
+    plain = t._plain_text
+
+    def spy(chunk: dict[str, Any], out: list[Event]) -> bool:
+        calls.append(plain(chunk, out))
+        return calls[-1]
+
+    t._plain_text = spy  # type: ignore[method-assign]
+    out = t.feed(sse(delta(content=" there"), {"choices": [{"index": 0, "delta":
+                 {"content": "!"}, "finish_reason": None, "logprobs": None}], "usage": None},
+                 done=False))
+    assert calls == [True, True]
+    assert out == [
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta",
+                                                               "text": " there"}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta",
+                                                               "text": "!"}},
+    ]
+
+
+def test_a_chunk_orjson_refuses_still_translates() -> None:
+    out = run(sse(delta(content="Hi"), delta(content="\ud83d"), finish()))
+    deltas = [e["delta"]["text"] for e in out if e["type"] == "content_block_delta"]
+    assert deltas == ["Hi", "\ud83d"]
+    assert b'"text":"\\ud83d"' in encode_events(out)

@@ -10,19 +10,19 @@ so a multi-byte character split across reads is harmless.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, NoReturn
-
-import attrs
+from collections.abc import Sequence
+from typing import Any, NamedTuple, NoReturn
 
 from txrelay.protocol.events import Event
-from txrelay.protocol.jsoncodec import dumps
+from txrelay.protocol.jsoncodec import dumps, fast_dumps
 
 
-@attrs.frozen
-class SSEEvent:
+class SSEEvent(NamedTuple):
     """
     One dispatched server-sent event.
+
+    A named tuple rather than an attrs class: one is made per upstream chunk, and a tuple is
+    made in about two thirds of the time of a frozen attrs instance.
 
     :ivar event: the ``event:`` field, or ``None`` when absent.
     :ivar data: the ``data:`` lines joined with LF, as bytes.
@@ -118,6 +118,17 @@ class SSEParser:
             self._started = True
             self._head = b""
             chunk = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
+        if (
+            not self._line
+            and not self._size
+            and chunk[:6] == b"data: "
+            and chunk.find(b"\n") == len(chunk) - 2
+            and chunk[-1:] == b"\n"
+            and b"\r" not in chunk
+            and len(chunk) < self._max
+        ):
+            # The common read of a streamed answer: exactly one one-line ``data:`` event.
+            return [SSEEvent(None, chunk[6:-2])]
         if b"\r" in chunk:
             if chunk.endswith(b"\r"):
                 # It may be the first half of a CRLF split across reads.
@@ -257,9 +268,15 @@ def encode_event(event: Event) -> bytes:
     if type(event) is RawEvent:
         return event.raw
     kind: str = event["type"]
-    return b"event: " + kind.encode("ascii") + b"\ndata: " + dumps(event) + b"\n\n"
+    try:
+        data = fast_dumps(event)
+    except TypeError:
+        data = dumps(event)
+    return b"event: " + kind.encode("ascii") + b"\ndata: " + data + b"\n\n"
 
 
-def encode_events(events: Iterable[Event]) -> bytes:
+def encode_events(events: Sequence[Event]) -> bytes:
     """Several events as one buffer, for one socket write per upstream read."""
+    if len(events) == 1:  # the common case of one delta per upstream read
+        return encode_event(events[0])
     return b"".join([encode_event(e) for e in events])

@@ -28,17 +28,6 @@ from typing import Any
 from twisted.internet import tcp
 
 
-def _eligible(transport: Any) -> bool:
-    """A plain, open TCP connection whose last send left nothing behind."""
-    return bool(isinstance(transport, tcp.Connection)
-                and not transport.TLS
-                and transport.connected
-                and not transport.disconnecting
-                and not transport._writeDisconnecting
-                and not transport._writeDisconnected
-                and transport.offset == len(transport.dataBuffer))
-
-
 def write_now(transport: Any, chunks: Sequence[bytes]) -> bool:
     """
     Send ``chunks`` on ``transport`` now, after anything written to it but not yet tried
@@ -47,7 +36,15 @@ def write_now(transport: Any, chunks: Sequence[bytes]) -> bool:
 
     :return: whether it took the data; if not, write it the usual way.
     """
-    if not _eligible(transport):
+    # A plain, open TCP connection whose last send left nothing behind (inline: this runs
+    # once per streamed frame).
+    if not (isinstance(transport, tcp.Connection)
+            and not transport.TLS
+            and transport.connected
+            and not transport.disconnecting
+            and not transport._writeDisconnecting
+            and not transport._writeDisconnected
+            and transport.offset == len(transport.dataBuffer)):
         return False
     pending: list[bytes] = transport._tempDataBuffer
     if pending:

@@ -136,27 +136,38 @@ class SSEWriter:
         if self._finished:
             return
         try:
-            if events and events[0]["type"] == "message_start":
-                # message_delta's usage is cumulative but may leave out the input counts
-                self._start_usage = dict(events[0].get("message", {}).get("usage") or {})
-            for e in events[-2:]:  # message_delta comes last but for message_stop
-                if e["type"] == "message_delta":
-                    self.usage = {**self._start_usage, **(e.get("usage") or {})}
+            stats = self.stats
+            last = events[-1]["type"] if events else None
+            if last != "content_block_delta" or stats.first_content_at is None:
+                # Not the common batch of deltas: note usage, first content, last event.
+                self._note(events)
+            else:
+                stats.last_event = last
             data = encode_events(events)
             self.request.write(data)
-            self.stats.bytes_written += len(data)
-            if self.stats.first_content_at is None and any(
-                    e["type"] == "content_block_delta" for e in events):
-                self.stats.first_content_at = self.reactor.seconds()
-            for e in reversed(events):
-                if e["type"] != "ping":
-                    self.stats.last_event = e["type"]
-                    break
+            stats.bytes_written += len(data)
         except Exception:
             log.failure("writing the event stream failed")
             self._fail(api_error("the relay failed while writing the stream"))
             return
         self._last_write = self.reactor.seconds()
+
+    def _note(self, events: list[Event]) -> None:
+        """Usage, the time of the first content delta and the last event among ``events``."""
+        stats = self.stats
+        if events and events[0]["type"] == "message_start":
+            # message_delta's usage is cumulative but may leave out the input counts
+            self._start_usage = dict(events[0].get("message", {}).get("usage") or {})
+        for e in events[-2:]:  # message_delta comes last but for message_stop
+            if e["type"] == "message_delta":
+                self.usage = {**self._start_usage, **(e.get("usage") or {})}
+        if stats.first_content_at is None and any(
+                e["type"] == "content_block_delta" for e in events):
+            stats.first_content_at = self.reactor.seconds()
+        for e in reversed(events):
+            if e["type"] != "ping":
+                stats.last_event = e["type"]
+                break
 
     def end(self, error: RelayError | None) -> None:
         self._source_live = False

@@ -148,12 +148,14 @@ class UpstreamSource(Protocol):
         return b""
 
     def _translate(self, data: bytes) -> None:
-        events = self.translator.feed(data)
+        translator = self.translator
+        events = translator.feed(data)
         if events:
             self._emit(events)
-        if self.translator.done and not self._ended:
-            self._finish_normally()
-        elif not self._grace and getattr(self.translator, "finish_seen", False):
+        if translator.done:
+            if not self._ended:
+                self._finish_normally()
+        elif not self._grace and getattr(translator, "finish_seen", False):
             self._grace = True
             self._arm_idle()
 

@@ -27,7 +27,7 @@ from txrelay.protocol import events as ev
 from txrelay.protocol.errors import RelayError
 from txrelay.protocol.events import Event
 from txrelay.protocol.ids import message_id, tool_use_id
-from txrelay.protocol.jsoncodec import JSONNestingError, dumps_str, loads
+from txrelay.protocol.jsoncodec import JSONNestingError, dumps_str, fast_loads, loads
 from txrelay.protocol.jsonprefix import repair_json_object
 from txrelay.protocol.openai.dialect import OpenAIDialect
 from txrelay.protocol.openai.errors import stream_error
@@ -51,6 +51,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _ORX_KEYS = ("signature", "format", "id")
+#: The keys of a delta the text fast path takes (:meth:`ChatStreamTranslator._plain_text`).
+_PLAIN_DELTA = frozenset({"content", "role"})
+_NOT_PARSED = object()
 #: Tool-call arguments nested deeper than this end the stream (hostile or broken upstream).
 MAX_ARGUMENT_DEPTH = 256
 
@@ -182,7 +185,7 @@ class ChatStreamTranslator:
             self._untranslatable(e, out)
         if too_large is not None and not self._done:
             self._fail(self._too_large(too_large.limit), out)
-        return self._emit(out)
+        return out if self._started else self._emit(out)
 
     def finish(self) -> list[Event]:
         """
@@ -320,6 +323,24 @@ class ChatStreamTranslator:
                 self._end_without_finish(out)
             return
         try:
+            chunk = fast_loads(data)
+        except ValueError:
+            chunk = _NOT_PARSED
+        if chunk is _NOT_PARSED:
+            self._slow_json(data, out)
+            return
+        if type(chunk) is dict:
+            if self._open_kind == "text" and self._think is None and self._plain_text(chunk, out):
+                self._received = True
+                self._tools.chunk_seq += 1
+                return
+            self._chunk(chunk, out)
+        else:
+            self._fail(stream_error(chunk, upstream_name=self._upstream), out)
+
+    def _slow_json(self, data: bytes, out: list[Event]) -> None:
+        """A chunk orjson refused: :func:`loads` takes what it can, or the stream fails."""
+        try:
             chunk = loads(data)
         except (RecursionError, JSONNestingError):
             self._malformed("JSON nested too deeply", out)
@@ -380,6 +401,38 @@ class ChatStreamTranslator:
                 self._on_finish(reason, choice, chunk, out)
                 if self._done:
                     return
+
+    def _plain_text(self, chunk: dict[str, Any], out: list[Event]) -> bool:
+        """
+        The common chunk, while a text block is open: one choice whose delta holds only
+        ``content`` text (and perhaps ``role``), no ``finish_reason``, no usage, no error.
+        Appends its ``text_delta`` exactly as the general path would and returns True; any
+        other chunk returns False with nothing done.
+        """
+        choices = chunk.get("choices")
+        if (
+            type(choices) is not list
+            or len(choices) != 1
+            or "error" in chunk
+            or chunk.get("usage")
+            or chunk.get("object") == "error"
+        ):
+            return False
+        choice = choices[0]
+        if type(choice) is not dict or choice.get("finish_reason") is not None:
+            return False
+        delta = choice.get("delta")
+        if type(delta) is not dict or not delta.keys() <= _PLAIN_DELTA or "content" not in delta:
+            return False
+        content = delta["content"]
+        if type(content) is not str or not content or choice.get("index", 0) not in (0, None):
+            return False
+        out.append(
+            {"type": "content_block_delta", "index": self._open_index,
+             "delta": {"type": "text_delta", "text": content}}
+        )
+        self._out_chars += len(content)
+        return True
 
     def _on_finish(
         self, reason: str, choice: dict[str, Any], chunk: dict[str, Any], out: list[Event]
