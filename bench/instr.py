@@ -269,6 +269,7 @@ def layer_of(filename: str, func: str) -> str:
         ("txrelay/server/sse.py", "SSE writer (txrelay.server.sse)"),
         ("txrelay/server/", "request handling (txrelay.server)"),
         ("txrelay/upstream/", "upstream plumbing (txrelay.upstream)"),
+        ("txrelay/leanreactor.py", "reactor dispatch and timers"),
         ("txrelay/logs.py", "logging and metrics"),
         ("txrelay/metrics", "logging and metrics"),
         ("txrelay/", "txrelay, other (pipeline, stages, streams)"),

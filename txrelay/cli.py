@@ -88,7 +88,9 @@ def _serve(path: str) -> int:
             raise SystemExit(await service.failed)
         await Deferred()  # until SIGTERM/SIGINT stop the reactor
 
-    _ = reactor
+    from txrelay.leanreactor import install
+
+    install(reactor, cfg.server.lean_reactor)  # workers are `txrelay serve` too
     react(lambda r: Deferred.fromCoroutine(run(r)))
     return 0  # pragma: no cover - react() exits
 

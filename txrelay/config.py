@@ -265,6 +265,9 @@ class ServerConfig:
     #: Relay processes sharing the listeners (``reuse_port`` needed past 1), run and
     #: restarted by the main process (``txrelay.workers``).
     workers: int = 1
+    #: Run Twisted's epoll reactor with a cheaper main loop and event dispatch
+    #: (:mod:`txrelay.leanreactor`); false keeps Twisted's own. Changes only with a restart.
+    lean_reactor: bool = True
 
 
 @attrs.frozen

@@ -250,7 +250,7 @@ def _metrics_observer(metrics: Metrics) -> Callable[[str, RelayError], None]:
 #: Settings a reload cannot change: they are logged as ignored and keep their running value.
 RESTART_ONLY = ("server.listen", "server.metrics_listen", "server.admin_listen",
                 "server.metrics", "server.max_buffered_bytes", "server.workers",
-                "server.reuse_port",
+                "server.reuse_port", "server.lean_reactor",
                 "log.format", "ledger",
                 # The state store is built once at start (txrelay.state.build).
                 "state.kind", "state.url", "state.host", "state.port", "state.db",

@@ -77,6 +77,9 @@ def makeService(options: Options) -> IService:
     # twistd chooses the log observers: redact each event before they see it.
     register_secret(*secret_values(cfg))
     install_log_redaction()
+    from txrelay.leanreactor import install
+
+    install(reactor, cfg.server.lean_reactor)  # twistd installed the reactor; not yet running
     from txrelay.workers import Supervisor, is_worker
 
     if cfg.server.workers > 1 and not is_worker():
