@@ -89,6 +89,15 @@ class Relay:
     def log(self) -> str:
         return self.log_path.read_text("utf-8", "replace")
 
+    def wait_for_log(self, text: str, timeout: float = 15) -> str:
+        """The log once it holds ``text``: lines written after an answer left come later."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log()
+            if text in log or time.monotonic() > deadline:
+                return log
+            time.sleep(0.02)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
         if self.process.poll() is None:
             self.process.send_signal(sig)

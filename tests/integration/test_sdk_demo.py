@@ -286,7 +286,8 @@ def test_streaming_wire_format(relay: Relay) -> None:
 def test_access_log_names_client_and_model(relay: Relay, client: anthropic.Anthropic) -> None:
     client.messages.create(model="demo-small", max_tokens=5,
                            messages=[{"role": "user", "content": "log me"}])
-    log = relay.log()
+    # The access-log line is written just after the answer left: wait for it.
+    log = relay.wait_for_log("client=tester model=demo-small provider=demo")
     assert "client=tester model=demo-small provider=demo" in log
     assert DEMO_KEY not in log  # secrets never reach the log
 
