@@ -85,8 +85,11 @@ def write_results(section: str) -> None:
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + section
     else:
-        end = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+        # The section ends at the next heading or at bench/run's instruction-count marker.
+        ends = [i for i in (text.find("\n## ", start + len(HEADING)),
+                            text.find("\n<!-- ", start + len(HEADING))) if i >= 0]
+        end = min(ends) if ends else -1
+        text = text[:start] + section.rstrip("\n") + "\n" + (text[end:] if end >= 0 else "")
     path.write_text(text)
 
 
