@@ -24,13 +24,22 @@ from txrelay.protocol.translator import StreamTranslator
 from txrelay.routing.keys import KeyPool
 
 
+def _tight(body: bytes) -> bytes:
+    """
+    ``body`` in a bytes object of its own size: orjson's result keeps its whole write
+    buffer (at least 4 KiB, up to twice the length), and the request body lives as long as
+    its stream (retries, failover), so a held-open stream would keep that slack (issue 13).
+    """
+    return bytes(memoryview(body))
+
+
 @attrs.frozen
 class UpstreamRequest:
     """One request as the upstream wants it."""
 
     #: Appended to the provider's ``base_url`` (``/chat/completions``).
     path: str
-    body: bytes
+    body: bytes = attrs.field(converter=_tight)
     #: Whether the upstream answers with an event stream (else one JSON body).
     stream: bool
     #: Kind-specific headers (``content-type``, ``accept`` and credentials are added).
