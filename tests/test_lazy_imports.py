@@ -64,7 +64,16 @@ type = "translate"
 
 # Build the relay as `txrelay serve` does (without listening), then list what is loaded.
 _PROBE = textwrap.dedent("""
-    import json, sys
+    import builtins, json, sys, traceback
+    # Who imported each top-level package first, so that a failure names the culprit.
+    first = {}
+    _import = builtins.__import__
+    def _recording(name, *args, **kwargs):
+        top = name.partition(".")[0]
+        if top not in sys.modules and top not in first:
+            first[top] = "".join(traceback.format_stack(limit=12)[:-1])
+        return _import(name, *args, **kwargs)
+    builtins.__import__ = _recording
     from twisted.internet import reactor
     from txrelay.config import ConfigError
     from txrelay.service import build_app
@@ -74,7 +83,7 @@ _PROBE = textwrap.dedent("""
     except ConfigError as e:
         print(json.dumps({"error": str(e)}))
     else:
-        print(json.dumps({"modules": sorted(sys.modules)}))
+        print(json.dumps({"modules": sorted(sys.modules), "first": first}))
 """)
 
 
@@ -83,7 +92,10 @@ def _probe(tmp_path: Path, extra: str = "") -> dict[str, object]:
     path.write_text(_CONFIG.format(sha="0" * 64, extra=extra))
     out = subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True,
                          text=True, timeout=120, check=True,
-                         env={**os.environ, "LAZY_TEST_UPSTREAM_KEY": "sk-test"})
+                         # A fresh relay's environment: nothing another test left behind.
+                         cwd=tmp_path,
+                         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                              "HOME": str(tmp_path), "LAZY_TEST_UPSTREAM_KEY": "sk-test"})
     result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
@@ -100,7 +112,11 @@ def test_offline_openai_relay_does_not_import_heavy_modules(tmp_path: Path) -> N
     modules = result["modules"]
     assert _loaded(modules, "txrelay.upstream.openai")
     assert _loaded(modules, "txrelay.stages.translate")
-    assert [m for m in HEAVY if _loaded(modules, m)] == []
+    heavy = [m for m in HEAVY if _loaded(modules, m)]
+    first = result.get("first")
+    assert isinstance(first, dict)
+    assert heavy == [], "\n".join(f"{m} first imported from:\n{first.get(m.partition('.')[0])}"
+                                   for m in heavy)
 
 
 @pytest.mark.parametrize(("extra", "module"), [
