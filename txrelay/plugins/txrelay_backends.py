@@ -2,102 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Any
+from txrelay.lazyplugin import LazyBackendFactory
 
-import attrs
-from twisted.plugin import IPlugin
-from zope.interface import implementer
+# Each backend's module is imported only when a configuration names its kind, so a relay does
+# not load, or hold in memory, backends (Gemini, Vertex auth, ...) it does not use.
 
-from txrelay.interfaces import BackendContext, IBackendFactory
-
-# Each backend's module is imported only when a configuration names its kind (the option
-# types are read only then), so a relay does not load, or hold in memory, backends (Gemini,
-# Vertex auth, ...) it does not use.
-
-
-@implementer(IPlugin, IBackendFactory)
-@attrs.frozen
-class _Demo:
-    kind: str = "demo"
-    model_options_type: None = None
-
-    @property
-    def options_type(self) -> type:
-        from txrelay.upstream.demo import DemoOptions
-
-        return DemoOptions
-
-    def build(self, options: Any, context: BackendContext) -> Any:
-        from txrelay.upstream.demo import DemoBackend
-
-        return DemoBackend(context.reactor, options)
-
-
-@implementer(IPlugin, IBackendFactory)
-@attrs.frozen
-class _OpenAIChat:
-    kind: str = "openai-chat"
-
-    @property
-    def options_type(self) -> Any:
-        from txrelay.upstream.openai import OpenAIChatOptions
-
-        return OpenAIChatOptions
-
-    @property
-    def model_options_type(self) -> Any:
-        from txrelay.upstream.openai import OpenAIChatModelOptions
-
-        return OpenAIChatModelOptions
-
-    def build(self, options: Any, context: BackendContext) -> Any:
-        from txrelay.upstream.openai import build_openai_backend
-
-        return build_openai_backend(options, context)
-
-
-@implementer(IPlugin, IBackendFactory)
-@attrs.frozen
-class _Anthropic:
-    kind: str = "anthropic"
-    model_options_type: None = None
-
-    @property
-    def options_type(self) -> type:
-        from txrelay.upstream.anthropic import AnthropicOptions
-
-        return AnthropicOptions
-
-    def build(self, options: Any, context: BackendContext) -> Any:
-        from txrelay.upstream.anthropic import build_anthropic_backend
-
-        return build_anthropic_backend(options, context)
-
-
-@implementer(IPlugin, IBackendFactory)
-@attrs.frozen
-class _Gemini:
-    kind: str = "gemini"
-
-    @property
-    def options_type(self) -> type:
-        from txrelay.upstream.gemini import GeminiOptions
-
-        return GeminiOptions
-
-    @property
-    def model_options_type(self) -> type:
-        from txrelay.upstream.gemini import GeminiModelOptions
-
-        return GeminiModelOptions
-
-    def build(self, options: Any, context: BackendContext) -> Any:
-        from txrelay.upstream.gemini import build_gemini_backend
-
-        return build_gemini_backend(options, context)
-
-
-demo = _Demo()
-anthropic = _Anthropic()
-openai_chat = _OpenAIChat()
-gemini = _Gemini()
+demo = LazyBackendFactory(
+    kind="demo",
+    options="txrelay.upstream.demo:DemoOptions",
+    builder="txrelay.upstream.demo:build_demo_backend",
+)
+openai_chat = LazyBackendFactory(
+    kind="openai-chat",
+    options="txrelay.upstream.openai:OpenAIChatOptions",
+    model_options="txrelay.upstream.openai:OpenAIChatModelOptions",
+    builder="txrelay.upstream.openai:build_openai_backend",
+)
+anthropic = LazyBackendFactory(
+    kind="anthropic",
+    options="txrelay.upstream.anthropic:AnthropicOptions",
+    builder="txrelay.upstream.anthropic:build_anthropic_backend",
+)
+gemini = LazyBackendFactory(
+    kind="gemini",
+    options="txrelay.upstream.gemini:GeminiOptions",
+    model_options="txrelay.upstream.gemini:GeminiModelOptions",
+    builder="txrelay.upstream.gemini:build_gemini_backend",
+)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
@@ -34,6 +34,9 @@ from txrelay.protocol.errors import RelayError, invalid_request
 from txrelay.protocol.events import Event
 from txrelay.protocol.phrases import Phrase, PhraseScanner, PhraseSet
 from txrelay.streams import EventSink, EventStream
+
+if TYPE_CHECKING:
+    from txrelay.interfaces import StageServices
 
 log = RelayLogger()
 
@@ -428,3 +431,8 @@ class FlushOnError:
     def usage_so_far(self) -> dict[str, Any] | None:
         """What the inner stream reports it used."""
         return self.inner.usage_so_far()
+
+
+def build_identity_guard(options: IdentityOptions, services: StageServices) -> IdentityGuardStage:
+    """The ``identity-guard`` stage (see :meth:`IdentityGuardStage.build`)."""
+    return IdentityGuardStage.build(options, services.catalog)

@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
 
 from txrelay.catalog import ModelCatalog
 from txrelay.pipeline import Exchange, Proceed, Reply
+
+if TYPE_CHECKING:
+    from txrelay.interfaces import StageServices
 
 
 @attrs.frozen
@@ -36,3 +41,10 @@ class ModelMapStage:
                 raise self.catalog.unknown_model(name)
             exchange.route = route
         return await proceed(exchange)
+
+
+def build_model_map(options: ModelMapOptions, services: StageServices) -> ModelMapStage:
+    """The ``model-map`` stage; ``ValueError`` when ``default`` names no served model."""
+    if options.default is not None and services.catalog.resolve(options.default) is None:
+        raise ValueError(f"default: no model named {options.default!r}")
+    return ModelMapStage(services.catalog, options.default)

@@ -13,7 +13,7 @@ text that could still start a call, so backpressure and pings are untouched.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import attrs
 
@@ -23,6 +23,9 @@ from txrelay.protocol.toolcalls.arguments import ToolSet
 from txrelay.protocol.toolcalls.filter import ToolCallFilter
 from txrelay.protocol.toolcalls.history import INTERRUPTED, repair_history
 from txrelay.streams import StreamEnd
+
+if TYPE_CHECKING:
+    from txrelay.interfaces import StageServices
 
 log = RelayLogger()
 
@@ -94,3 +97,10 @@ class ToolHygieneStage:
                          request_id=request_id)
 
         return reply.with_filter(stream_filter).on_end(report)
+
+
+def build_tool_hygiene(options: ToolHygieneOptions, services: StageServices) -> ToolHygieneStage:
+    """The ``tool-hygiene`` stage; ``ValueError`` when every repair is switched off."""
+    if not options.formats and not options.fix_ids and not options.repair_history:
+        raise ValueError("formats, fix_ids and repair_history: nothing left to do")
+    return ToolHygieneStage(options)

@@ -8,7 +8,7 @@ target (fallbacks, retries, breakers, key pools and cache affinity).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -19,8 +19,11 @@ from txrelay.protocol.errors import RelayError, api_error
 from txrelay.protocol.events import Event
 from txrelay.protocol.ids import message_id
 from txrelay.protocol.tokens import estimate_input_tokens
-from txrelay.routing.router import Router, Unfit
+from txrelay.routing.router import Router, Unfit, build_router
 from txrelay.streams import stream_of
+
+if TYPE_CHECKING:
+    from txrelay.interfaces import StageServices
 
 
 def check_capabilities(exchange: Exchange) -> None:
@@ -121,3 +124,8 @@ def empty_message(model: str, input_tokens: int) -> list[Event]:
                                               "output_tokens": 0}),
         ev.message_stop(),
     ]
+
+
+def build_translate(options: None, services: StageServices) -> TranslateStage:
+    """The ``translate`` stage over the configured backends and their router."""
+    return TranslateStage(services.backends, build_router(services))

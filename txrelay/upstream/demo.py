@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 from zope.interface import implementer
 
-from txrelay.interfaces import IBackend
+from txrelay.interfaces import BackendContext, IBackend
 from txrelay.pipeline import Exchange, Reply
 from txrelay.protocol.demo import demo_events
 from txrelay.protocol.events import Event
@@ -107,3 +107,8 @@ class DemoBackend:
     def close(self) -> None:
         """Nothing to release."""
         return None
+
+
+def build_demo_backend(options: DemoOptions, context: BackendContext) -> DemoBackend:
+    """The ``demo`` backend."""
+    return DemoBackend(context.reactor, options)
