@@ -16,7 +16,13 @@ from twisted.web.http_headers import Headers
 
 from txrelay.config import parse_config, secret_values
 from txrelay.protocol.errors import RelayError
-from txrelay.redact import PLACEHOLDER, RedactingObserver, Redactor, install_log_redaction
+from txrelay.redact import (
+    MIN_SUBSTRING,
+    PLACEHOLDER,
+    RedactingObserver,
+    Redactor,
+    install_log_redaction,
+)
 
 SHAPES = [
     "sk-proj-8fJ2kLmN0pQrStUvWxYz1234567890ab",
@@ -64,13 +70,34 @@ def test_every_shape_and_encoding_is_removed() -> None:
 _TEXT = st.text(st.characters(blacklist_characters="[]redact", blacklist_categories=("Cs",)))
 
 
-@given(_TEXT.filter(lambda s: len(s) >= 1), _TEXT, _TEXT)
+@given(_TEXT.filter(lambda s: len(s) >= MIN_SUBSTRING), _TEXT, _TEXT)
 def test_any_secret_in_any_text_is_gone(secret: str, before: str, after: str) -> None:
     r = Redactor()
     r.add(secret)
     out = r.redact(before + secret + after + secret)
     assert secret not in out
     assert PLACEHOLDER in out
+
+
+@given(_TEXT.filter(lambda s: 1 <= len(s) < MIN_SUBSTRING), _TEXT, _TEXT)
+def test_a_short_secret_standing_alone_is_gone(secret: str, before: str, after: str) -> None:
+    r = Redactor()
+    r.add(secret)
+    text = f"{before} {secret} {after}"
+    out = r.redact(text)
+    assert PLACEHOLDER in out
+    assert out.count(secret) < text.count(secret)
+
+
+def test_a_short_secret_inside_a_word_is_left_alone() -> None:
+    r = Redactor()
+    r.add("k", "EMPTY")
+    assert r.redact("kind key k") == f"kind key {PLACEHOLDER}"
+    assert r.redact("Bearer k, EMPTY. EMPTYSET k-means") == (
+        f"Bearer {PLACEHOLDER}, {PLACEHOLDER}. EMPTYSET k-means")
+    assert r.redact('{"api_key":"EMPTY"}') == f'{{"api_key":"{PLACEHOLDER}"}}'
+    r.add("sk-local-long-enough")
+    assert r.redact("xsk-local-long-enoughx k") == f"x{PLACEHOLDER}x {PLACEHOLDER}"
 
 
 def test_unrelated_text_is_untouched_and_no_secrets_is_a_no_op() -> None:
@@ -199,6 +226,8 @@ def test_secret_values_of_a_configuration(tmp_path: Any) -> None:
 def test_quoted_forms_never_decode_back_to_the_secret(secret: str, user: str, rest: str) -> None:
     r = Redactor()
     r.add(secret)
+    if len(secret) < MIN_SUBSTRING:  # quoted forms of a short secret: only standing alone
+        user, rest = f"{user} ", f" {rest}"
     # JSON (ASCII-escaped or not): what is left decodes to text without the secret.
     for ascii_only in (True, False):
         out = r.redact(json.dumps({"message": f"{user}{secret}{rest}"}, ensure_ascii=ascii_only))

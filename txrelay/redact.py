@@ -16,6 +16,9 @@ publisher, :class:`RedactingObserver` to wrap one observer). Log events also nev
 values of credential headers (:data:`SENSITIVE_HEADERS`), registered or not.
 
 Guessing at key shapes (``sk-…``) is not enough: an upstream key may be a UUID or a word.
+A short one (under :data:`MIN_SUBSTRING` characters) is replaced only where it stands alone,
+so a placeholder key such as ``EMPTY`` or ``x`` leaves the words that happen to contain it
+alone; its base64 forms, which sit inside longer base64 text by nature, are replaced anywhere.
 """
 
 from __future__ import annotations
@@ -49,6 +52,15 @@ SENSITIVE_HEADERS = frozenset({
 #: Secrets shorter than this have no base64 forms (their base64 core would be too short to
 #: be specific).
 _MIN_BASE64 = 6
+#: Secrets shorter than this (and their quoted forms) are replaced only where they stand alone,
+#: not inside a longer run of letters, digits, ``_`` or ``-``: a local server's key ``x`` or
+#: ``EMPTY`` must not rewrite every word that holds it.
+MIN_SUBSTRING = 8
+_WORD = "0-9A-Za-z_-"
+#: Where a short secret may start: after a non-word character, or after an escape that ends
+#: in one (``%20``, ``\n``, ``\u00e9``) in a percent-encoded or JSON text.
+_ALONE = (rf"(?:(?<![{_WORD}])|(?<=%[0-9A-Fa-f]{{2}})|(?<=\\[nrtbf])"
+          rf"|(?<=\\u[0-9A-Fa-f]{{4}}))")
 _PERCENT = re.compile(r"%[0-9A-F]{2}")
 
 
@@ -74,6 +86,15 @@ def _base64_cores(raw: bytes) -> set[str]:
 
 def encodings(secret: str) -> set[str]:
     """``secret`` and the forms a body may quote it in."""
+    return _quoted_forms(secret) | _base64_forms(secret)
+
+
+def _base64_forms(secret: str) -> set[str]:
+    raw = secret.encode("utf-8", "surrogatepass")
+    return _base64_cores(raw) if len(raw) >= _MIN_BASE64 else set()
+
+
+def _quoted_forms(secret: str) -> set[str]:
     forms = {secret}
     for ascii_only in (True, False):
         escaped = json.dumps(secret, ensure_ascii=ascii_only)[1:-1]
@@ -83,9 +104,6 @@ def encodings(secret: str) -> set[str]:
     for quoted in (quote(secret, safe=""), quote(secret), quote_plus(secret)):
         forms.add(quoted)
         forms.add(_PERCENT.sub(lambda m: m.group().lower(), quoted))
-    raw = secret.encode("utf-8", "surrogatepass")
-    if len(raw) >= _MIN_BASE64:
-        forms |= _base64_cores(raw)
     return {f for f in forms if f}
 
 
@@ -155,12 +173,21 @@ class Redactor:
                 self._compile()
 
     def _compile(self) -> None:
-        needles: set[str] = set()
+        long: set[str] = set()
+        short: set[str] = set()
         for s in self._secrets:
-            needles |= encodings(s)
+            # A base64 core sits inside a longer base64 text by nature: always a substring.
+            long |= _base64_forms(s)
+            (long if len(s) >= MIN_SUBSTRING else short).update(_quoted_forms(s))
+        short -= long
         self._formats = {}
-        self._min = min(map(len, needles), default=0)
-        self._pattern = re.compile(trie_pattern(needles)) if needles else None
+        self._min = min(map(len, long | short), default=0)
+        parts = []
+        if long:
+            parts.append(trie_pattern(long))
+        if short:
+            parts.append(f"{_ALONE}(?:{trie_pattern(short)})(?![{_WORD}])")
+        self._pattern = re.compile("|".join(parts)) if parts else None
 
     def __len__(self) -> int:
         return len(self._secrets)
