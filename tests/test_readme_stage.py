@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 from twisted.internet.defer import succeed
 
+from txrelay.lazyplugin import LazyStageFactory
 from txrelay.protocol.anthropic import InputMessage, MessagesRequest
 from txrelay.testing import text_reply, tool_reply
 
@@ -30,10 +31,13 @@ def fake_search(calls: list[dict[str, Any]]) -> Any:
 
 
 def test_the_stage_examples_run() -> None:
-    assert len(BLOCKS) == 3
+    assert len(BLOCKS) == 4
     namespace: dict[str, Any] = {"add_results": add_results, "fake_search": fake_search,
                                  "tool_reply": tool_reply, "text_reply": text_reply}
     for block in BLOCKS:
         exec(compile(block, "README.md", "exec"), namespace)
     namespace["test_shout"]()
     namespace["test_search_stage"]()
+    lazy = namespace["shout"]  # the lazy form names its module, it does not import it
+    assert isinstance(lazy, LazyStageFactory)
+    assert (lazy.type_name, lazy.builder) == ("shout", "shoutimpl:build_shout")
