@@ -1,12 +1,14 @@
 """
 bench/workers.py: relay throughput with ``server.workers = 1`` and ``= 2`` on this machine
-(issue 11.3). Each run starts ``txrelay serve`` on a free loopback port, waits until every
-worker listens, warms up, then drives it with ``wrk`` (bounded by ``--duration``) and
-prints, per load and worker count, requests/s and the relay's CPU per request: the sum over
-the supervisor and every worker process, from /proc.
+(issue 11.3, issue 13). Each run starts ``txrelay serve`` on a free loopback port, waits until
+every worker listens, warms up, then drives it with ``wrk`` (bounded by ``--duration``) and
+prints, per load and worker count, requests/s, the relay's CPU per request (the sum over the
+supervisor and every worker process, from /proc) and where the host's CPU went during the
+run: the relay, the upstream, wrk and everything else (/proc/stat).
 
     .venv/bin/python bench/workers.py [--duration 5] [--workers 1,2] [--loads small,paced]
-                                      [--paced-conc 32,128] [--write-results]
+                                      [--paced-conc 32,320] [--upstream pacedup|pyupstream]
+                                      [--write-results]
 
 ``--write-results`` puts the table into bench/RESULTS.md as its "Workers" section (a full
 ``bench/run`` keeps that section when it rewrites the file).
@@ -15,26 +17,34 @@ Loads:
 
 * ``small``: small non-streaming requests to the demo backend (no upstream I/O), c=50: the
   relay's own front end, pipeline and writer.
-* ``paced``: streamed answers through the ``openai-chat`` backend from bench/pyupstream.py's
-  trickled stream (200 chunks, one SSE event per upstream write, 5 ms apart, as a model
-  streams tokens), c=32 (and more with ``--paced-conc``): one stream costs a read, a
-  translation and a write per chunk. At c=32 the pacing bounds streams/s (a stream lasts
-  about a second whatever the relay does), so the CPU per stream is the number to read; a
-  higher concurrency makes the relay the bottleneck.
+* ``paced``: streamed answers through the ``openai-chat`` backend: the canned 200-chunk stream
+  trickled one SSE event per upstream write, 5 ms apart, as a model streams tokens; one
+  stream costs the relay a read, a translation and a write per chunk. At c=32 the pacing
+  bounds streams/s (a stream lasts about a second whatever the relay does), so the CPU per
+  stream is the number to read; the higher default concurrency is where one worker uses a
+  whole core, so that a second worker has something to add.
 
-wrk and the upstream share the cores with the relay, so two workers cannot reach twice one.
+The paced upstream is bench/pacedup.py by default: one epoll loop with one shared timer tick,
+about 2 us of Python per chunk (plus the kernel's loopback delivery), where bench/pyupstream.py
+(asyncio, ``--upstream pyupstream``) costs about as much per chunk as the relay and, on 2
+cores, took the core a second worker needs.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -46,35 +56,111 @@ from txrelay.config import hash_key  # noqa: E402
 KEY = "bench-workers-key"
 UPSTREAM_KEY = "bench-workers-upstream-key"
 TRICKLE_MS = 5.0
+#: Content chunks in the canned stream (bench/fixtures.py), for chunks/s.
+CONTENT_CHUNKS = fixtures.STREAM_CHUNKS
+#: Upstream writes per paced stream: the role event, the content chunks, the finish, usage and
+#: [DONE] events, and the last (empty) HTTP chunk.
+WRITES_PER_STREAM = CONTENT_CHUNKS + 5
 LOADS = {"small": "small non-streaming, demo backend",
-         "paced": f"paced stream: 200 chunks, one per upstream write {TRICKLE_MS:g} ms apart, "
-                  "openai-chat"}
+         "paced": f"paced stream: {CONTENT_CHUNKS} chunks, one per upstream write "
+                  f"{TRICKLE_MS:g} ms apart, openai-chat"}
 SMALL_CONC = 50
+#: The default concurrencies of the paced load: pacing-bound, and one worker on a whole core.
+PACED_CONC = "32,320"
+UPSTREAMS = ("pacedup", "pyupstream")
 #: The heading of this benchmark's section of bench/RESULTS.md.
 HEADING = "## Workers (bench/workers.py)"
+#: Above this share of one core going to other processes, the report calls the host busy.
+BUSY_OTHER_PCT = 15.0
+#: Seconds of each wrk run left out of the CPU and rate figures at its start and its end.
+SKIP_S = 3
+TAIL_S = 1
 
 
-def results_section(table: list[str], args: argparse.Namespace, loads: list[float]) -> str:
-    """The "Workers" section of bench/RESULTS.md (``loads``: the host's load averages)."""
+def command_line(args: argparse.Namespace) -> str:
+    """The command that made the results (the options that differ from the defaults)."""
+    out = ["bench/workers.py", f"--duration {args.duration}"]
+    if args.workers != "1,2":
+        out.append(f"--workers {args.workers}")
+    if args.loads != ["small", "paced"]:
+        out.append(f"--loads {','.join(args.loads)}")
+    if args.paced_conc != PACED_CONC:
+        out.append(f"--paced-conc {args.paced_conc}")
+    if args.upstream != "pacedup":
+        out.append(f"--upstream {args.upstream}")
+    return " ".join(out)
+
+
+def results_section(table: list[str], args: argparse.Namespace,
+                    results: dict[int, dict[tuple[str, int], dict[str, Any]]]) -> str:
+    """The "Workers" section of bench/RESULTS.md."""
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    loads = sorted(loads)
-    return "\n".join([
+    rows = [r for by in results.values() for r in by.values()]
+    loads = sorted(r["loadavg"] for r in rows)
+    other = max(r["pct"]["other"] for r in rows)
+    counts = sorted(results)
+    paced_rows = [r for by in results.values() for (ld, _), r in by.items() if ld == "paced"]
+    if args.upstream == "pacedup":
+        upstream = ("bench/pacedup.py: one process, one epoll loop and one shared 5 ms timer "
+                    "tick (every stream due in a tick gets its next event in that tick, one "
+                    "`send` of a pre-framed chunk each)")
+        rate = ("Paced streams/s come from the upstream's own write counter over that window "
+                f"(writes / {WRITES_PER_STREAM} per stream): the steady rate, without wrk's "
+                "ramp at the start and the streams cut off at the end")
+    else:
+        upstream = ("bench/pyupstream.py (asyncio: a task wake-up, a timer and a `drain()` "
+                    "per chunk and stream)")
+        rate = "Requests/s are wrk's (the whole run)"
+    text = [
         HEADING, "",
-        f"Made by `bench/workers.py --duration {args.duration}` on {when}: `txrelay serve` with "
-        "`server.workers` = 1 and 2 (SO_REUSEPORT), one wrk thread, 2 s warm-up per row. "
-        "Relay CPU is user+system time of the supervisor and every worker (/proc), per "
-        "request. Paced streams: bench/pyupstream.py's trickled answer (200 chunks, one per "
-        "write, 5 ms apart) through the `openai-chat` backend.", "",
-        f"**The machine was busy** (other jobs ran beside it; 1-minute load average "
-        f"{loads[0]:.1f}..{loads[-1]:.1f} on 2 cores): req/s and latencies here are "
-        "lower bounds and do not show how far a second worker scales on an idle host; "
-        "CPU per request is the steadier number. wrk and the upstream share the 2 cores "
-        "with the relay, so 2 workers cannot double one in any case.", "",
-        *table, "",
-        "At c=32 the pacing bounds streams/s (each lasts at least 1 s whatever the relay "
-        "does), so only a higher concurrency can show a second worker's gain. CPU per paced "
-        "stream falls as concurrency rises (more chunks arrive per read) and is inflated on a "
-        "contended host: compare it within this table, not with bench/run's figures.", ""])
+        f"Made by `{command_line(args)}` on {when}: `txrelay serve` with `server.workers` = "
+        f"{' and '.join(map(str, counts))} (SO_REUSEPORT), one wrk thread, a 2 s warm-up per "
+        f"row. Paced streams: the canned {CONTENT_CHUNKS}-chunk answer, one SSE event per "
+        f"upstream write, {TRICKLE_MS:g} ms apart, through the `openai-chat` backend; the "
+        f"upstream is {upstream}. chunks/s = streams/s x {CONTENT_CHUNKS}.", "",
+        f"Every CPU figure is taken over the middle of each wrk run (from {SKIP_S} s after "
+        f"its start to {TAIL_S} s before its end). {rate}. Relay CPU is user+system time of "
+        "the supervisor and every worker (/proc), per request. The CPU column splits the 2 "
+        "cores (200 %): the relay (all its processes), the upstream, wrk, and the rest of the "
+        "host (busy time in /proc/stat minus those three: other jobs, and kernel work charged "
+        "to no process).", "",
+    ]
+    if other > BUSY_OTHER_PCT:
+        text += [f"**The machine was busy**: other processes took up to {other:.0f} % of a "
+                 f"core during a row (1-minute load average {loads[0]:.1f}..{loads[-1]:.1f} "
+                 "on 2 cores, this benchmark's own processes included). req/s and latencies "
+                 "are lower bounds and CPU per request is inflated; compare rows whose "
+                 "\"other\" share is alike.", ""]
+    else:
+        text += [f"The host was otherwise quiet: at most {other:.0f} % of a core went to "
+                 f"other processes during a row (1-minute load average "
+                 f"{loads[0]:.1f}..{loads[-1]:.1f}, this benchmark's own processes "
+                 "included).", ""]
+    text += [*table, ""]
+    notes = []
+    paced = [(load, conc) for load, conc in args.runs if load == "paced"]
+    if paced and counts[0] == 1 and 2 in counts:
+        load, conc = max(paced, key=lambda k: k[1])
+        one, two = results[1][load, conc], results[2][load, conc]
+        up_us = statistics.median(r["up_us_write"] for r in paced_rows)
+        up_sys = statistics.median(r["up_sys_us_write"] for r in paced_rows)
+        notes.append(
+            f"At c={conc} one worker used {one['pct']['relay']:.0f} % of a core (a worker is "
+            "one Python process: 100 % is all it can have) for "
+            f"{one['rate']:,.0f} streams/s; two workers used {two['pct']['relay']:.0f} % for "
+            f"{two['rate']:,.0f} streams/s ({harness.f_ratio(two['rate'] / one['rate'])}). "
+            "The relay cannot have both cores: the upstream and wrk run beside it, and read "
+            "or write every chunk too (see the CPU column). The upstream spent "
+            f"{up_us:.1f} us of CPU per write (median over the paced rows), {up_sys:.1f} us "
+            "of it in the kernel: mostly the loopback delivery of each segment into the "
+            "relay's socket, which a network card would do on a real host.")
+    notes.append(
+        "At c=32 the pacing bounds streams/s (each stream lasts at least 1 s whatever the "
+        "relay does): read the CPU per stream there. CPU per paced stream falls as "
+        "concurrency rises (more chunks arrive per read once the relay lags behind the 5 ms "
+        "tick) and is inflated on a contended host: compare it within this table, not with "
+        "bench/run's figures.")
+    return "\n".join([*text, *(n + "\n" for n in notes)])
 
 
 def write_results(section: str) -> None:
@@ -149,9 +235,122 @@ def cpu(pids: list[int]) -> float:
     return sum(harness.cpu_seconds(p) for p in pids)
 
 
+def host_busy() -> float:
+    """CPU seconds the whole host has been busy (all cores; /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is inside user already).
+    return (sum(fields[:8]) - fields[3] - fields[4]) / harness.CLK_TCK
+
+
+def start_upstream(kind: str, port: int, work: Path, procs: harness.Procs,
+                   ) -> subprocess.Popen[bytes]:
+    """The paced upstream ``kind`` (pacedup or pyupstream) on ``port``, answering."""
+    script = HERE / f"{kind}.py"
+    argv = [sys.executable, str(script), str(port), "--max-seconds", "3600",
+            "--fixtures", str(work / "fixtures" / "upstream"), "--trickle-ms", str(TRICKLE_MS)]
+    up = procs.start(kind, argv, work / f"{kind}.log")
+    harness.wait_http(port, "/health", 10, up)
+    return up
+
+
+def child_pid(name: str) -> int | None:
+    """A running child of this process whose command is ``name`` (wrk), if any."""
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for pid in children:
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == name:
+                    return int(pid)
+            except OSError:
+                continue
+    return None
+
+
+def upstream_writes(port: int) -> int | None:
+    """How many writes bench/pacedup.py has sent so far (None: not pacedup)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        c.request("GET", "/stats")
+        r = c.getresponse()
+        data = r.read()
+        return int(json.loads(data)["chunks"]) if r.status == 200 else None
+    except (OSError, ValueError, KeyError):
+        return None
+    finally:
+        c.close()
+
+
+def sample(pids: list[int], up_pid: int | None, wrk_pid: int, up_port: int,
+           ) -> dict[str, float]:
+    """CPU seconds so far of the relay, the upstream, wrk and the host; the upstream's writes."""
+    writes = upstream_writes(up_port) if up_pid else None
+    up_user, up_sys = harness.cpu_split(up_pid) if up_pid else (0.0, 0.0)
+    return {"t": time.monotonic(), "relay": cpu(pids),
+            "upstream": up_user + up_sys, "upstream_sys": up_sys,
+            "wrk": harness.cpu_seconds(wrk_pid), "host": host_busy(),
+            "writes": float("nan") if writes is None else float(writes)}
+
+
+def run_row(url: str, body: Path, headers: dict[str, str], conc: int, seconds: int,
+            pids: list[int], up_pid: int | None, up_port: int) -> dict[str, Any]:
+    """
+    One wrk run, with the CPU of every side sampled over its steady middle: from SKIP_S after
+    the start to TAIL_S before the end (streams start together and take seconds at the high
+    concurrencies: the first and last seconds are ramps).
+    """
+    out: dict[str, Any] = {}
+    failed: list[BaseException] = []
+
+    def drive() -> None:
+        try:
+            out.update(harness.wrk(url, body, headers, conc, seconds))
+        except BaseException as e:  # re-raised in the caller's thread
+            failed.append(e)
+
+    thread = threading.Thread(target=drive, name="wrk", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    wrk_pid = None
+    while wrk_pid is None and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+        wrk_pid = child_pid("wrk")
+    if wrk_pid is None:
+        thread.join(seconds + 70)
+        raise RuntimeError(f"wrk did not start: {failed[0] if failed else 'no process'}")
+    time.sleep(SKIP_S)
+    a = sample(pids, up_pid, wrk_pid, up_port)
+    time.sleep(seconds - SKIP_S - TAIL_S)
+    b = sample(pids, up_pid, wrk_pid, up_port)
+    thread.join(seconds + 70)
+    if failed:
+        raise failed[0]
+    if thread.is_alive():
+        raise RuntimeError("wrk did not finish")
+    d = {k: b[k] - a[k] for k in a}
+    wall = d["t"]
+    if d["writes"] == d["writes"]:  # pacedup: the steady-state rate, from its own counter
+        out["rate"] = d["writes"] / WRITES_PER_STREAM / wall
+        out["rate_from"] = "upstream"
+    else:
+        out["rate"] = out["rps"]
+        out["rate_from"] = "wrk"
+    n = max(1e-9, out["rate"] * wall)
+    out["cpu_ms"] = d["relay"] * 1000 / n
+    out["up_us_write"] = d["upstream"] * 1e6 / (n * WRITES_PER_STREAM)
+    out["up_sys_us_write"] = d["upstream_sys"] * 1e6 / (n * WRITES_PER_STREAM)
+    out["pct"] = {"relay": 100 * d["relay"] / wall, "upstream": 100 * d["upstream"] / wall,
+                  "wrk": 100 * d["wrk"] / wall,
+                  "other": max(0.0, 100 * (d["host"] - d["relay"] - d["upstream"] - d["wrk"])
+                               / wall)}
+    return out
+
+
 def measure(workers: int, args: argparse.Namespace, work: Path, upstream_port: int,
-            procs: harness.Procs, bodies: dict[str, Path],
-            ) -> dict[tuple[str, int], dict[str, float]]:
+            up_pid: int | None, procs: harness.Procs, bodies: dict[str, Path],
+            ) -> dict[tuple[str, int], dict[str, Any]]:
     """Every load against a relay with ``workers`` workers."""
     port = harness.free_port()
     cfg = work / f"relay-{workers}.toml"
@@ -172,19 +371,48 @@ def measure(workers: int, args: argparse.Namespace, work: Path, upstream_port: i
         out = {}
         for load, conc in args.runs:
             # A paced stream lasts a second or more; past c=32 they queue for longer.
-            seconds = max(args.duration, 1 if load == "small" else 4 if conc <= 32 else 10)
+            seconds = SKIP_S + TAIL_S + max(args.duration,
+                                            1 if load == "small" else 4 if conc <= 32 else 8)
             harness.wrk(url, bodies[load], headers, conc, 2)  # warm-up
-            before = cpu(pids)
             r_load = float(Path("/proc/loadavg").read_text().split()[0])
-            r = harness.wrk(url, bodies[load], headers, conc, seconds)
-            r["cpu_ms"] = (cpu(pids) - before) * 1000 / max(1, r["requests"])
+            up = up_pid if load == "paced" else None
+            r = run_row(url, bodies[load], headers, conc, seconds, pids, up, upstream_port)
             r["loadavg"] = r_load
             out[load, conc] = r
-            harness.log(f"workers={workers} {load} c={conc}: {r['rps']:.0f} req/s, "
-                        f"{r['cpu_ms']:.3f} ms CPU/req, {r['errors']} errors")
+            p = r["pct"]
+            harness.log(f"workers={workers} {load} c={conc}: {r['rate']:.0f} req/s "
+                        f"({r['rate_from']}; wrk {r['rps']:.0f}), {r['cpu_ms']:.3f} ms CPU/req, "
+                        f"CPU % relay {p['relay']:.0f} upstream {p['upstream']:.0f} wrk "
+                        f"{p['wrk']:.0f} other {p['other']:.0f}, upstream "
+                        f"{r['up_us_write']:.1f} us/write ({r['up_sys_us_write']:.1f} system), "
+                        f"{r['errors']} errors, "
+                        f"load {r_load:.2f}")
         return out
     finally:
         procs.stop(proc, timeout=30)
+
+
+def render(args: argparse.Namespace, counts: list[int],
+           results: dict[int, dict[tuple[str, int], dict[str, Any]]]) -> list[str]:
+    """The Markdown table."""
+    table = [f"| load | conc | workers | req/s | vs {counts[0]} | chunks/s | p50 ms | p99 ms | "
+             "relay CPU ms/req | CPU % relay / upstream / wrk / other | errors | "
+             "host load avg |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for load, conc in args.runs:
+        label = LOADS[load]
+        base = results[counts[0]][load, conc]["rate"]
+        for n in counts:
+            r = results[n][load, conc]
+            ratio = harness.f_ratio(r["rate"] / base) if base else "n/a"
+            chunks = f"{r['rate'] * CONTENT_CHUNKS:,.0f}" if load == "paced" else "-"
+            p = r["pct"]
+            split = (f"{p['relay']:.0f} / {p['upstream']:.0f} / {p['wrk']:.0f} / "
+                     f"{p['other']:.0f}")
+            table.append(f"| {label} | {conc} | {n} | {r['rate']:,.0f} | {ratio} | {chunks} | "
+                         f"{r['p50']:.1f} | {r['p99']:.1f} | {r['cpu_ms']:.3f} | {split} | "
+                         f"{r['errors']:.0f} | {r['loadavg']:.1f} |")
+    return table
 
 
 def main() -> int:
@@ -192,7 +420,10 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--loads", default="small,paced")
-    parser.add_argument("--paced-conc", default="32,128")
+    parser.add_argument("--paced-conc", default=PACED_CONC)
+    parser.add_argument("--upstream", choices=UPSTREAMS, default="pacedup",
+                        help="the paced upstream: bench/pacedup.py (epoll, cheap) or "
+                             "bench/pyupstream.py (asyncio)")
     parser.add_argument("--write-results", action="store_true",
                         help="write the table into bench/RESULTS.md")
     args = parser.parse_args()
@@ -207,43 +438,32 @@ def main() -> int:
     harness.raise_nofile()
     counts = [int(n) for n in args.workers.split(",")]
     procs = harness.Procs()
-    try:
-        with tempfile.TemporaryDirectory(prefix="txrelay-workers-bench-") as tmp:
-            work = Path(tmp)
-            fixtures.write_all(work / "fixtures")
-            small = work / "small.json"
-            small.write_text(json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 64,
-                                         "messages": [{"role": "user", "content": "hello"}]}))
-            paced = work / "paced.json"
-            paced.write_bytes(harness.with_model(
-                work / "fixtures" / "bodies" / "small-stream.anthropic.json", "bench-trickle"))
-            upstream_port = harness.free_port()
-            up = procs.start("pyupstream", [
-                sys.executable, str(HERE / "pyupstream.py"), str(upstream_port),
-                "--max-seconds", "3600", "--fixtures", str(work / "fixtures" / "upstream"),
-                "--trickle-ms", str(TRICKLE_MS)], work / "pyupstream.log")
-            harness.wait_http(upstream_port, "/health", 10, up)
-            bodies = {"small": small, "paced": paced}
-            results = {n: measure(n, args, work, upstream_port, procs, bodies)
-                       for n in counts}
-    finally:
-        procs.stop_all()
-    table = [f"| load | conc | workers | req/s | vs {counts[0]} | p50 ms | p99 ms | "
-             "relay CPU ms/req | errors | host load avg |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for load, conc in args.runs:
-        label = LOADS[load]
-        base = results[counts[0]][load, conc]["rps"]
-        for n in counts:
-            r = results[n][load, conc]
-            ratio = harness.f_ratio(r["rps"] / base) if base else "n/a"
-            table.append(f"| {label} | {conc} | {n} | {r['rps']:,.0f} | {ratio} | "
-                         f"{r['p50']:.1f} | {r['p99']:.1f} | {r['cpu_ms']:.3f} | "
-                         f"{r['errors']:.0f} | {r['loadavg']:.1f} |")
+    with harness.signals_to_exit():
+        try:
+            with tempfile.TemporaryDirectory(prefix="txrelay-workers-bench-") as tmp:
+                work = Path(tmp)
+                fixtures.write_all(work / "fixtures")
+                small = work / "small.json"
+                small.write_text(json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 64,
+                                             "messages": [{"role": "user",
+                                                           "content": "hello"}]}))
+                paced = work / "paced.json"
+                paced.write_bytes(harness.with_model(
+                    work / "fixtures" / "bodies" / "small-stream.anthropic.json",
+                    "bench-trickle"))
+                upstream_port = harness.free_port()
+                up_pid = None
+                if "paced" in args.loads:
+                    up_pid = start_upstream(args.upstream, upstream_port, work, procs).pid
+                bodies = {"small": small, "paced": paced}
+                results = {n: measure(n, args, work, upstream_port, up_pid, procs, bodies)
+                           for n in counts}
+        finally:
+            procs.stop_all()
+    table = render(args, counts, results)
     print("\n".join(table))
     if args.write_results:
-        write_results(results_section(table, args, [r["loadavg"] for by in results.values()
-                                                    for r in by.values()]))
+        write_results(results_section(table, args, results))
     return 0
 
 
