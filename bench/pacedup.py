@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_bench_pacedup -*-
 """
 A cheap paced Chat Completions upstream: one process, one epoll loop, one shared timer tick.
 
