@@ -1,14 +1,16 @@
 """
 bench/workers.py: relay throughput with ``server.workers = 1`` and ``= 2`` on this machine
-(issue 11.3, issue 13). Each run starts ``txrelay serve`` on a free loopback port, waits until
-every worker listens, warms up, then drives it with ``wrk`` (bounded by ``--duration``) and
-prints, per load and worker count, requests/s, the relay's CPU per request (the sum over the
-supervisor and every worker process, from /proc) and where the host's CPU went during the
-run: the relay, the upstream, wrk and everything else (/proc/stat).
+(issue 11.3, issue 13). It starts one ``txrelay serve`` per worker count on free loopback
+ports, waits until every worker listens, then per load warms each up and drives them in turn
+with ``wrk`` (bounded by ``--duration``; ``--runs`` runs each, interleaved 1 2 2 1 ... so that
+the host's changing load hits both alike) and prints, per load and worker count, the median
+requests/s, the relay's CPU per request (the sum over the supervisor and every worker
+process, from /proc) and where the host's CPU went: the relay, the upstream, wrk and
+everything else (/proc/stat).
 
     .venv/bin/python bench/workers.py [--duration 5] [--workers 1,2] [--loads small,paced]
                                       [--paced-conc 32,320] [--upstream pacedup|pyupstream]
-                                      [--write-results]
+                                      [--runs 2] [--write-results]
 
 ``--write-results`` puts the table into bench/RESULTS.md as its "Workers" section (a full
 ``bench/run`` keeps that section when it rewrites the file).
@@ -43,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +91,8 @@ def command_line(args: argparse.Namespace) -> str:
         out.append(f"--paced-conc {args.paced_conc}")
     if args.upstream != "pacedup":
         out.append(f"--upstream {args.upstream}")
+    if args.runs != 2:
+        out.append(f"--runs {args.runs}")
     return " ".join(out)
 
 
@@ -114,8 +119,10 @@ def results_section(table: list[str], args: argparse.Namespace,
     text = [
         HEADING, "",
         f"Made by `{command_line(args)}` on {when}: `txrelay serve` with `server.workers` = "
-        f"{' and '.join(map(str, counts))} (SO_REUSEPORT), one wrk thread, a 2 s warm-up per "
-        f"row. Paced streams: the canned {CONTENT_CHUNKS}-chunk answer, one SSE event per "
+        f"{' and '.join(map(str, counts))} (SO_REUSEPORT), all running throughout, one wrk "
+        f"thread, a 2 s warm-up per row; each figure is the median of {args.runs} run(s) per "
+        "row and worker count, the counts taking turns (1 2 2 1 ...). Paced streams: the "
+        f"canned {CONTENT_CHUNKS}-chunk answer, one SSE event per "
         f"upstream write, {TRICKLE_MS:g} ms apart, through the `openai-chat` backend; the "
         f"upstream is {upstream}. chunks/s = streams/s x {CONTENT_CHUNKS}.", "",
         f"Every CPU figure is taken over the middle of each wrk run (from {SKIP_S} s after "
@@ -138,7 +145,7 @@ def results_section(table: list[str], args: argparse.Namespace,
                  "included).", ""]
     text += [*table, ""]
     notes = []
-    paced = [(load, conc) for load, conc in args.runs if load == "paced"]
+    paced = [(load, conc) for load, conc in args.rows if load == "paced"]
     if paced and counts[0] == 1 and 2 in counts:
         load, conc = max(paced, key=lambda k: k[1])
         one, two = results[1][load, conc], results[2][load, conc]
@@ -348,10 +355,19 @@ def run_row(url: str, body: Path, headers: dict[str, str], conc: int, seconds: i
     return out
 
 
-def measure(workers: int, args: argparse.Namespace, work: Path, upstream_port: int,
-            up_pid: int | None, procs: harness.Procs, bodies: dict[str, Path],
-            ) -> dict[tuple[str, int], dict[str, Any]]:
-    """Every load against a relay with ``workers`` workers."""
+@dataclass(frozen=True)
+class Relay:
+    """A running ``txrelay serve`` under test."""
+
+    workers: int
+    proc: subprocess.Popen[bytes]
+    url: str
+    #: The supervisor and its workers.
+    pids: list[int]
+
+
+def start_relay(workers: int, work: Path, upstream_port: int, procs: harness.Procs) -> Relay:
+    """``txrelay serve`` with ``workers`` workers, once every worker listens."""
     port = harness.free_port()
     cfg = work / f"relay-{workers}.toml"
     cfg.write_text(config(port, workers, upstream_port))
@@ -359,37 +375,66 @@ def measure(workers: int, args: argparse.Namespace, work: Path, upstream_port: i
     proc = procs.start(f"relay-{workers}", [sys.executable, "-m", "txrelay", "serve",
                                             "--config", str(cfg)], log,
                        env={**os.environ, "BENCH_UPSTREAM_KEY": UPSTREAM_KEY})
+    deadline = time.monotonic() + 60
+    while log.read_text().count("txrelay listening on") < workers:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"relay did not start:\n{log.read_text()}")
+        time.sleep(0.1)
+    return Relay(workers, proc, harness.relay_url(port), relay_pids(proc.pid))
+
+
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each figure over ``runs`` of one row (errors: the sum)."""
+    out: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k, v in runs[0].items()
+                           if isinstance(v, int | float)}
+    out["pct"] = {k: statistics.median(r["pct"][k] for r in runs) for k in runs[0]["pct"]}
+    out["errors"] = sum(r["errors"] for r in runs)
+    out["rate_from"] = runs[0]["rate_from"]
+    out["runs"] = len(runs)
+    return out
+
+
+def measure(counts: list[int], args: argparse.Namespace, work: Path, upstream_port: int,
+            up_pid: int | None, procs: harness.Procs, bodies: dict[str, Path],
+            ) -> dict[int, dict[tuple[str, int], dict[str, Any]]]:
+    """
+    Every load against a relay per worker count, all running at once; the counts take turns,
+    run by run (1 2 2 1 ...), so that the host's changing load hits them alike.
+    """
+    relays = [start_relay(n, work, upstream_port, procs) for n in counts]
+    headers = {"x-api-key": KEY}
+    results: dict[int, dict[tuple[str, int], dict[str, Any]]] = {n: {} for n in counts}
     try:
-        deadline = time.monotonic() + 60
-        while log.read_text().count("txrelay listening on") < workers:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"relay did not start:\n{log.read_text()}")
-            time.sleep(0.1)
-        pids = relay_pids(proc.pid)
-        url = harness.relay_url(port)
-        headers = {"x-api-key": KEY}
-        out = {}
-        for load, conc in args.runs:
+        for load, conc in args.rows:
             # A paced stream lasts a second or more; past c=32 they queue for longer.
             seconds = SKIP_S + TAIL_S + max(args.duration,
                                             1 if load == "small" else 4 if conc <= 32 else 8)
-            harness.wrk(url, bodies[load], headers, conc, 2)  # warm-up
-            r_load = float(Path("/proc/loadavg").read_text().split()[0])
-            up = up_pid if load == "paced" else None
-            r = run_row(url, bodies[load], headers, conc, seconds, pids, up, upstream_port)
-            r["loadavg"] = r_load
-            out[load, conc] = r
-            p = r["pct"]
-            harness.log(f"workers={workers} {load} c={conc}: {r['rate']:.0f} req/s "
-                        f"({r['rate_from']}; wrk {r['rps']:.0f}), {r['cpu_ms']:.3f} ms CPU/req, "
-                        f"CPU % relay {p['relay']:.0f} upstream {p['upstream']:.0f} wrk "
-                        f"{p['wrk']:.0f} other {p['other']:.0f}, upstream "
-                        f"{r['up_us_write']:.1f} us/write ({r['up_sys_us_write']:.1f} system), "
-                        f"{r['errors']} errors, "
+            for relay in relays:
+                harness.wrk(relay.url, bodies[load], headers, conc, 2)  # warm-up
+            runs: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
+            for i in range(args.runs):
+                for relay in relays if i % 2 == 0 else relays[::-1]:
+                    r_load = float(Path("/proc/loadavg").read_text().split()[0])
+                    up = up_pid if load == "paced" else None
+                    r = run_row(relay.url, bodies[load], headers, conc, seconds, relay.pids, up,
+                                upstream_port)
+                    r["loadavg"] = r_load
+                    runs[relay.workers].append(r)
+                    p = r["pct"]
+                    harness.log(
+                        f"workers={relay.workers} {load} c={conc} run {i + 1}: "
+                        f"{r['rate']:.0f} req/s ({r['rate_from']}; wrk {r['rps']:.0f}), "
+                        f"{r['cpu_ms']:.3f} ms CPU/req, CPU % relay {p['relay']:.0f} upstream "
+                        f"{p['upstream']:.0f} wrk {p['wrk']:.0f} other {p['other']:.0f}, "
+                        f"upstream {r['up_us_write']:.1f} us/write "
+                        f"({r['up_sys_us_write']:.1f} system), {r['errors']} errors, "
                         f"load {r_load:.2f}")
-        return out
+            for n in counts:
+                results[n][load, conc] = combine(runs[n])
     finally:
-        procs.stop(proc, timeout=30)
+        for relay in relays:
+            procs.stop(relay.proc, timeout=30)
+    return results
 
 
 def render(args: argparse.Namespace, counts: list[int],
@@ -399,7 +444,7 @@ def render(args: argparse.Namespace, counts: list[int],
              "relay CPU ms/req | CPU % relay / upstream / wrk / other | errors | "
              "host load avg |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for load, conc in args.runs:
+    for load, conc in args.rows:
         label = LOADS[load]
         base = results[counts[0]][load, conc]["rate"]
         for n in counts:
@@ -421,6 +466,8 @@ def main() -> int:
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--loads", default="small,paced")
     parser.add_argument("--paced-conc", default=PACED_CONC)
+    parser.add_argument("--runs", type=int, default=2,
+                        help="runs per row and worker count, interleaved (1 2 2 1 ...)")
     parser.add_argument("--upstream", choices=UPSTREAMS, default="pacedup",
                         help="the paced upstream: bench/pacedup.py (epoll, cheap) or "
                              "bench/pyupstream.py (asyncio)")
@@ -428,7 +475,7 @@ def main() -> int:
                         help="write the table into bench/RESULTS.md")
     args = parser.parse_args()
     args.loads = [x for x in args.loads.split(",") if x]
-    args.runs = [(load, conc) for load in args.loads
+    args.rows = [(load, conc) for load in args.loads
                  for conc in ([SMALL_CONC] if load == "small"
                               else [int(c) for c in args.paced_conc.split(",")])]
     if unknown := set(args.loads) - set(LOADS):
@@ -456,8 +503,7 @@ def main() -> int:
                 if "paced" in args.loads:
                     up_pid = start_upstream(args.upstream, upstream_port, work, procs).pid
                 bodies = {"small": small, "paced": paced}
-                results = {n: measure(n, args, work, upstream_port, up_pid, procs, bodies)
-                           for n in counts}
+                results = measure(counts, args, work, upstream_port, up_pid, procs, bodies)
         finally:
             procs.stop_all()
     table = render(args, counts, results)
