@@ -73,7 +73,17 @@ class ChatStreamTranslator:
     :param id_factory: mints tool-use ids (R-X11); injectable for deterministic tests.
     :param signature_factory: mints thinking signatures (R-S5); injectable likewise.
     :param upstream_name: prefixes error messages.
+
+    :ivar done: whether the stream has ended (``message_stop`` or ``error`` produced).
+    :ivar finish_seen: whether the upstream sent a ``finish_reason`` (start of the R-S16
+        grace period).
+
+    ``done`` and ``finish_seen`` are read once per upstream read: plain attributes (read-only
+    for everyone else), not properties, which cost a Python call each.
     """
+
+    done: bool
+    finish_seen: bool
 
     def __init__(
         self,
@@ -102,7 +112,7 @@ class ChatStreamTranslator:
         self._parser = SSEParser(max_event_size=dialect.max_event_size)
         self._started = False
         self._held: list[Event] = []
-        self._done = False
+        self.done = False
         self._error: RelayError | None = None
         self._received = False
         self._saw_done_marker = False
@@ -122,22 +132,13 @@ class ChatStreamTranslator:
         self._tool_emitted = False
 
         self._finish: str | None = None
+        self.finish_seen = False
         self._vendor_stop: str | None = None
         self._usage: dict[str, Any] | None = None
         self._refusal = False
         self._out_chars = 0
 
     # --- public interface ------------------------------------------------------------------
-
-    @property
-    def done(self) -> bool:
-        """Whether the stream has ended (``message_stop`` or ``error`` produced)."""
-        return self._done
-
-    @property
-    def finish_seen(self) -> bool:
-        """Whether the upstream sent a ``finish_reason`` (start of the R-S16 grace period)."""
-        return self._finish is not None
 
     @property
     def error(self) -> RelayError | None:
@@ -168,7 +169,7 @@ class ChatStreamTranslator:
 
     def feed(self, data: bytes) -> list[Event]:
         """Translate a piece of the upstream body (arbitrary boundaries)."""
-        if self._done:
+        if self.done:
             return []
         out: list[Event] = []
         too_large: SSEEventTooLarge | None = None
@@ -179,11 +180,11 @@ class ChatStreamTranslator:
         try:
             for sse in events:
                 self._sse(sse, out)
-                if self._done:
+                if self.done:
                     break
         except Exception as e:  # a shape nobody foresaw must not escape into the I/O layer
             self._untranslatable(e, out)
-        if too_large is not None and not self._done:
+        if too_large is not None and not self.done:
             self._fail(self._too_large(too_large.limit), out)
         return out if self._started else self._emit(out)
 
@@ -197,7 +198,7 @@ class ChatStreamTranslator:
         ``finish_reason_optional`` is set and the final usage chunk arrived — and never when
         tool-call arguments are still open.
         """
-        if self._done:
+        if self.done:
             return []
         out: list[Event] = []
         try:
@@ -211,7 +212,7 @@ class ChatStreamTranslator:
         self._lenient_tail = self._finish is not None
         for sse in self._parser.finish():
             self._sse(sse, out)
-            if self._done:
+            if self.done:
                 return
         if self._finish is not None:
             self._finalize(out)
@@ -226,7 +227,7 @@ class ChatStreamTranslator:
     def process_chunk(self, chunk: dict[str, Any]) -> list[Event]:
         """Translate one decoded chunk (used for non-streaming responses)."""
         out: list[Event] = []
-        if not self._done:
+        if not self.done:
             try:
                 self._chunk(chunk, out)
             except Exception as e:
@@ -236,7 +237,7 @@ class ChatStreamTranslator:
     def finalize(self) -> list[Event]:
         """End normally, as on ``[DONE]``."""
         out: list[Event] = []
-        if not self._done:
+        if not self.done:
             try:
                 self._finalize(out)
             except Exception as e:
@@ -272,7 +273,7 @@ class ChatStreamTranslator:
 
     def _untranslatable(self, exc: Exception, out: list[Event]) -> None:
         """Last line of defence: an upstream shape the translator did not foresee."""
-        if self._done:
+        if self.done:
             return
         log.warning("could not translate the upstream stream of %s", self._upstream, exc_info=exc)
         what = (
@@ -291,7 +292,7 @@ class ChatStreamTranslator:
         """R-E4: one ``error`` event, nothing after it; open blocks stay open."""
         out.append(error.event())
         self._error = error
-        self._done = True
+        self.done = True
 
     def _sse(self, sse: SSEEvent, out: list[Event]) -> None:
         if sse.other:
@@ -391,7 +392,7 @@ class ChatStreamTranslator:
                     self._malformed("'delta' is not an object", out)
                     return
                 self._delta(delta, out)
-                if self._done:
+                if self.done:
                     return
             reason = choice.get("finish_reason")
             if reason:
@@ -399,7 +400,7 @@ class ChatStreamTranslator:
                     self._malformed("'finish_reason' is not a string", out)
                     return
                 self._on_finish(reason, choice, chunk, out)
-                if self._done:
+                if self.done:
                     return
 
     def _plain_text(self, chunk: dict[str, Any], out: list[Event]) -> bool:
@@ -451,6 +452,7 @@ class ChatStreamTranslator:
             )
             return
         self._finish = reason
+        self.finish_seen = True
         matched = choice.get("stop_reason")
         if not isinstance(matched, str):
             matched = choice.get("matched_stop")  # SGLang
@@ -506,7 +508,7 @@ class ChatStreamTranslator:
         current = self._open_kind
         if current == "tool_use":
             self._end_tools(out)  # Q24: content after tool calls closes them for good
-            if self._done:
+            if self.done:
                 return
         elif current is not None:
             self._close_block(out)
@@ -542,7 +544,7 @@ class ChatStreamTranslator:
             self._pending_ws += text
             return
         self._open_block("text", out)
-        if self._done:
+        if self.done:
             return
         if self._pending_ws:
             text = self._pending_ws + text
@@ -553,7 +555,7 @@ class ChatStreamTranslator:
     def _thinking(self, text: str, out: list[Event]) -> None:
         if self._open_kind != "thinking":
             self._open_block("thinking", out)
-            if self._done:
+            if self.done:
                 return
         out.append(ev.thinking_delta(self._open_index, text))
         self._out_chars += len(text)
@@ -571,7 +573,7 @@ class ChatStreamTranslator:
                         self._end_tools(out)
                     else:
                         self._close_block(out)
-                    if self._done:
+                    if self.done:
                         return
                 index = self._next_index
                 self._next_index = index + 1
@@ -582,7 +584,7 @@ class ChatStreamTranslator:
             text = item.get("summary") if kind == "reasoning.summary" else item.get("text")
             if isinstance(text, str) and text:
                 self._thinking(text, out)
-                if self._done:
+                if self.done:
                     return
             if self._open_kind == "thinking":
                 meta = self._orx_meta
@@ -600,7 +602,7 @@ class ChatStreamTranslator:
                 self._think_emit(piece, out)
             else:
                 self._text(piece, out)
-            if self._done:
+            if self.done:
                 return
 
     def _think_emit(self, text: str, out: list[Event]) -> None:
@@ -639,11 +641,11 @@ class ChatStreamTranslator:
                     self._add_args(call, arguments, out)
             elif arguments is not None:  # Q4: an object instead of a string
                 self._replace_args(call, dumps_str(arguments), out)
-            if self._done:
+            if self.done:
                 return
             if self._live is None and not self._complete_mode:
                 self._flush_queue(out, final=False)
-                if self._done:
+                if self.done:
                     return
 
     def _add_args(self, call: ToolCall, text: str, out: list[Event]) -> None:
@@ -673,7 +675,7 @@ class ChatStreamTranslator:
                 self._out_chars += len(fwd)
         if call.state == OPEN and checker.complete:
             self._close_live(out)
-            if not self._done:
+            if not self.done:
                 self._flush_queue(out, final=False)
 
     def _replace_args(self, call: ToolCall, text: str, out: list[Event]) -> None:
@@ -748,14 +750,14 @@ class ChatStreamTranslator:
             self._open_tool(call, out)
             if self._live is not None and (final or call.checker.complete):
                 self._close_live(out)
-            if self._done:
+            if self.done:
                 return
 
     def _end_tools(self, out: list[Event]) -> None:
         """Close the live call and emit every named waiting call, complete (Q24, finalize)."""
         if self._live is not None:
             self._close_live(out)
-            if self._done:
+            if self.done:
                 return
         self._flush_queue(out, final=True)
 
@@ -794,7 +796,7 @@ class ChatStreamTranslator:
 
     def _finalize(self, out: list[Event]) -> None:
         """R-S13..R-S15: close everything, one ``message_delta``, ``message_stop``."""
-        if self._done:
+        if self.done:
             return
         held = self._think.flush() if self._think is not None else None
         if held is not None:
@@ -805,7 +807,7 @@ class ChatStreamTranslator:
         if self._open_kind in ("text", "thinking"):
             self._close_block(out)
         self._end_tools(out)
-        if self._done:
+        if self.done:
             return
         if self._tools.queue:
             log.info(
@@ -815,7 +817,7 @@ class ChatStreamTranslator:
         stop_reason, stop_sequence = self._stop_reason()
         out.append(ev.message_delta(stop_reason, stop_sequence, self._final_usage()))
         out.append(ev.message_stop())
-        self._done = True
+        self.done = True
 
     def _stop_reason(self) -> tuple[str, str | None]:
         """§8.1 (R-M1), top to bottom."""
