@@ -84,6 +84,9 @@ class ChatStreamTranslator:
 
     done: bool
     finish_seen: bool
+    #: Whether chunks may skip the full JSON parse when they differ from the last plain
+    #: text chunk only in their content (off: every chunk is parsed; for tests).
+    _TEMPLATES = True
 
     def __init__(
         self,
@@ -132,6 +135,10 @@ class ChatStreamTranslator:
         self._tool_emitted = False
 
         self._finish: str | None = None
+        #: The bytes before and after the content string of a plain text chunk, and their
+        #: combined length (:meth:`_learn`); attempts left at learning them.
+        self._template: tuple[bytes, bytes, int] | None = None
+        self._learning = 3 if self._TEMPLATES else 0
         self.finish_seen = False
         self._vendor_stop: str | None = None
         self._usage: dict[str, Any] | None = None
@@ -314,6 +321,29 @@ class ChatStreamTranslator:
         if sse.event == "error":
             self._fail(stream_error(data, upstream_name=self._upstream), out)
             return
+        template = self._template
+        if (
+            template is not None
+            and data.startswith(template[0])
+            and data.endswith(template[1])
+            and len(data) > template[2]
+            and self._open_kind == "text"
+            and self._think is None
+        ):
+            # A chunk like the last plain text one but for its content string (see _learn).
+            try:
+                content = fast_loads(data[len(template[0]) - 1:len(data) - len(template[1]) + 1])
+            except ValueError:
+                content = None
+            if content:
+                out.append(
+                    {"type": "content_block_delta", "index": self._open_index,
+                     "delta": {"type": "text_delta", "text": content}}
+                )
+                self._out_chars += len(content)
+                self._received = True
+                self._tools.chunk_seq += 1
+                return
         if not data or data.isspace():
             return
         if data[:6] == b"[DONE]":
@@ -334,6 +364,8 @@ class ChatStreamTranslator:
             if self._open_kind == "text" and self._think is None and self._plain_text(chunk, out):
                 self._received = True
                 self._tools.chunk_seq += 1
+                if self._learning and len(data) <= _MAX_TEMPLATE:
+                    self._learn(data, chunk)
                 return
             self._chunk(chunk, out)
         else:
@@ -434,6 +466,54 @@ class ChatStreamTranslator:
         )
         self._out_chars += len(content)
         return True
+
+    def _learn(self, data: bytes, chunk: dict[str, Any]) -> None:
+        """
+        Remember the bytes around the content string of ``data``, a chunk that took the text
+        fast path, so that the next chunks that differ from it only in that string skip the
+        full JSON parse (upstreams repeat ``id``, ``model``, ``created``... in every chunk).
+
+        Nothing is assumed about the layout: the string tokens of ``data`` are found by
+        scanning its quotes, the candidate is the value token after a ``"content"`` key, and
+        ``data`` with another string in its place must parse to ``chunk`` with only
+        ``choices[0].delta.content`` changed. Then any chunk made of the same bytes around a
+        valid JSON string token parses to ``chunk`` with that string as its content (the
+        other tokens are the same), which is what :meth:`_sse` relies on. A few attempts per
+        stream at most (a chunk that takes the text fast path did not fit the template, so
+        a new one is learnt from it): an upstream whose chunks differ elsewhere (a per-chunk
+        nonce) keeps the full parse.
+        """
+        self._learning -= 1
+        content = chunk["choices"][0]["delta"]["content"]
+        tokens = _string_tokens(data)
+        probe_value, probe_token = ("\x01", b'"\\u0001"') if content == "\x00" else (
+            "\x00", b'"\\u0000"')
+        for key, key_end in tokens.items():
+            if data[key:key_end + 1] != b'"content"':
+                continue
+            start = key_end + 1
+            while data[start:start + 1] in _JSON_SPACE:
+                start += 1
+            if data[start:start + 1] != b":":
+                continue
+            start += 1
+            while data[start:start + 1] in _JSON_SPACE:
+                start += 1
+            end = tokens.get(start)
+            if end is None:
+                continue
+            prefix, suffix = data[:start + 1], data[end:]
+            try:
+                probe = fast_loads(prefix[:-1] + probe_token + suffix[1:])
+                delta = probe["choices"][0]["delta"]
+                if delta["content"] != probe_value:
+                    continue
+                delta["content"] = content
+            except (ValueError, LookupError, TypeError):
+                continue
+            if probe == chunk:
+                self._template = (prefix, suffix, len(prefix) + len(suffix))
+                return
 
     def _on_finish(
         self, reason: str, choice: dict[str, Any], chunk: dict[str, Any], out: list[Event]
@@ -852,6 +932,38 @@ def _parts_text(content: Any) -> str:
         and p.get("type") in ("text", None)
         and isinstance(p.get("text"), str)
     )
+
+
+#: The largest chunk a template is learnt from (it is kept for the stream's life, and
+#: learning scans its quotes).
+_MAX_TEMPLATE = 2048
+#: JSON's whitespace, one byte each (and b"" for the end of the text: no match follows).
+_JSON_SPACE = (b" ", b"\t", b"\n", b"\r")
+
+
+def _string_tokens(data: bytes) -> dict[int, int]:
+    """
+    The string tokens of the valid JSON text ``data``: the offset of each opening quote and
+    of its closing quote. Outside strings JSON has no quote but a string's opening one, and
+    inside a string a quote ends it unless an odd number of backslashes precede it.
+    """
+    tokens: dict[int, int] = {}
+    find = data.find
+    pos = 0
+    while (start := find(b'"', pos)) >= 0:
+        end = start
+        while True:
+            end = find(b'"', end + 1)
+            if end < 0:
+                return tokens
+            slashes = 0
+            while data[end - 1 - slashes] == 0x5C:
+                slashes += 1
+            if not slashes % 2:
+                break
+        tokens[start] = end
+        pos = end + 1
+    return tokens
 
 
 def _new_message_id() -> str:
