@@ -130,13 +130,13 @@ class SSEParser:
             not self._line
             and not self._size
             and chunk[:6] == b"data: "
-            and chunk.find(b"\n") == len(chunk) - 2
-            and chunk[-1:] == b"\n"
-            and _CR not in chunk
+            and chunk[-2:] == b"\n\n"
             and len(chunk) < self._max
         ):
             # The common read of a streamed answer: exactly one one-line ``data:`` event.
-            return [_make_event(SSEEvent, (None, chunk[6:-2], ()))]
+            data = chunk[6:-2]
+            if _LF not in data and _CR not in data:
+                return [_make_event(SSEEvent, (None, data, ()))]
         if _CR in chunk:
             if chunk.endswith(b"\r"):
                 # It may be the first half of a CRLF split across reads.

@@ -146,7 +146,7 @@ class SSEWriter:
                 self._note(events)
             else:
                 stats.last_event = last
-            data = encode_events(events)
+            data = encode_event(events[0]) if len(events) == 1 else encode_events(events)
             if self._direct:
                 write_body(self.request, data)
             else:
