@@ -18,6 +18,7 @@ from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.web import http, server
 from twisted.web.resource import EncodingResourceWrapper, Resource
 from twisted.web.server import GzipEncoderFactory
+from twisted.web.test.requesthelper import DummyRequest
 
 from txrelay.server.bodywrite import direct_body, write_body
 from txrelay.server.channel import FrontDoorChannel
@@ -193,6 +194,13 @@ def test_not_for_a_request_class_with_its_own_write() -> None:
     (request,) = held.requests
     request.write(b"abc")
     assert request.chunked and not direct_body(request)
+
+
+def test_not_for_a_stand_in_request() -> None:
+    """Whatever plays the request (twisted.web's DummyRequest in tests) is written to as usual."""
+    request = DummyRequest([b"x"])
+    request.write(b"abc")
+    assert not direct_body(request)
 
 
 def test_after_the_finish_the_same_error() -> None:

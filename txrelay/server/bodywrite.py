@@ -39,15 +39,16 @@ def direct_body(request: Any) -> bool:
     connection, which :func:`write_body` checks on every write.
     """
     return bool(
-        request.startedWriting
+        # first: anything else (a test double, another request class) may lack the rest
+        getattr(type(request), "write", None) is _REQUEST_WRITE
+        and "write" not in request.__dict__
+        and request.startedWriting
         and request.chunked
         and not request.finished
         and not request._disconnected
         and request.method != b"HEAD"
         and not request._inFakeHead
         and request._encoder is None
-        and type(request).write is _REQUEST_WRITE
-        and "write" not in request.__dict__
         and isinstance(request.channel, HTTPChannel)
     )
 
