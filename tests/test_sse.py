@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -118,3 +119,28 @@ def test_one_event_read() -> None:
     assert parser.feed(b"data: \n\n") == [SSEEvent(None, b"")]
     assert parser.feed(b"data: x\n\n") == [SSEEvent(None, b"x")]
     assert parser.finish() == []
+
+
+def _frame(event: dict[str, object]) -> bytes:
+    """encode_event as it was written before its frame heads were cached."""
+    return (b"event: " + str(event["type"]).encode("ascii") + b"\ndata: "
+            + json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7e),
+                        min_size=1, max_size=6), max_size=80))
+def test_frame_heads_cached_or_not(kinds: list[str]) -> None:
+    """Known types, new ones, more than the cache keeps: the same frames."""
+    for kind in [*kinds, "content_block_delta", *kinds]:
+        event = {"type": kind, "n": 1}
+        assert encode_event(event) == _frame(event)
+
+
+def test_frame_heads_of_bad_types_fail_as_before() -> None:
+    """A type that is not ASCII text fails the same way whether or not it was seen."""
+    for _ in range(2):
+        with pytest.raises(UnicodeEncodeError):
+            encode_event({"type": "é"})
+        with pytest.raises(AttributeError):
+            encode_event({"type": 3})

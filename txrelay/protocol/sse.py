@@ -35,6 +35,14 @@ class SSEEvent(NamedTuple):
     other: tuple[tuple[str, str], ...] = ()
 
 
+# Byte values, for membership tests: ``b"\r" in data`` first tries the operand as an integer
+# and builds (then drops) a TypeError, which costs more than the search.
+_CR = 0x0D
+_LF = 0x0A
+
+# SSEEvent(...) runs the named tuple's __new__, a Python function; tuple.__new__ is not.
+_make_event = tuple.__new__
+
 #: Default bound on one event (its lines with their line ends, plus a line still incomplete).
 DEFAULT_MAX_EVENT_SIZE = 16 * 1024 * 1024
 
@@ -122,14 +130,14 @@ class SSEParser:
             not self._line
             and not self._size
             and chunk[:6] == b"data: "
-            and chunk.find(b"\n") == len(chunk) - 2
-            and chunk[-1:] == b"\n"
-            and b"\r" not in chunk
+            and chunk[-2:] == b"\n\n"
             and len(chunk) < self._max
         ):
             # The common read of a streamed answer: exactly one one-line ``data:`` event.
-            return [SSEEvent(None, chunk[6:-2])]
-        if b"\r" in chunk:
+            data = chunk[6:-2]
+            if _LF not in data and _CR not in data:
+                return [_make_event(SSEEvent, (None, data, ()))]
+        if _CR in chunk:
             if chunk.endswith(b"\r"):
                 # It may be the first half of a CRLF split across reads.
                 self._held_cr = True
@@ -139,7 +147,7 @@ class SSEParser:
         line = self._line
         if line:
             # Only the new bytes can hold the end of the line.
-            if b"\n" not in chunk:
+            if _LF not in chunk:
                 self._more.append(chunk)
                 self._line_len += len(chunk)
                 if self._size + self._line_len > self._max:
@@ -164,14 +172,14 @@ class SSEParser:
             # No part of a chunk within the limit can exceed it.
             fast = len(chunk) < self._max
             for part in parts:
-                if fast and part[:6] == b"data: " and b"\n" not in part:
-                    out.append(SSEEvent(None, part[6:]))
+                if fast and part[:6] == b"data: " and _LF not in part:
+                    out.append(_make_event(SSEEvent, (None, part[6:], ())))
                     continue
                 for line in part.split(b"\n"):
                     self._line_(line, out)
                 self._dispatch(out)
         if tail:
-            if b"\n" in tail:
+            if _LF in tail:
                 lines = tail.split(b"\n")
                 last = lines.pop()
                 for line in lines:
@@ -263,6 +271,12 @@ def plain(event: Event) -> Event:
     return dict(event) if type(event) is RawEvent else event
 
 
+#: The frame heads (``event: <type>`` and the start of the ``data:`` line) of the event types
+#: seen so far: Anthropic's handful, or a few more a stage invented, up to :data:`_MAX_HEADS`.
+_HEADS: dict[str, bytes] = {}
+_MAX_HEADS = 64
+
+
 def encode_event(event: Event) -> bytes:
     """One Anthropic event as an SSE frame: ``event:`` line equal to its type (R-X16)."""
     if type(event) is RawEvent:
@@ -272,7 +286,12 @@ def encode_event(event: Event) -> bytes:
         data = fast_dumps(event)
     except TypeError:
         data = dumps(event)
-    return b"event: " + kind.encode("ascii") + b"\ndata: " + data + b"\n\n"
+    head = _HEADS.get(kind) if type(kind) is str else None
+    if head is None:
+        head = b"event: " + kind.encode("ascii") + b"\ndata: "
+        if type(kind) is str and len(_HEADS) < _MAX_HEADS:
+            _HEADS[kind] = head
+    return b"%b%b\n\n" % (head, data)
 
 
 def encode_events(events: Sequence[Event]) -> bytes:

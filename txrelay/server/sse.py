@@ -26,6 +26,7 @@ from txrelay.protocol.errors import RelayError, api_error
 from txrelay.protocol.events import Event, ping
 from txrelay.protocol.sse import encode_event, encode_events
 from txrelay.redact import redact_error
+from txrelay.server.bodywrite import direct_body, write_body
 from txrelay.streams import EventStream
 
 log = RelayLogger()
@@ -94,6 +95,8 @@ class SSEWriter:
     _ping_call: IDelayedCall | None = None
     _last_write: float = 0.0
     _start_usage: dict[str, Any] = attrs.Factory(dict)
+    #: The response head is out and :func:`write_body` may write the frames.
+    _direct: bool = False
 
     def start(self) -> None:
         """Register as the request's producer and start the stream."""
@@ -143,8 +146,12 @@ class SSEWriter:
                 self._note(events)
             else:
                 stats.last_event = last
-            data = encode_events(events)
-            self.request.write(data)
+            data = encode_event(events[0]) if len(events) == 1 else encode_events(events)
+            if self._direct:
+                write_body(self.request, data)
+            else:
+                self.request.write(data)
+                self._direct = direct_body(self.request)
             stats.bytes_written += len(data)
         except Exception:
             log.failure("writing the event stream failed")

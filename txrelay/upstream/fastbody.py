@@ -24,7 +24,6 @@ The private Twisted attributes relied on are checked by tests.upstream.test_fast
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -33,9 +32,10 @@ from twisted.web._newclient import BODY, HTTP11ClientProtocol, Response
 from twisted.web.client import _HTTP11ClientFactory
 from twisted.web.http import _ChunkedTransferDecoder
 
-#: A chunk-size line without extension. Longer sizes (or leading zeros past 15 digits) take
-#: Twisted's path, which also enforces its line-length limit.
-_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,15})\r\n")
+#: A chunk-size line without extension is 1 to 15 of these and CRLF. Longer sizes (or
+#: leading zeros past 15 digits) take Twisted's path, which also enforces its line-length
+#: limit.
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
 
 
 class LeanChunkedDecoder(_ChunkedTransferDecoder):
@@ -54,16 +54,18 @@ class LeanChunkedDecoder(_ChunkedTransferDecoder):
         if self._buffer or self.state != "CHUNK_LENGTH":
             super().dataReceived(data)
             return
-        match = _SIZE_LINE.match
+        find = data.find
         response = self._response
         pos = 0
         end = len(data)
         while pos < end:
-            size = match(data, pos)
-            if size is None:
+            eol = find(b"\r\n", pos, pos + 17)
+            size = data[pos:eol]
+            # 1 to 15 hex digits and nothing else (int() would take "0x", "_", signs, spaces)
+            if eol < 0 or not size or size.strip(_HEX_DIGITS):
                 break
-            start = size.end()
-            stop = start + int(size.group(1), 16)
+            start = eol + 2
+            stop = start + int(size, 16)
             if stop == start or data[stop:stop + 2] != b"\r\n":
                 break  # the last chunk, or a chunk that ends in a later read
             pos = stop + 2

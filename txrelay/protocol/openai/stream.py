@@ -73,7 +73,20 @@ class ChatStreamTranslator:
     :param id_factory: mints tool-use ids (R-X11); injectable for deterministic tests.
     :param signature_factory: mints thinking signatures (R-S5); injectable likewise.
     :param upstream_name: prefixes error messages.
+
+    :ivar done: whether the stream has ended (``message_stop`` or ``error`` produced).
+    :ivar finish_seen: whether the upstream sent a ``finish_reason`` (start of the R-S16
+        grace period).
+
+    ``done`` and ``finish_seen`` are read once per upstream read: plain attributes (read-only
+    for everyone else), not properties, which cost a Python call each.
     """
+
+    done: bool
+    finish_seen: bool
+    #: Whether chunks may skip the full JSON parse when they differ from the last plain
+    #: text chunk only in their content (off: every chunk is parsed; for tests).
+    _TEMPLATES = True
 
     def __init__(
         self,
@@ -102,7 +115,7 @@ class ChatStreamTranslator:
         self._parser = SSEParser(max_event_size=dialect.max_event_size)
         self._started = False
         self._held: list[Event] = []
-        self._done = False
+        self.done = False
         self._error: RelayError | None = None
         self._received = False
         self._saw_done_marker = False
@@ -122,22 +135,17 @@ class ChatStreamTranslator:
         self._tool_emitted = False
 
         self._finish: str | None = None
+        #: The bytes before and after the content string of a plain text chunk, and their
+        #: combined length (:meth:`_learn`); attempts left at learning them.
+        self._template: tuple[bytes, bytes, int] | None = None
+        self._learning = 3 if self._TEMPLATES else 0
+        self.finish_seen = False
         self._vendor_stop: str | None = None
         self._usage: dict[str, Any] | None = None
         self._refusal = False
         self._out_chars = 0
 
     # --- public interface ------------------------------------------------------------------
-
-    @property
-    def done(self) -> bool:
-        """Whether the stream has ended (``message_stop`` or ``error`` produced)."""
-        return self._done
-
-    @property
-    def finish_seen(self) -> bool:
-        """Whether the upstream sent a ``finish_reason`` (start of the R-S16 grace period)."""
-        return self._finish is not None
 
     @property
     def error(self) -> RelayError | None:
@@ -168,7 +176,7 @@ class ChatStreamTranslator:
 
     def feed(self, data: bytes) -> list[Event]:
         """Translate a piece of the upstream body (arbitrary boundaries)."""
-        if self._done:
+        if self.done:
             return []
         out: list[Event] = []
         too_large: SSEEventTooLarge | None = None
@@ -179,11 +187,11 @@ class ChatStreamTranslator:
         try:
             for sse in events:
                 self._sse(sse, out)
-                if self._done:
+                if self.done:
                     break
         except Exception as e:  # a shape nobody foresaw must not escape into the I/O layer
             self._untranslatable(e, out)
-        if too_large is not None and not self._done:
+        if too_large is not None and not self.done:
             self._fail(self._too_large(too_large.limit), out)
         return out if self._started else self._emit(out)
 
@@ -197,7 +205,7 @@ class ChatStreamTranslator:
         ``finish_reason_optional`` is set and the final usage chunk arrived — and never when
         tool-call arguments are still open.
         """
-        if self._done:
+        if self.done:
             return []
         out: list[Event] = []
         try:
@@ -211,7 +219,7 @@ class ChatStreamTranslator:
         self._lenient_tail = self._finish is not None
         for sse in self._parser.finish():
             self._sse(sse, out)
-            if self._done:
+            if self.done:
                 return
         if self._finish is not None:
             self._finalize(out)
@@ -226,7 +234,7 @@ class ChatStreamTranslator:
     def process_chunk(self, chunk: dict[str, Any]) -> list[Event]:
         """Translate one decoded chunk (used for non-streaming responses)."""
         out: list[Event] = []
-        if not self._done:
+        if not self.done:
             try:
                 self._chunk(chunk, out)
             except Exception as e:
@@ -236,7 +244,7 @@ class ChatStreamTranslator:
     def finalize(self) -> list[Event]:
         """End normally, as on ``[DONE]``."""
         out: list[Event] = []
-        if not self._done:
+        if not self.done:
             try:
                 self._finalize(out)
             except Exception as e:
@@ -272,7 +280,7 @@ class ChatStreamTranslator:
 
     def _untranslatable(self, exc: Exception, out: list[Event]) -> None:
         """Last line of defence: an upstream shape the translator did not foresee."""
-        if self._done:
+        if self.done:
             return
         log.warning("could not translate the upstream stream of %s", self._upstream, exc_info=exc)
         what = (
@@ -291,7 +299,7 @@ class ChatStreamTranslator:
         """R-E4: one ``error`` event, nothing after it; open blocks stay open."""
         out.append(error.event())
         self._error = error
-        self._done = True
+        self.done = True
 
     def _sse(self, sse: SSEEvent, out: list[Event]) -> None:
         if sse.other:
@@ -313,6 +321,29 @@ class ChatStreamTranslator:
         if sse.event == "error":
             self._fail(stream_error(data, upstream_name=self._upstream), out)
             return
+        template = self._template
+        if (
+            template is not None
+            and data.startswith(template[0])
+            and data.endswith(template[1])
+            and len(data) > template[2]
+            and self._open_kind == "text"
+            and self._think is None
+        ):
+            # A chunk like the last plain text one but for its content string (see _learn).
+            try:
+                content = fast_loads(data[len(template[0]) - 1:len(data) - len(template[1]) + 1])
+            except ValueError:
+                content = None
+            if content:
+                out.append(
+                    {"type": "content_block_delta", "index": self._open_index,
+                     "delta": {"type": "text_delta", "text": content}}
+                )
+                self._out_chars += len(content)
+                self._received = True
+                self._tools.chunk_seq += 1
+                return
         if not data or data.isspace():
             return
         if data[:6] == b"[DONE]":
@@ -333,6 +364,8 @@ class ChatStreamTranslator:
             if self._open_kind == "text" and self._think is None and self._plain_text(chunk, out):
                 self._received = True
                 self._tools.chunk_seq += 1
+                if self._learning and len(data) <= _MAX_TEMPLATE:
+                    self._learn(data, chunk)
                 return
             self._chunk(chunk, out)
         else:
@@ -391,7 +424,7 @@ class ChatStreamTranslator:
                     self._malformed("'delta' is not an object", out)
                     return
                 self._delta(delta, out)
-                if self._done:
+                if self.done:
                     return
             reason = choice.get("finish_reason")
             if reason:
@@ -399,7 +432,7 @@ class ChatStreamTranslator:
                     self._malformed("'finish_reason' is not a string", out)
                     return
                 self._on_finish(reason, choice, chunk, out)
-                if self._done:
+                if self.done:
                     return
 
     def _plain_text(self, chunk: dict[str, Any], out: list[Event]) -> bool:
@@ -434,6 +467,54 @@ class ChatStreamTranslator:
         self._out_chars += len(content)
         return True
 
+    def _learn(self, data: bytes, chunk: dict[str, Any]) -> None:
+        """
+        Remember the bytes around the content string of ``data``, a chunk that took the text
+        fast path, so that the next chunks that differ from it only in that string skip the
+        full JSON parse (upstreams repeat ``id``, ``model``, ``created``... in every chunk).
+
+        Nothing is assumed about the layout: the string tokens of ``data`` are found by
+        scanning its quotes, the candidate is the value token after a ``"content"`` key, and
+        ``data`` with another string in its place must parse to ``chunk`` with only
+        ``choices[0].delta.content`` changed. Then any chunk made of the same bytes around a
+        valid JSON string token parses to ``chunk`` with that string as its content (the
+        other tokens are the same), which is what :meth:`_sse` relies on. A few attempts per
+        stream at most (a chunk that takes the text fast path did not fit the template, so
+        a new one is learnt from it): an upstream whose chunks differ elsewhere (a per-chunk
+        nonce) keeps the full parse.
+        """
+        self._learning -= 1
+        content = chunk["choices"][0]["delta"]["content"]
+        tokens = _string_tokens(data)
+        probe_value, probe_token = ("\x01", b'"\\u0001"') if content == "\x00" else (
+            "\x00", b'"\\u0000"')
+        for key, key_end in tokens.items():
+            if data[key:key_end + 1] != b'"content"':
+                continue
+            start = key_end + 1
+            while data[start:start + 1] in _JSON_SPACE:
+                start += 1
+            if data[start:start + 1] != b":":
+                continue
+            start += 1
+            while data[start:start + 1] in _JSON_SPACE:
+                start += 1
+            end = tokens.get(start)
+            if end is None:
+                continue
+            prefix, suffix = data[:start + 1], data[end:]
+            try:
+                probe = fast_loads(prefix[:-1] + probe_token + suffix[1:])
+                delta = probe["choices"][0]["delta"]
+                if delta["content"] != probe_value:
+                    continue
+                delta["content"] = content
+            except (ValueError, LookupError, TypeError):
+                continue
+            if probe == chunk:
+                self._template = (prefix, suffix, len(prefix) + len(suffix))
+                return
+
     def _on_finish(
         self, reason: str, choice: dict[str, Any], chunk: dict[str, Any], out: list[Event]
     ) -> None:
@@ -451,6 +532,7 @@ class ChatStreamTranslator:
             )
             return
         self._finish = reason
+        self.finish_seen = True
         matched = choice.get("stop_reason")
         if not isinstance(matched, str):
             matched = choice.get("matched_stop")  # SGLang
@@ -506,7 +588,7 @@ class ChatStreamTranslator:
         current = self._open_kind
         if current == "tool_use":
             self._end_tools(out)  # Q24: content after tool calls closes them for good
-            if self._done:
+            if self.done:
                 return
         elif current is not None:
             self._close_block(out)
@@ -542,7 +624,7 @@ class ChatStreamTranslator:
             self._pending_ws += text
             return
         self._open_block("text", out)
-        if self._done:
+        if self.done:
             return
         if self._pending_ws:
             text = self._pending_ws + text
@@ -553,7 +635,7 @@ class ChatStreamTranslator:
     def _thinking(self, text: str, out: list[Event]) -> None:
         if self._open_kind != "thinking":
             self._open_block("thinking", out)
-            if self._done:
+            if self.done:
                 return
         out.append(ev.thinking_delta(self._open_index, text))
         self._out_chars += len(text)
@@ -571,7 +653,7 @@ class ChatStreamTranslator:
                         self._end_tools(out)
                     else:
                         self._close_block(out)
-                    if self._done:
+                    if self.done:
                         return
                 index = self._next_index
                 self._next_index = index + 1
@@ -582,7 +664,7 @@ class ChatStreamTranslator:
             text = item.get("summary") if kind == "reasoning.summary" else item.get("text")
             if isinstance(text, str) and text:
                 self._thinking(text, out)
-                if self._done:
+                if self.done:
                     return
             if self._open_kind == "thinking":
                 meta = self._orx_meta
@@ -600,7 +682,7 @@ class ChatStreamTranslator:
                 self._think_emit(piece, out)
             else:
                 self._text(piece, out)
-            if self._done:
+            if self.done:
                 return
 
     def _think_emit(self, text: str, out: list[Event]) -> None:
@@ -639,11 +721,11 @@ class ChatStreamTranslator:
                     self._add_args(call, arguments, out)
             elif arguments is not None:  # Q4: an object instead of a string
                 self._replace_args(call, dumps_str(arguments), out)
-            if self._done:
+            if self.done:
                 return
             if self._live is None and not self._complete_mode:
                 self._flush_queue(out, final=False)
-                if self._done:
+                if self.done:
                     return
 
     def _add_args(self, call: ToolCall, text: str, out: list[Event]) -> None:
@@ -673,7 +755,7 @@ class ChatStreamTranslator:
                 self._out_chars += len(fwd)
         if call.state == OPEN and checker.complete:
             self._close_live(out)
-            if not self._done:
+            if not self.done:
                 self._flush_queue(out, final=False)
 
     def _replace_args(self, call: ToolCall, text: str, out: list[Event]) -> None:
@@ -748,14 +830,14 @@ class ChatStreamTranslator:
             self._open_tool(call, out)
             if self._live is not None and (final or call.checker.complete):
                 self._close_live(out)
-            if self._done:
+            if self.done:
                 return
 
     def _end_tools(self, out: list[Event]) -> None:
         """Close the live call and emit every named waiting call, complete (Q24, finalize)."""
         if self._live is not None:
             self._close_live(out)
-            if self._done:
+            if self.done:
                 return
         self._flush_queue(out, final=True)
 
@@ -794,7 +876,7 @@ class ChatStreamTranslator:
 
     def _finalize(self, out: list[Event]) -> None:
         """R-S13..R-S15: close everything, one ``message_delta``, ``message_stop``."""
-        if self._done:
+        if self.done:
             return
         held = self._think.flush() if self._think is not None else None
         if held is not None:
@@ -805,7 +887,7 @@ class ChatStreamTranslator:
         if self._open_kind in ("text", "thinking"):
             self._close_block(out)
         self._end_tools(out)
-        if self._done:
+        if self.done:
             return
         if self._tools.queue:
             log.info(
@@ -815,7 +897,7 @@ class ChatStreamTranslator:
         stop_reason, stop_sequence = self._stop_reason()
         out.append(ev.message_delta(stop_reason, stop_sequence, self._final_usage()))
         out.append(ev.message_stop())
-        self._done = True
+        self.done = True
 
     def _stop_reason(self) -> tuple[str, str | None]:
         """§8.1 (R-M1), top to bottom."""
@@ -850,6 +932,38 @@ def _parts_text(content: Any) -> str:
         and p.get("type") in ("text", None)
         and isinstance(p.get("text"), str)
     )
+
+
+#: The largest chunk a template is learnt from (it is kept for the stream's life, and
+#: learning scans its quotes).
+_MAX_TEMPLATE = 2048
+#: JSON's whitespace, one byte each (and b"" for the end of the text: no match follows).
+_JSON_SPACE = (b" ", b"\t", b"\n", b"\r")
+
+
+def _string_tokens(data: bytes) -> dict[int, int]:
+    """
+    The string tokens of the valid JSON text ``data``: the offset of each opening quote and
+    of its closing quote. Outside strings JSON has no quote but a string's opening one, and
+    inside a string a quote ends it unless an odd number of backslashes precede it.
+    """
+    tokens: dict[int, int] = {}
+    find = data.find
+    pos = 0
+    while (start := find(b'"', pos)) >= 0:
+        end = start
+        while True:
+            end = find(b'"', end + 1)
+            if end < 0:
+                return tokens
+            slashes = 0
+            while data[end - 1 - slashes] == 0x5C:
+                slashes += 1
+            if not slashes % 2:
+                break
+        tokens[start] = end
+        pos = end + 1
+    return tokens
 
 
 def _new_message_id() -> str:
