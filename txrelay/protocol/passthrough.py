@@ -300,7 +300,7 @@ class FrameSplitter:
     def feed(self, data: bytes) -> list[bytes]:
         """The frames ``data`` completes (each with its blank line)."""
         self._buf += data
-        if self._lf_only and b"\r" in data:
+        if self._lf_only and 0x0D in data:  # by value: no TypeError made and dropped
             self._lf_only = False
             # From here on the general scan, from the start of the incomplete event.
             self._scan = self._line_start = 0
@@ -365,7 +365,7 @@ def _simple_data(frame: bytes) -> bytes | None:
     nl = frame.find(b"\n")
     if not frame.startswith(b"data: ", nl + 1) or frame.find(b"\n", nl + 1) != len(frame) - 2:
         return None
-    if b"\r" in frame:
+    if 0x0D in frame:  # b"\r", tested by value (see txrelay.protocol.sse)
         return None
     return frame[nl + 7:-2]
 
