@@ -141,6 +141,9 @@ class UpstreamSource(Protocol):
                 return b""
             self._is_stream = not head.startswith((b"{", b"["))
             if self._is_stream:
+                # Not needed any more, and what it closes over (the backend's call, with the
+                # upstream request body) would live as long as the stream.
+                self.bare_body = None
                 return data
         self._bare_size += len(data)
         if self._bare_size <= _MAX_BARE_BODY:

@@ -75,6 +75,44 @@ class ChatStreamTranslator:
     :param upstream_name: prefixes error messages.
     """
 
+    # One per held-open stream: no instance dict (issue 13).
+    __slots__ = (
+        "_complete_mode",
+        "_cumulative",
+        "_dialect",
+        "_done",
+        "_error",
+        "_finish",
+        "_held",
+        "_input_tokens",
+        "_lenient_tail",
+        "_live",
+        "_message_id",
+        "_model",
+        "_names",
+        "_next_index",
+        "_open_index",
+        "_open_kind",
+        "_orx_meta",
+        "_out_chars",
+        "_parser",
+        "_pending_ws",
+        "_reasoning_source",
+        "_received",
+        "_refusal",
+        "_saw_done_marker",
+        "_signature_factory",
+        "_started",
+        "_stop_sequences",
+        "_think",
+        "_tool_emitted",
+        "_tool_ids",
+        "_tools",
+        "_upstream",
+        "_usage",
+        "_vendor_stop",
+    )
+
     def __init__(
         self,
         *,
