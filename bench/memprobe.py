@@ -116,6 +116,17 @@ def _holders() -> str:
                                     if id(r) not in skip)
         lines += [f"   all are held by: {n} x {what}" for what, n in total.most_common(12)]
         _walk(objs[-1], 3, "   ", skip, lines)
+    # Instance dicts: past 30 attributes CPython 3.11 gives an object a dict of its own
+    # (about 1.5 KiB) instead of a share of its class's keys.
+    sizes: dict[str, tuple[int, int, list[str]]] = {}
+    for o in live:
+        d = getattr(o, "__dict__", None)
+        if isinstance(d, dict) and not isinstance(o, type) and type(o).__module__ != "builtins" \
+                and type(o).__qualname__ not in sizes and len(d) > 12:
+            sizes[type(o).__qualname__] = (len(d), sys.getsizeof(d), list(d))
+    lines.append("== instance dicts (one object per class, more than 12 attributes)")
+    for name, (n, size, keys) in sorted(sizes.items(), key=lambda kv: -kv[1][1])[:25]:
+        lines.append(f"   {name}: {n} attributes, {size} bytes: {' '.join(keys)}")
     return "\n".join(lines) + "\n"
 
 

@@ -151,6 +151,15 @@ class InFlight:
     status: int = 0
     error_type: str | None = None
 
+    def lost(self, _: object) -> None:
+        """
+        The client left before the reply ended (``notifyFinish`` failed): cancel the
+        pipeline and the upstream call; the flag stops every later write to the dead request.
+        """
+        self.client_gone = True
+        if self.done is not None and not self.done.called:
+            self.done.cancel()
+
     def summary(self) -> ExchangeFacts | None:
         """The facts of its exchange: kept ones, or read from the exchange still held."""
         if self.facts is None and self.exchange is not None:
@@ -330,18 +339,15 @@ class RelayResource(Resource):
             return b"" if request.method == b"HEAD" else body
         call = InFlight(request, request_id=rid, started=self.reactor.seconds(),
                         generation=self.generation)
-
-        def client_lost(_: object) -> None:
-            # A client that leaves before the reply cancels the pipeline (and the upstream
-            # call); the flag stops every later write to the dead request.
-            call.client_gone = True
-            if call.done is not None and not call.done.called:
-                call.done.cancel()
-
-        request.notifyFinish().addErrback(client_lost)
+        # (Bound methods and plain functions with arguments rather than closures: these
+        # live as long as the request, a held-open stream included.)
+        request.notifyFinish().addErrback(call.lost)
         self.lifecycle.live.add(call)
-        call.done = Deferred.fromCoroutine(self._handle(call, rid, op, model_id))
-        call.done.addBoth(lambda _: self.lifecycle.forget(call))
+        traced = tracing.active()
+        call.done = Deferred.fromCoroutine(
+            self._serve(call, rid, op, model_id) if traced is None
+            else self._traced(traced, call, rid, op, model_id))
+        call.done.addBoth(_forget, self.lifecycle, call)
         return NOT_DONE_YET
 
     def _simple(self, request: Request, op: str) -> bytes:
@@ -363,10 +369,9 @@ class RelayResource(Resource):
             request.setHeader(b"retry-after", b"5")
         return dumps(body)
 
-    async def _handle(self, call: InFlight, rid: str, op: str, model_id: str | None) -> None:
-        traced = tracing.active()
-        if traced is None:
-            return await self._serve(call, rid, op, model_id)
+    async def _traced(self, traced: tracing.Tracing, call: InFlight, rid: str, op: str,
+                      model_id: str | None) -> None:
+        """:meth:`_serve` in a server span."""
         request = call.request
         method = request.method.decode("latin-1")
         route = ("/v1/models/{model_id}" if op == "models.get"
@@ -432,8 +437,20 @@ class RelayResource(Resource):
             if reply.stream is not None:
                 if wants_stream:
                     streamed = call.streaming = True
-                    status, usage, error_type = await self._stream(call, reply,
-                                                                   reply.stream)
+                    # Awaited here, not in a coroutine of its own: one frame fewer per
+                    # held-open stream.
+                    writer = self._stream(call, reply, reply.stream)
+                    try:
+                        await writer.done
+                    except BaseException:
+                        # Whatever went wrong (cancel, client gone, a bug), nothing may keep
+                        # streaming.
+                        writer.release()
+                        raise
+                    finally:
+                        if self.metrics is not None:
+                            self.metrics.streams.dec()
+                    status, usage, error_type = self._streamed(call, reply, writer)
                     return
                 reply = await self._accumulate(reply.stream, reply)
                 status = reply.status
@@ -508,10 +525,11 @@ class RelayResource(Resource):
         return Exchange(op, _headers(request), rid, raw_body=raw, query=_query(request),
                         model_id=model_id)
 
-    async def _stream(
-        self, call: InFlight, reply: Reply, stream: EventStream
-    ) -> tuple[int, dict[str, Any] | None, str | None]:
-        """Relay ``stream``; the status to log, the final usage, and the error type."""
+    def _stream(self, call: InFlight, reply: Reply, stream: EventStream) -> SSEWriter:
+        """
+        Commit ``stream``'s response head and start relaying it; the caller awaits the
+        writer's ``done`` (and then decrements the open-streams gauge this incremented).
+        """
         request = call.request
         writer = SSEWriter(request, stream, self.reactor, self.ping_interval,
                            stats=call.stats)
@@ -527,19 +545,21 @@ class RelayResource(Resource):
                 self.metrics.streams.inc()
                 counted = True
             writer.start()
-            await writer.done
         except BaseException:
-            # Whatever went wrong (cancel, client gone, a bug), nothing may keep streaming.
             writer.release()
-            raise
-        finally:
             if counted:
                 assert self.metrics is not None
                 self.metrics.streams.dec()
+            raise
+        return writer
+
+    def _streamed(self, call: InFlight, reply: Reply,
+                  writer: SSEWriter) -> tuple[int, dict[str, Any] | None, str | None]:
+        """How a relayed stream ended: the status to log, the final usage, the error type."""
         if writer.client_gone:
             return 499, writer.usage, None
         if writer.error is not None:
-            if not request.finished and not call.client_gone:
+            if not call.request.finished and not call.client_gone:
                 # The writer failed before committing anything: answer it as JSON.
                 raise writer.error
             return writer.error.status, writer.usage, writer.error.type
@@ -660,6 +680,10 @@ class RelayResource(Resource):
             except Exception:
                 log.failure("a request observer failed on {request_id}",
                             request_id=call.request_id)
+
+
+def _forget(_: object, lifecycle: Lifecycle, call: InFlight) -> None:
+    lifecycle.forget(call)
 
 
 def _wants_stream(exchange: Exchange) -> bool:

@@ -79,6 +79,10 @@ class UpstreamSource(Protocol):
     _is_stream: bool | None = None
     _bare: list[bytes] = attrs.Factory(list)
     _bare_size: int = 0
+    # Protocol's own attributes (``makeConnection`` sets them) as slots too: one per held
+    # stream, so no instance dict (issue 13).
+    transport: Any = attrs.field(default=None, init=False)
+    connected: int = attrs.field(default=0, init=False)
 
     # lifecycle driven by the backend
 
