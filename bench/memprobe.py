@@ -47,19 +47,20 @@ def _rss_kib() -> int:
 
 def serve(out: str, frames: int, argv: list[str]) -> int:
     """Run ``txrelay`` with ``argv`` under tracemalloc; SIGUSR1 writes a snapshot to ``out``."""
-    tracemalloc.start(frames)
+    if frames:
+        tracemalloc.start(frames)
     count = [0]
 
     def dump(_sig: int, _frame: Any) -> None:
         gc.collect()
-        snap = tracemalloc.take_snapshot()
+        snap = tracemalloc.take_snapshot() if frames else None
         types = collections.Counter(f"{type(o).__qualname__} @{type(o).__module__}"
                                     for o in gc.get_objects())
         k = count[0]
         count[0] += 1
         with open(Path(out) / f"snap-{k}.pickle", "wb") as f:
             pickle.dump({"snapshot": snap, "types": dict(types), "rss_kib": _rss_kib(),
-                         "traced": tracemalloc.get_traced_memory()[0]}, f)
+                         "traced": tracemalloc.get_traced_memory()[0] if frames else 0}, f)
         (Path(out) / f"snap-{k}.done").write_text("")
     def holders(_sig: int, _frame: Any) -> None:
         (Path(out) / "holders.txt").write_text(_holders())
@@ -226,6 +227,11 @@ def _owner(tb: tracemalloc.Traceback) -> str:
 def report(case: str, n: int, size: int, before: dict[str, Any], after: dict[str, Any],
            top: int) -> None:
     """Print one case's per-stream breakdown."""
+    if after["snapshot"] is None:
+        rss = (after["rss_kib"] - before["rss_kib"]) / n
+        print(f"### {case} (request body {size:,} bytes), {n} held streams: RSS "
+              f"{rss:.1f} KiB per stream (untraced)\n")
+        return
     diff = after["snapshot"].compare_to(before["snapshot"], "traceback")
     by_owner: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     for stat in diff:
@@ -248,6 +254,15 @@ def report(case: str, n: int, size: int, before: dict[str, Any], after: dict[str
         print(f"| `{owner}` | {sz / n:,.0f} | {cnt / n:.1f} |")
     rest = sum(sz for _, (sz, _c) in rows[top:])
     print(f"| the rest ({len(rows) - top} sites) | {rest / n:,.0f} | |\n")
+    by_file: dict[str, int] = collections.defaultdict(int)
+    for stat in diff:
+        if stat.size_diff > 0:
+            by_file[_site(stat.traceback[-1]).rsplit(":", 1)[0]] += stat.size_diff
+    print("| file of the innermost frame | bytes/stream |")
+    print("|---|---:|")
+    for name, sz in sorted(by_file.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"| `{name}` | {sz / n:,.0f} |")
+    print()
     by_ours: dict[str, int] = collections.defaultdict(int)
     for stat in diff:
         if stat.size_diff > 0:
@@ -278,7 +293,9 @@ def main() -> int:
     p.add_argument("--n", type=int, default=1000, help="streams held per case")
     p.add_argument("--warmup", type=int, default=200, help="streams held once before")
     p.add_argument("--cases", default="small,cc")
-    p.add_argument("--frames", type=int, default=10, help="tracemalloc frames kept")
+    p.add_argument("--frames", type=int, default=10,
+                   help="tracemalloc frames kept (0: no tracing, RSS only)")
+    p.add_argument("--relay-src", help="run the relay from this directory (holding txrelay/)")
     p.add_argument("--top", type=int, default=30, help="allocation sites listed")
     p.add_argument("--holders", action="store_true",
                    help="instead: hold --n streams and list who holds one of each "
@@ -310,6 +327,8 @@ def main() -> int:
         snaps = work / "snaps"
         snaps.mkdir()
         env = {**os.environ, "BENCH_UPSTREAM_KEY": UPSTREAM_KEY}
+        if a.relay_src:
+            env["PYTHONPATH"] = a.relay_src
         try:
             procs.append(subprocess.Popen(
                 [sys.executable, str(BENCH / "pyupstream.py"), str(up), "--max-seconds", "1800",
