@@ -140,7 +140,7 @@ def serve(out: str, argv: list[str]) -> int:
     wrap(streaming.UpstreamSource, "response", "source.response")
     wrap(streaming.UpstreamSource, "dataReceived", "source.dataReceived")
     wrap(streaming.UpstreamSource, "_mark_ready", "source._mark_ready")
-    awrap(resource.RelayResource, "_stream", "resource._stream")
+    wrap(resource.RelayResource, "_stream", "resource._stream", out=False)
     wrap(channel, "write_now", "client.write_now")
     wrap(server.Request, "process", "server.Request.process")
     del backend  # imported so that its module-level names are the ones probed

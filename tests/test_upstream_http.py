@@ -271,3 +271,21 @@ def test_the_cookie_jar_never_sends_a_cookie() -> None:
     req = Req()
     _NO_COOKIES.add_cookie_header(req)
     assert req.headers == {} and list(_NO_COOKIES) == []
+
+
+def test_the_body_producer_writes_its_body_once_and_does_not_keep_it() -> None:
+    # twisted.web's request keeps its producer for as long as the answer streams (issue 13).
+    from txrelay.upstream.http import BytesProducer
+
+    written: list[bytes] = []
+
+    @attrs.define
+    class Consumer:
+        def write(self, data: bytes) -> None:
+            written.append(data)
+
+    body = b'{"model": "m"}' * 100
+    producer = BytesProducer(body)
+    done = producer.startProducing(Consumer())
+    assert written == [body] and producer.length == len(body)
+    assert done.called and producer.body == b""

@@ -274,3 +274,34 @@ def test_a_request_that_failed_while_being_sent_leaves_no_timer() -> None:
     source.begin(Deferred())
     assert failures and failures[0].value.status == 502
     assert clock.getDelayedCalls() == []
+
+
+def test_once_the_body_is_an_event_stream_the_bare_body_mapping_is_let_go() -> None:
+    # The mapping closes over the backend's call and the upstream request body; a held-open
+    # stream must not keep them (issue 13).
+    import gc
+    import weakref
+
+    class Call:
+        def error(self, body: bytes) -> RelayError:
+            return _bare(body)
+
+    call = Call()
+    alive = weakref.ref(call)
+    clock = Clock()
+    source = UpstreamSource(LineTranslator(), clock, idle_timeout=5, commit_after=2,
+                            bare_body=call.error)
+    del call
+    source.begin(Deferred())
+    source.response(FakeResponse())
+    source.dataReceived(b"  \n")  # blank: not decided yet
+    gc.collect()
+    assert alive() is not None
+    source.dataReceived(b"t:a\n")
+    gc.collect()
+    assert alive() is None
+    sink = CollectingSink()
+    source.start(sink)
+    source.connectionLost(Failure(ResponseDone()))
+    assert sink.ended and sink.error is None
+    assert [e["type"] for e in sink.events][-1] == "message_stop"

@@ -299,7 +299,7 @@ def test_a_bug_in_translation_ends_in_a_clean_error(monkeypatch: pytest.MonkeyPa
     def boom(*_: Any) -> None:
         raise TypeError("unexpected")
 
-    monkeypatch.setattr(t, "_delta", boom)
+    monkeypatch.setattr(ChatStreamTranslator, "_delta", boom)  # (slots: not on the instance)
     events = t.start() + t.feed(content_chunk(content="hi"))
     check(events)
     assert events[-1]["error"]["message"] == (

@@ -956,18 +956,19 @@ def test_fast_path_matches_general_path_on_generated_chunks(
     assert encode_events(fast) == encode_events(general)
 
 
-def test_fast_path_is_taken_for_the_common_chunk() -> None:
+def test_fast_path_is_taken_for_the_common_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
     t = make()
     t.start()
     t.feed(sse(delta(role="assistant", content="Hi"), done=False))
     calls: list[bool] = []
-    plain = t._plain_text
+    plain = ChatStreamTranslator._plain_text
 
-    def spy(chunk: dict[str, Any], out: list[Event]) -> bool:
-        calls.append(plain(chunk, out))
+    def spy(self: ChatStreamTranslator, chunk: dict[str, Any], out: list[Event]) -> bool:
+        calls.append(plain(self, chunk, out))
         return calls[-1]
 
-    t._plain_text = spy  # type: ignore[method-assign]
+    # (on the class: the translator has __slots__, its methods cannot be replaced per object)
+    monkeypatch.setattr(ChatStreamTranslator, "_plain_text", spy)
     out = t.feed(sse(delta(content=" there"), {"choices": [{"index": 0, "delta":
                  {"content": "!"}, "finish_reason": None, "logprobs": None}], "usage": None},
                  done=False))

@@ -156,7 +156,16 @@ def test_any_bytes_in_the_content_string_place(raws: list[bytes], layout: str,
 def test_the_template_is_learnt_and_used() -> None:
     """The common chunk: learnt from the first plain text chunk, then the parse is skipped."""
     body = [orjson.dumps(chunk(text)) for text in ("Hi", " there", ' "q"', "\\")]
-    t = ChatStreamTranslator(model="m", input_tokens=1, dialect=OpenAIDialect())
+    calls: list[Any] = []
+
+    class Counting(ChatStreamTranslator):
+        __slots__ = ()
+
+        def _plain_text(self, c: Any, out: Any) -> Any:
+            calls.append(c)
+            return super()._plain_text(c, out)
+
+    t = Counting(model="m", input_tokens=1, dialect=OpenAIDialect())
     t.start()
     t.feed(b"data: " + body[0] + b"\n\n")
     assert t._template is None  # the first delta opens the block (the general path)
@@ -164,9 +173,7 @@ def test_the_template_is_learnt_and_used() -> None:
     assert t._template is not None
     prefix, suffix, _ = t._template
     assert prefix.endswith(b'"content":"') and suffix.startswith(b'"},"logprobs"')
-    calls: list[Any] = []
-    plain = t._plain_text
-    t._plain_text = lambda c, out: calls.append(c) or plain(c, out)  # type: ignore[method-assign]
+    calls.clear()
     out = t.feed(b"".join(b"data: " + b + b"\n\n" for b in body[2:]))
     assert calls == []
     assert [e["delta"]["text"] for e in out] == [' "q"', "\\"]

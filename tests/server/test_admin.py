@@ -14,6 +14,7 @@ import attrs
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel
 
 from tests.relayproc import config_text
 from tests.server.conftest import failures
@@ -206,6 +207,8 @@ def test_a_stream_cut_without_a_terminal_event_is_logged(
     assert cut[0]["request_id"] == stream.response().headers["request-id"]
     assert cut[0]["age"] == 3 and cut[0]["last_event"] == "content_block_delta"
     assert cut[0]["why"] == "the client went away"
+    # An ordinary event, not an operator warning.
+    assert cut[0]["log_level"] == LogLevel.info
     # A complete stream and one ended with an error event are not.
     for end in (None, "error"):
         conn = r.connect()

@@ -97,13 +97,13 @@ class AdminAccess:
 
 def describe(call: InFlight, now: float) -> dict[str, Any]:
     """One live request as ``GET /admin/streams`` lists it."""
-    exchange = call.exchange
-    route = exchange.route if exchange is not None else None
+    facts = call.summary()
+    route = facts.route if facts is not None else None
     return {
         "request_id": call.request_id,
-        "operation": exchange.operation if exchange is not None else None,
+        "operation": facts.operation if facts is not None else None,
         "stream": call.streaming,
-        "key": exchange.client if exchange is not None else None,
+        "key": facts.client if facts is not None else None,
         "model_requested": route.requested if route is not None else None,
         "model_served": route.upstream_model if route is not None else None,
         "provider": route.provider if route is not None else None,

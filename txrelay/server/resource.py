@@ -17,7 +17,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from txrelay import __version__, tracing
-from txrelay.catalog import ModelCatalog
+from txrelay.catalog import ModelCatalog, Route
 from txrelay.ledger.record import RequestRecord, routing_fields, usage_fields
 from txrelay.logs import RelayLogger, body_excerpt
 from txrelay.metrics import CONTENT_TYPE, Metrics
@@ -91,6 +91,34 @@ CEILING_ERROR = overloaded("the relay is shutting down and could not finish this
                            "retry it")
 
 
+@attrs.frozen
+class ExchangeFacts:
+    """
+    What the access line, the ledger record, metrics, tracing and ``/admin/streams`` read of
+    a request's :class:`Exchange`, copied from it once the pipeline has answered, so that a
+    stream held open for minutes does not keep the request's body and its parsed form (a
+    Claude Code turn: ~100 KB of bytes and several times that in Python objects) (issue 13).
+    """
+
+    operation: Operation
+    #: The authenticated key's name (``auth`` stage).
+    client: str | None = None
+    route: Route | None = None
+    #: The model the body names, if the body was parsed (never parsed for this).
+    parsed_model: str | None = None
+    #: ``log.body_bytes``' excerpt of the client's body (``None`` when that log is off).
+    body_excerpt: str | None = None
+
+    @classmethod
+    def of(cls, exchange: Exchange, body_log_bytes: int = 0) -> ExchangeFacts:
+        """The facts of ``exchange`` as it is now."""
+        parsed = exchange.parsed_request
+        return cls(exchange.operation, exchange.client, exchange.route,
+                   parsed.model if parsed is not None else None,
+                   body_excerpt(exchange.original_body, body_log_bytes)
+                   if body_log_bytes > 0 else None)
+
+
 @attrs.define(eq=False)
 class InFlight:
     """
@@ -101,6 +129,8 @@ class InFlight:
         ``notifyFinish``).
     :ivar abort_reason: set when the relay itself gave up on the request (the drain
         ceiling): the client is answered with this error instead of being dropped.
+    :ivar exchange: the request on its way through the pipeline; ``None`` once the pipeline
+        has answered (or failed), when :attr:`facts` holds what is still read of it.
     """
 
     request: Request
@@ -113,12 +143,34 @@ class InFlight:
     #: The configuration generation it is served by (see :attr:`RelayResource.generation`).
     generation: int = 0
     exchange: Exchange | None = None
+    facts: ExchangeFacts | None = None
     #: Whether the client asked for a stream.
     streaming: bool = False
     stats: StreamStats = attrs.Factory(StreamStats)
     #: The status and error type it was answered with (set when its handling ends).
     status: int = 0
     error_type: str | None = None
+
+    def lost(self, _: object) -> None:
+        """
+        The client left before the reply ended (``notifyFinish`` failed): cancel the
+        pipeline and the upstream call; the flag stops every later write to the dead request.
+        """
+        self.client_gone = True
+        if self.done is not None and not self.done.called:
+            self.done.cancel()
+
+    def summary(self) -> ExchangeFacts | None:
+        """The facts of its exchange: kept ones, or read from the exchange still held."""
+        if self.facts is None and self.exchange is not None:
+            return ExchangeFacts.of(self.exchange)
+        return self.facts
+
+    def let_go(self, body_log_bytes: int = 0) -> None:
+        """Keep the :attr:`facts` of the exchange and drop the exchange (and its body)."""
+        if self.exchange is not None:
+            self.facts = ExchangeFacts.of(self.exchange, body_log_bytes)
+            self.exchange = None
 
     def abort(self, reason: RelayError) -> None:
         """Give up on this request now, answering ``reason``."""
@@ -287,18 +339,15 @@ class RelayResource(Resource):
             return b"" if request.method == b"HEAD" else body
         call = InFlight(request, request_id=rid, started=self.reactor.seconds(),
                         generation=self.generation)
-
-        def client_lost(_: object) -> None:
-            # A client that leaves before the reply cancels the pipeline (and the upstream
-            # call); the flag stops every later write to the dead request.
-            call.client_gone = True
-            if call.done is not None and not call.done.called:
-                call.done.cancel()
-
-        request.notifyFinish().addErrback(client_lost)
+        # (Bound methods and plain functions with arguments rather than closures: these
+        # live as long as the request, a held-open stream included.)
+        request.notifyFinish().addErrback(call.lost)
         self.lifecycle.live.add(call)
-        call.done = Deferred.fromCoroutine(self._handle(call, rid, op, model_id))
-        call.done.addBoth(lambda _: self.lifecycle.forget(call))
+        traced = tracing.active()
+        call.done = Deferred.fromCoroutine(
+            self._serve(call, rid, op, model_id) if traced is None
+            else self._traced(traced, call, rid, op, model_id))
+        call.done.addBoth(_forget, self.lifecycle, call)
         return NOT_DONE_YET
 
     def _simple(self, request: Request, op: str) -> bytes:
@@ -320,10 +369,9 @@ class RelayResource(Resource):
             request.setHeader(b"retry-after", b"5")
         return dumps(body)
 
-    async def _handle(self, call: InFlight, rid: str, op: str, model_id: str | None) -> None:
-        traced = tracing.active()
-        if traced is None:
-            return await self._serve(call, rid, op, model_id)
+    async def _traced(self, traced: tracing.Tracing, call: InFlight, rid: str, op: str,
+                      model_id: str | None) -> None:
+        """:meth:`_serve` in a server span."""
         request = call.request
         method = request.method.decode("latin-1")
         route = ("/v1/models/{model_id}" if op == "models.get"
@@ -338,12 +386,12 @@ class RelayResource(Resource):
                 await self._serve(call, rid, op, model_id)
             finally:
                 span.set_attribute("http.response.status_code", call.status)
-                exchange = call.exchange
-                if exchange is not None and exchange.client is not None:
-                    span.set_attribute("txrelay.client", exchange.client)
-                if exchange is not None and exchange.route is not None:
-                    span.set_attribute("txrelay.provider", exchange.route.provider)
-                    span.set_attribute("gen_ai.request.model", exchange.route.upstream_model)
+                facts = call.summary()
+                if facts is not None and facts.client is not None:
+                    span.set_attribute("txrelay.client", facts.client)
+                if facts is not None and facts.route is not None:
+                    span.set_attribute("txrelay.provider", facts.route.provider)
+                    span.set_attribute("gen_ai.request.model", facts.route.upstream_model)
                 if call.error_type is not None:
                     tracing.set_error(span, call.error_type)
                 elif call.status == 499:
@@ -352,7 +400,6 @@ class RelayResource(Resource):
     async def _serve(self, call: InFlight, rid: str, op: str, model_id: str | None) -> None:
         request = call.request
         started = time.monotonic()
-        exchange: Exchange | None = None
         status = 200
         streamed = False
         usage: dict[str, Any] | None = None
@@ -373,18 +420,37 @@ class RelayResource(Resource):
             if self.metrics is not None:
                 self.metrics.observe_first_byte(exchange.route, time.monotonic() - started)
             status = reply.status
+            wants_stream = False
             if reply.stream is not None:
                 try:
                     if call.abort_reason is not None:  # a stage swallowed the cancel
                         raise call.abort_reason
-                    req = exchange.request
+                    wants_stream = _wants_stream(exchange)
                 except BaseException:
                     reply.stream.stop()
                     raise
-                if req is not None and req.stream:
+            # What follows needs only a few facts of the exchange: neither the request body
+            # nor its parsed form is kept while the reply streams (a stage that still needs
+            # them holds the exchange itself).
+            del exchange
+            call.let_go(self.body_log_bytes)
+            if reply.stream is not None:
+                if wants_stream:
                     streamed = call.streaming = True
-                    status, usage, error_type = await self._stream(call, reply,
-                                                                   reply.stream)
+                    # Awaited here, not in a coroutine of its own: one frame fewer per
+                    # held-open stream.
+                    writer = self._stream(call, reply, reply.stream)
+                    try:
+                        await writer.done
+                    except BaseException:
+                        # Whatever went wrong (cancel, client gone, a bug), nothing may keep
+                        # streaming.
+                        writer.release()
+                        raise
+                    finally:
+                        if self.metrics is not None:
+                            self.metrics.streams.dec()
+                    status, usage, error_type = self._streamed(call, reply, writer)
                     return
                 reply = await self._accumulate(reply.stream, reply)
                 status = reply.status
@@ -412,32 +478,36 @@ class RelayResource(Resource):
                                   rid)
         finally:
             call.status, call.error_type = status, error_type
+            call.let_go(self.body_log_bytes)
+            facts = call.facts
             if streamed and request.startedWriting and not call.stats.terminal:
-                log.warn("stream {request_id} ended without message_stop or an error event "
-                         "after {age:.1f}s ({why}); last event: {last_event}",
-                         request_id=rid, age=self.reactor.seconds() - call.started,
-                         why="the client went away" if call.client_gone or status == 499
-                         else "ended by the relay",
-                         last_event=call.stats.last_event or "none")
+                gone = call.client_gone or status == 499
+                # A client leaving mid-stream is an ordinary event, not an operator's concern.
+                (log.info if gone else log.warn)(
+                    "stream {request_id} ended without message_stop or an error event "
+                    "after {age:.1f}s ({why}); last event: {last_event}",
+                    request_id=rid, age=self.reactor.seconds() - call.started,
+                    why="the client went away" if gone else "ended by the relay",
+                    last_event=call.stats.last_event or "none")
             if self.access_log:
                 self._log(call, rid, status, streamed, usage)
-            if self.body_log_bytes > 0 and exchange is not None:
+            if facts is not None and facts.body_excerpt is not None:
                 log.info("request body {request_id}: {body}", request_id=rid,
-                         body=body_excerpt(exchange.original_body, self.body_log_bytes))
+                         body=facts.body_excerpt)
             if self.metrics is not None:
                 self.metrics.observe(
                     operation=op, status=status,
-                    route=exchange.route if exchange is not None else None,
-                    client=exchange.client if exchange is not None else None,
+                    route=facts.route if facts is not None else None,
+                    client=facts.client if facts is not None else None,
                     seconds=time.monotonic() - started, stream=streamed, usage=usage,
                     error_type=error_type, upstream_error=_upstream_failed(call, status))
-                if call.stats.first_content_at is not None and exchange is not None:
+                if call.stats.first_content_at is not None and facts is not None:
                     self.metrics.observe_first_token(
-                        exchange.route, call.stats.first_content_at - call.started)
+                        facts.route, call.stats.first_content_at - call.started)
             if self.status is not None:
                 self.status.observe(
-                    route=exchange.route if exchange is not None else None,
-                    client=exchange.client if exchange is not None else None,
+                    route=facts.route if facts is not None else None,
+                    client=facts.client if facts is not None else None,
                     status=status, seconds=time.monotonic() - started, usage=usage,
                     error_type=error_type, now=time.time())
             if self.observers:
@@ -449,13 +519,17 @@ class RelayResource(Resource):
         raw = b""
         if op in ("messages", "count_tokens"):
             raw = cast(io.BytesIO, request.content).getvalue()
+            # The exchange has the bytes now: twisted.web's buffer (which shares them) would
+            # keep them as long as the request lives, a stream included.
+            request.content = None
         return Exchange(op, _headers(request), rid, raw_body=raw, query=_query(request),
                         model_id=model_id)
 
-    async def _stream(
-        self, call: InFlight, reply: Reply, stream: EventStream
-    ) -> tuple[int, dict[str, Any] | None, str | None]:
-        """Relay ``stream``; the status to log, the final usage, and the error type."""
+    def _stream(self, call: InFlight, reply: Reply, stream: EventStream) -> SSEWriter:
+        """
+        Commit ``stream``'s response head and start relaying it; the caller awaits the
+        writer's ``done`` (and then decrements the open-streams gauge this incremented).
+        """
         request = call.request
         writer = SSEWriter(request, stream, self.reactor, self.ping_interval,
                            stats=call.stats)
@@ -471,19 +545,21 @@ class RelayResource(Resource):
                 self.metrics.streams.inc()
                 counted = True
             writer.start()
-            await writer.done
         except BaseException:
-            # Whatever went wrong (cancel, client gone, a bug), nothing may keep streaming.
             writer.release()
-            raise
-        finally:
             if counted:
                 assert self.metrics is not None
                 self.metrics.streams.dec()
+            raise
+        return writer
+
+    def _streamed(self, call: InFlight, reply: Reply,
+                  writer: SSEWriter) -> tuple[int, dict[str, Any] | None, str | None]:
+        """How a relayed stream ended: the status to log, the final usage, the error type."""
         if writer.client_gone:
             return 499, writer.usage, None
         if writer.error is not None:
-            if not request.finished and not call.client_gone:
+            if not call.request.finished and not call.client_gone:
                 # The writer failed before committing anything: answer it as JSON.
                 raise writer.error
             return writer.error.status, writer.usage, writer.error.type
@@ -545,8 +621,8 @@ class RelayResource(Resource):
         usage: dict[str, Any] | None,
     ) -> None:
         """The access line: who asked for what, where it went, how it ended, how long."""
-        request, exchange = call.request, call.exchange
-        route = exchange.route if exchange is not None else None
+        request, facts = call.request, call.summary()
+        route = facts.route if facts is not None else None
         first = call.stats.first_content_at
         usage = usage or {}
         log.info(
@@ -560,7 +636,7 @@ class RelayResource(Resource):
             # The reactor's clock, like the time to first token beside it.
             duration_ms=(self.reactor.seconds() - call.started) * 1000,
             request_id=rid,
-            client=exchange.client if exchange is not None else None,
+            client=facts.client if facts is not None else None,
             session_id=_session_id(request),
             model=route.requested if route else None,
             served_model=route.upstream_model if route else None,
@@ -578,20 +654,19 @@ class RelayResource(Resource):
     def _observe(self, call: InFlight, op: str, status: int, streamed: bool,
                  usage: dict[str, Any] | None, error_type: str | None) -> None:
         """Hand the finished request, as one :class:`RequestRecord`, to the observers."""
-        exchange = call.exchange
-        route = exchange.route if exchange is not None else None
+        facts = call.summary()
+        route = facts.route if facts is not None else None
         first = call.stats.first_content_at
         duration = self.reactor.seconds() - call.started
         requested = route.requested if route else None
-        if requested is None and exchange is not None:
+        if requested is None and facts is not None:
             # An unrouted request (unknown model): its model if the body was parsed anyway;
             # never parse it here (an unauthenticated body stays unread).
-            parsed = exchange.parsed_request
-            requested = parsed.model if parsed is not None else None
+            requested = facts.parsed_model
         record = RequestRecord(
             at=time.time() - duration, request_id=call.request_id, operation=op[:16],
             status=status, duration=duration,
-            key=exchange.client if exchange is not None else None,
+            key=facts.client if facts is not None else None,
             session=_session_id(call.request),
             model_requested=requested[:200] if isinstance(requested, str) else None,
             model=route.model.id if route and route.model else None,
@@ -605,6 +680,16 @@ class RelayResource(Resource):
             except Exception:
                 log.failure("a request observer failed on {request_id}",
                             request_id=call.request_id)
+
+
+def _forget(_: object, lifecycle: Lifecycle, call: InFlight) -> None:
+    lifecycle.forget(call)
+
+
+def _wants_stream(exchange: Exchange) -> bool:
+    """Whether the client asked for a stream (its body is parsed here if it was not yet)."""
+    req = exchange.request
+    return req is not None and req.stream
 
 
 def _attempts(route: Any) -> int | None:
@@ -625,6 +710,6 @@ def _session_id(request: Request) -> str | None:
 
 def _upstream_failed(call: InFlight, status: int) -> bool:
     """Whether a routed request failed on its backend's side, not the client's or a drain's."""
-    exchange = call.exchange
-    return (exchange is not None and exchange.route is not None
+    facts = call.summary()
+    return (facts is not None and facts.route is not None
             and call.abort_reason is None and (status >= 500 or status in (408, 429)))

@@ -64,7 +64,10 @@ class BytesProducer:
         self.length = len(self.body)
 
     def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self.body)
+        # Written once (Twisted never retries a request with a body): twisted.web's request
+        # keeps its producer for as long as the answer streams, the body need not stay.
+        body, self.body = self.body, b""
+        consumer.write(body)
         return succeed(None)
 
     def pauseProducing(self) -> None:

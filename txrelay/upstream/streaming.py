@@ -79,6 +79,10 @@ class UpstreamSource(Protocol):
     _is_stream: bool | None = None
     _bare: list[bytes] = attrs.Factory(list)
     _bare_size: int = 0
+    # Protocol's own attributes (``makeConnection`` sets them) as slots too: one per held
+    # stream, so no instance dict (issue 13).
+    transport: Any = attrs.field(default=None, init=False)
+    connected: int = attrs.field(default=0, init=False)
 
     # lifecycle driven by the backend
 
@@ -141,6 +145,9 @@ class UpstreamSource(Protocol):
                 return b""
             self._is_stream = not head.startswith((b"{", b"["))
             if self._is_stream:
+                # Not needed any more, and what it closes over (the backend's call, with the
+                # upstream request body) would live as long as the stream.
+                self.bare_body = None
                 return data
         self._bare_size += len(data)
         if self._bare_size <= _MAX_BARE_BODY:

@@ -82,6 +82,47 @@ class ChatStreamTranslator:
     for everyone else), not properties, which cost a Python call each.
     """
 
+    # One per held-open stream: no instance dict (issue 13).
+    __slots__ = (
+        "_complete_mode",
+        "_cumulative",
+        "_dialect",
+        "_error",
+        "_finish",
+        "_held",
+        "_input_tokens",
+        "_learning",
+        "_lenient_tail",
+        "_live",
+        "_message_id",
+        "_model",
+        "_names",
+        "_next_index",
+        "_open_index",
+        "_open_kind",
+        "_orx_meta",
+        "_out_chars",
+        "_parser",
+        "_pending_ws",
+        "_reasoning_source",
+        "_received",
+        "_refusal",
+        "_saw_done_marker",
+        "_signature_factory",
+        "_started",
+        "_stop_sequences",
+        "_template",
+        "_think",
+        "_tool_emitted",
+        "_tool_ids",
+        "_tools",
+        "_upstream",
+        "_usage",
+        "_vendor_stop",
+        "done",
+        "finish_seen",
+    )
+
     done: bool
     finish_seen: bool
     #: Whether chunks may skip the full JSON parse when they differ from the last plain
