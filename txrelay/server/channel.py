@@ -103,10 +103,21 @@ class _ReportingChunkedDecoder(_ChunkedTransferDecoder):
         return done
 
 
+#: Header names as :func:`_headers` gives them (a few dozen in practice; bounded).
+_NAMES: dict[bytes, str] = {}
+
+
 def _headers(raw: Any) -> dict[str, str]:
     out: dict[str, str] = {}
+    names = _NAMES
     for name, values in raw.getAllRawHeaders():
-        out[name.decode("latin-1").lower()] = ", ".join(v.decode("latin-1") for v in values)
+        key = names.get(name)
+        if key is None:
+            key = name.decode("latin-1").lower()
+            if len(names) < 512:
+                names[name] = key
+        out[key] = (values[0].decode("latin-1") if len(values) == 1
+                    else ", ".join(v.decode("latin-1") for v in values))
     return out
 
 
