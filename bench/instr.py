@@ -10,7 +10,9 @@ off and dumps, and reports the relay process's user-space instructions (Ir) per 
   the upstream writing one SSE event per write ``--trickle-ms`` apart (so every chunk is its
   own upstream read and client write, as a model's token stream is); Ir per stream and per
   chunk (÷ 200);
-* **small requests**: ``--small`` non-streaming small requests, ``--conc`` at a time.
+* **small requests**: ``--small`` non-streaming small requests, ``--conc`` at a time;
+* **Claude-Code-sized requests** (``--only cc``, not in the default set): ``--small``
+  non-streaming requests with the ~83 KB body of bench/fixtures.py, ``--conc`` at a time.
 
 The relays measured the same way (``--targets``):
 
@@ -109,12 +111,16 @@ class Workloads:
                 bodies / "small-stream.anthropic.json", "bench-trickle"), b'"text_delta"')
             self.small = ("/v1/messages", with_model(
                 bodies / "small-json.anthropic.json", "bench-json"), b"")
+            self.cc = ("/v1/messages", with_model(
+                bodies / "cc-json.anthropic.json", "bench-json"), b"")
         else:
             self.headers = DIRECT_HEADERS
             self.stream = ("/trickle/stream/v1/chat/completions",
                            (bodies / "small-stream.chat.json").read_bytes(), b"data:")
             self.small = ("/json/json/v1/chat/completions",
                           (bodies / "small-json.chat.json").read_bytes(), b"")
+            self.cc = ("/json/json/v1/chat/completions",
+                       (bodies / "cc-json.chat.json").read_bytes(), b"")
 
 
 def drive(port: int, what: tuple[str, bytes, bytes], headers: dict[str, str], n: int,
@@ -344,7 +350,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--relay-src", help="run txrelay from this directory (holding a txrelay/ "
                    "package, e.g. an older commit's) instead of this tree")
     p.add_argument("--check-pacing", action="store_true")
-    p.add_argument("--only", default="stream,small", help="workloads: stream,small")
+    p.add_argument("--only", default="stream,small", help="workloads: stream,small,cc")
     o = p.parse_args(argv)
     if o.relay_src:
         RELAY_SRC.append(os.path.abspath(o.relay_src))
@@ -402,6 +408,14 @@ def main(argv: list[str]) -> int:
                                     "calls_per_request": {k: v / o.small
                                                           for k, v in calls.items()}}
                     log(f"{name}: small {cost / o.small:,.0f} per request ({wall:.1f} s)")
+                if "cc" in only:
+                    drive(t.port, w.cc, w.headers, 5, o.conc, small_ok)
+                    cost, wall, calls = t.measure(lambda t=t, w=w: drive(  # type: ignore[misc]
+                        t.port, w.cc, w.headers, o.small, o.conc, small_ok))
+                    res["cc"] = {"per_request": cost / o.small, "wall": wall,
+                                 "calls_per_request": {k: v / o.small
+                                                       for k, v in calls.items()}}
+                    log(f"{name}: cc {cost / o.small:,.0f} per request ({wall:.1f} s)")
                 results["targets"][name] = res
             finally:
                 t.stop()
@@ -442,7 +456,7 @@ def profile_layers(o: argparse.Namespace, procs: Procs, py_port: int, key_hash: 
                    bodies: Path, only: set[str]) -> int:
     """txrelay under cProfile, once per workload: µs per unit by layer."""
     out = []
-    for kind in ("stream", "small"):
+    for kind in ("stream", "small", "cc"):
         if kind not in only:
             continue
         prof = WORK / f"cprofile-{kind}.prof"
@@ -457,7 +471,8 @@ def profile_layers(o: argparse.Namespace, procs: Procs, py_port: int, key_hash: 
             if kind == "stream":
                 drive(t.port, w.stream, w.headers, n, o.conc, stream_ok)
             else:
-                drive(t.port, w.small, w.headers, n, o.conc, small_ok)
+                drive(t.port, w.cc if kind == "cc" else w.small, w.headers, n, o.conc,
+                      small_ok)
             os.kill(t.pid, signal.SIGUSR2)
         finally:
             t.stop()
@@ -513,6 +528,10 @@ def render(r: dict[str, Any]) -> str:
                     if a and b and b[metric]:
                         parts.append(f"{key} x{a[metric] / b[metric]:.2f}")
                 lines.append(f"\ntxrelay ÷ {floor}: {', '.join(parts)}")
+    cc = {name: v["cc"]["per_request"] for name, v in t.items() if "cc" in v}
+    if cc:
+        lines.append("\nClaude-Code-sized request (83 KB, non-streaming): " + ", ".join(
+            f"{name} {v * scale:,.0f} {u}" for name, v in cc.items()))
     if "pacing_check" in r:
         pc = r["pacing_check"]
         lines.append(f"\npacing check: txrelay {pc['per_chunk'] * scale:,.0f} {u} per chunk at "

@@ -68,6 +68,9 @@ class Metrics:
     # Label children by label values: ``labels()`` validates and locks on every call.
     _request_children: dict[tuple[str, ...], tuple[Any, Any]] = attrs.Factory(dict)
     _token_children: dict[tuple[str, ...], Any] = attrs.Factory(dict)
+    #: ``labels()`` results of the route metrics, as for requests (label values: config names).
+    _attempt_children: dict[tuple[str, ...], Any] = attrs.Factory(dict)
+    _retry_children: dict[str, Any] = attrs.Factory(dict)
     #: Multiprocess mode: the directory every worker writes to (read once, at creation).
     multiproc_dir: str | None = attrs.Factory(lambda: os.environ.get(MULTIPROC_ENV) or None)
     _draining_now: Callable[[], bool] | None = None
@@ -148,9 +151,17 @@ class Metrics:
         if not route.attempts:
             return
         model = model_label(route)
+        attempts = self._attempt_children
         for a in route.attempts:
-            self.route_attempts.labels(model, a.target, a.key or "-", a.outcome).inc()
-        self.route_retries.labels(model).observe(
+            akey = (model, a.target, a.key or "-", a.outcome)
+            child = attempts.get(akey)
+            if child is None:
+                child = attempts[akey] = self.route_attempts.labels(*akey)
+            child.inc()
+        retries = self._retry_children.get(model)
+        if retries is None:
+            retries = self._retry_children[model] = self.route_retries.labels(model)
+        retries.observe(
             sum(1 for a in route.attempts if a.outcome not in ("breaker_open", "unfit")))
 
     def observe_first_byte(self, route: Route | None, seconds: float) -> None:

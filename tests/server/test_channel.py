@@ -500,3 +500,29 @@ def test_twisted_private_contract() -> None:
     watch.makeConnection(transport)
     watch.dataReceived(POST + b"Expect: 100-continue\r\nContent-Length: 5\r\n\r\n")
     assert seen == [b"", b"HTTP/1.1 100 Continue\r\n\r\n"]
+
+    # 4. LineReceiver's re-entrancy: while _busyReceiving, dataReceived appends to _buffer
+    # (after the line being handled); HTTPChannel.lineReceived takes one line at a time.
+    lines: list[bytes] = []
+
+    class Nested(http.HTTPChannel):
+        def lineReceived(self, line: bytes) -> None:
+            lines.append(line)
+            if line.startswith(b"GET"):
+                assert self._busyReceiving
+                assert self._buffer == b"Host: x\r\n"
+                self.dataReceived(b"X: y\r\n\r\n")
+                assert self._buffer == b"Host: x\r\nX: y\r\n\r\n"
+            super().lineReceived(line)
+
+    nested = Nested()
+    nested.makeConnection(StringTransport())
+    nested.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    assert lines == [b"GET / HTTP/1.1", b"Host: x", b"X: y", b""]
+    assert not nested._busyReceiving
+    by_line = http.HTTPChannel()
+    by_line.makeConnection(StringTransport())
+    for line in (b"POST / HTTP/1.1", b"Content-Length: 3", b""):
+        by_line.lineReceived(line)
+    assert (by_line.length, by_line.line_mode) == (3, 0)
+    assert by_line.requests[-1].requestHeaders.getRawHeaders(b"content-length") == [b"3"]

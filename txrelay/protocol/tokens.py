@@ -12,6 +12,7 @@ from typing import Any
 
 from txrelay.protocol.anthropic import MessagesRequest
 from txrelay.protocol.jsoncodec import JSONEncodeError, dumps
+from txrelay.protocol.validate import validated_tools_length
 
 _CHARS_PER_TOKEN = 3.6
 _PER_MESSAGE = 4
@@ -80,7 +81,9 @@ def estimate_input_tokens(req: MessagesRequest) -> int:
             chars += c
             flat += f
     if req.tools:
-        chars += _json_len(req.tools)
+        # Validation wrote the client's tools already (its nesting check).
+        known = validated_tools_length(req.tools)
+        chars += _json_len(req.tools) if known is None else known
     return max(1, int(chars / _CHARS_PER_TOKEN + 0.999) + flat)
 
 

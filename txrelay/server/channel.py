@@ -34,7 +34,21 @@ which fails loudly when an upgrade changes them):
    that reports each chunk size;
 3. ``allHeadersReceived`` is where ``HTTPChannel`` sends ``100 Continue`` and creates the body
    buffer (``gotLength``), and it is called before any body byte reaches the decoder: answering
-   without calling it is what makes our answers early.
+   without calling it is what makes our answers early;
+4. the one-read head (below) drives ``LineReceiver`` by hand: ``_busyReceiving`` makes a
+   nested ``dataReceived`` append to ``_buffer`` (what is left after the line being
+   handled), and ``HTTPChannel.lineReceived`` takes one line at a time, the empty line
+   ending the head.
+
+A request head that arrives whole in one read (the usual case) is checked in bulk: one
+search for its end, one count of control bytes, then ``HTTPChannel.lineReceived`` line by
+line — the state Twisted builds is its own —, without ``LineReceiver``'s per-line split of the
+whole buffer (for an 83 KB body in the first read, a copy of the body per header line) and
+without this class's per-line checks, which the bulk checks stand for. Anything else (a
+partial head, an empty line before the request line, obsolete line folding, a bare CR or LF,
+control bytes, a head over the limits, a non-persistent channel, a nested call) takes the
+line-by-line path from its first byte, so every answer above is the same on both paths
+(``tests/server/test_head_fastpath.py``).
 """
 
 from __future__ import annotations
@@ -44,6 +58,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.interfaces import IDelayedCall, ITCPTransport
 from twisted.internet.protocol import connectionDone
+from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, _ChunkedTransferDecoder, _MalformedChunkedDataError
 
@@ -88,10 +103,21 @@ class _ReportingChunkedDecoder(_ChunkedTransferDecoder):
         return done
 
 
+#: Header names as :func:`_headers` gives them (a few dozen in practice; bounded).
+_NAMES: dict[bytes, str] = {}
+
+
 def _headers(raw: Any) -> dict[str, str]:
     out: dict[str, str] = {}
+    names = _NAMES
     for name, values in raw.getAllRawHeaders():
-        out[name.decode("latin-1").lower()] = ", ".join(v.decode("latin-1") for v in values)
+        key = names.get(name)
+        if key is None:
+            key = name.decode("latin-1").lower()
+            if len(names) < 512:
+                names[name] = key
+        out[key] = (values[0].decode("latin-1") if len(values) == 1
+                    else ", ".join(v.decode("latin-1") for v in values))
     return out
 
 
@@ -161,6 +187,9 @@ class FrontDoorChannel(HTTPChannel):
         if not write_now(self.transport, iovec):
             super().writeSequence(iovec)  # type: ignore[no-untyped-call]
 
+    #: Whether a head that arrives in one read takes :meth:`_one_read_head` (tests compare).
+    fast_head = True
+
     def dataReceived(self, data: bytes) -> None:
         if self._phase == "rejected":
             return
@@ -168,10 +197,64 @@ class FrontDoorChannel(HTTPChannel):
             self._start_head()
         if self._phase == "head":
             self._head_received += len(data)
+            # Only a head none of whose bytes came before: not even as lines the loop took
+            # from a previous read while the connection was idle (pipelining).
+            if (self._head_received == len(data) and self._head_bytes == 0 and self.fast_head
+                    and self.line_mode and not self._busyReceiving and not self._buffer
+                    and not self.paused and self.persistent and self._one_read_head(data)):
+                return
         if self.line_mode and self._phase == "head" and self._has_bare_lf(data):
             self.reject(malformed("lines must end with CRLF, not a bare LF"))
             return
         super().dataReceived(data)  # type: ignore[no-untyped-call]
+
+    def _one_read_head(self, data: bytes) -> bool:
+        """
+        Handle ``data`` when it starts with a whole, plain request head; whether it did
+        (else nothing changed and the line-by-line path takes ``data``).
+        """
+        end = data.find(b"\r\n\r\n")
+        if end <= 0 or end + 4 > self.policy.max_head_bytes or end + 2 > self.MAX_LENGTH:
+            return False
+        head = data[:end]
+        lines = head.split(b"\r\n")
+        breaks = len(lines) - 1
+        # The only control bytes are the CRLFs between lines, and HTAB inside header lines.
+        if len(head.translate(None, _FIELD_CONTROL)) != len(head) - 2 * breaks:
+            return False
+        first = lines[0]
+        if not first or not first.isascii() or b"\t" in first:
+            return False
+        for line in lines[1:]:
+            if line[:1] in (b" ", b"\t", b""):  # obsolete line folding
+                return False
+        # What lineReceived would have recorded, line by line.
+        self._seen_request_line = True
+        parts = first.split(b" ")
+        if len(parts) == 3:
+            self._method, self._target = parts[0], parts[1]
+        self._lf_tail = b""
+        self.resetTimeout()  # type: ignore[no-untyped-call]
+        # As LineReceiver.dataReceived: a nested call appends to _buffer, handled after.
+        self._busyReceiving = True
+        self._buffer = data[end + 4:]
+        try:
+            lines.append(b"")
+            pos = 0
+            for line in lines:
+                pos += len(line) + 2
+                self._head_bytes = pos
+                HTTPChannel.lineReceived(self, line)
+                if self._phase == "rejected" or getattr(self.transport, "disconnecting", False):
+                    if pos < end + 4:  # stopped inside the head: the rest stays unread
+                        self._buffer = data[pos:]
+                    return True
+        finally:
+            self._busyReceiving = False
+        rest, self._buffer = self._buffer, b""
+        if rest:
+            LineReceiver.dataReceived(self, rest)
+        return True
 
     def lineReceived(self, line: bytes) -> None:
         if self._phase == "rejected":

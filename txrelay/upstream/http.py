@@ -199,10 +199,12 @@ class _Pool(HTTPConnectionPool):
 class _Agent(Agent):
     """An ``Agent`` that makes one endpoint per (scheme, host, port), not one per request."""
 
-    _endpoints: dict[tuple[bytes, bytes, int], Any]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._endpoints: dict[tuple[bytes, bytes, int], Any] = {}
 
     def _getEndpoint(self, uri: Any) -> Any:
-        endpoints = self.__dict__.setdefault("_endpoints", {})
+        endpoints = self._endpoints
         key = (uri.scheme, uri.host, uri.port)
         endpoint = endpoints.get(key)
         if endpoint is None:
@@ -249,7 +251,7 @@ class UpstreamClient:
 
     def _agent(self, pool: HTTPConnectionPool) -> Agent:
         """The one place this provider's Agents are made (TLS policy, connect timeout)."""
-        return _Agent(self.reactor,  # type: ignore[no-untyped-call]
+        return _Agent(self.reactor,
                       connectTimeout=self.provider.timeouts.connect, pool=pool,
                       contextFactory=self._tls_policy)
 
