@@ -108,6 +108,10 @@ def order_targets(targets: Sequence[Target], rand: Callable[[], float],
     order weighted by ``weight`` (a weighted draw without replacement), the ``preferred``
     one (cache affinity) first when it is among them.
     """
+    if len(targets) == 1:  # the usual route: the same single draw, no sort
+        rand()
+        return [targets[0]]
+
     def draw(t: Target) -> float:
         # Efraimidis-Spirakis: sorting by u ** (1 / w) draws without replacement by weight.
         u = min(max(rand(), 1e-12), 1.0)

@@ -92,10 +92,10 @@ class ModelPolicy:
     @classmethod
     def of(cls, route: Route) -> ModelPolicy:
         """The policy of ``route`` (defaults for a route without a configured model)."""
-        several = len(route.targets) > 1
         cfg = route.model.routing if route.model is not None else None
         if cfg is None:
-            return cls(RetryPolicy(), br.BreakerPolicy(enabled=False), True, 3600.0)
+            return _DEFAULT_POLICY
+        several = len(route.targets) > 1
         attempts = cfg.attempts or (len(route.targets) + 1 if several else 1)
         breaker = cfg.breaker if cfg.breaker is not None else several
         return cls(RetryPolicy(attempts, Backoff(cfg.backoff, cfg.max_backoff),
@@ -103,6 +103,10 @@ class ModelPolicy:
                    br.BreakerPolicy(breaker, cfg.breaker_failures, cfg.breaker_window,
                                     cfg.breaker_cooldown),
                    cfg.affinity, cfg.affinity_ttl)
+
+
+#: The policy of a route whose model has no ``routing`` table (immutable, so shared).
+_DEFAULT_POLICY = ModelPolicy(RetryPolicy(), br.BreakerPolicy(enabled=False), True, 3600.0)
 
 
 @attrs.define(eq=False)
