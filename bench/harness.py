@@ -108,6 +108,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_port(port: int, proc: subprocess.Popen[bytes], seconds: float = 20) -> None:
+    """Poll until loopback ``port`` accepts TCP; fail if ``proc`` dies or time runs out."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} while starting")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} within {seconds}s")
+
+
 def wait_http(port: int, path: str, seconds: float, proc: subprocess.Popen[bytes]) -> None:
     """Poll ``GET path`` until it answers 200; fail if ``proc`` dies or time runs out."""
     deadline = time.monotonic() + seconds

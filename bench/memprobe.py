@@ -133,28 +133,6 @@ def _holders() -> str:
 
 # ── the driver ─────────────────────────────────────────────────────────────────────────────
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _wait(port: int, proc: subprocess.Popen[bytes], seconds: float = 120) -> None:
-    import socket
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited early ({proc.returncode})")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
 class Relay:
     """The traced relay process and its snapshots."""
 
@@ -302,13 +280,14 @@ def main() -> int:
                         "per-stream object (Exchange, MessagesRequest, Headers, Deferred…)")
     a = p.parse_args()
     import fixtures
+    from harness import free_port, wait_port
     venv = BENCH.parent / ".venv" / "bin"
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="memprobe-") as tmp:
         work = Path(tmp)
         fixtures.write_all(work / "fixtures")
         bodies = work / "fixtures" / "bodies"
-        up, port = _free_port(), _free_port()
+        up, port = free_port(), free_port()
         key_hash = subprocess.run([str(venv / "txrelay"), "hash-key", CLIENT_KEY], check=True,
                                   capture_output=True, text=True).stdout.strip()
         cfg = work / "relay.toml"
@@ -341,8 +320,8 @@ def main() -> int:
                 start_new_session=True)
             procs.append(proc)
             relay = Relay(proc, snaps)
-            _wait(up, procs[0])
-            _wait(port, proc)
+            wait_port(up, procs[0], 120)
+            wait_port(port, proc, 120)
             for case in a.cases.split(","):
                 stem = {"small": "small-stream", "cc": "cc-stream"}[case]
                 raw = json.loads((bodies / f"{stem}.anthropic.json").read_bytes())

@@ -282,15 +282,9 @@ class Server:
             item = items[c.pos]
             c.pos += 1
             chunks += 1
-            try:
-                n = c.send(item)
-            except BlockingIOError:
-                n = 0
-            except OSError:
-                self.close(c)
+            self.write(c, item)
+            if c.closed:
                 continue
-            if n != len(item):
-                self.blocked(c, item[n:])
             if c.pos < len(items):
                 append(c)
             elif not c.pending:

@@ -170,28 +170,6 @@ def serve(out: str, argv: list[str]) -> int:
 
 # ── the driver ─────────────────────────────────────────────────────────────────────────────
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _wait(port: int, proc: subprocess.Popen[bytes], seconds: float = 20) -> None:
-    import socket
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited early ({proc.returncode})")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
 def _first(timeline: list[tuple[str, int]], label: str, after: int) -> int | None:
     for name, t in timeline:
         if name == label and t >= after:
@@ -267,13 +245,14 @@ def main() -> int:
                         "so its code and data stay in the CPU caches between requests")
     a = p.parse_args()
     import fixtures
+    from harness import free_port, wait_port
     venv = BENCH.parent / ".venv" / "bin"
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="ttftprobe-") as tmp:
         work = Path(tmp)
         fixtures.write_all(work / "fixtures")
         bodies = work / "fixtures" / "bodies"
-        up, port = _free_port(), _free_port()
+        up, port = free_port(), free_port()
         key_hash = subprocess.run([str(venv / "txrelay"), "hash-key", CLIENT_KEY], check=True,
                                   capture_output=True, text=True).stdout.strip()
         cfg = work / "relay.toml"
@@ -300,8 +279,8 @@ def main() -> int:
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True)
             procs.append(relay)
-            _wait(up, procs[0])
-            _wait(port, relay)
+            wait_port(up, procs[0])
+            wait_port(port, relay)
             load = os.getloadavg()
             print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
                   f"{a.samples} requests per case after {a.warmup} warm-up\n")
