@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -35,9 +36,17 @@ def redis_server_path() -> str:
     return path
 
 
-def _answers(port: int) -> bool:
+def _answers(port: int, tls: bool = False, client_cert: tuple[Path, Path] | None = None,
+             ) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as raw:
+            s = raw
+            if tls:  # only "is it up?": the tests check the certificates through the store
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+                if client_cert is not None:
+                    ctx.load_cert_chain(*client_cert)
+                s = ctx.wrap_socket(raw)
             s.sendall(b"PING\r\n")
             return s.recv(64).startswith(b"+PONG")
     except OSError:
@@ -52,14 +61,26 @@ class RedisServer:
     port: int
     directory: Path
     process: subprocess.Popen[bytes] | None = None
+    #: TLS only, on ``port``: the server's certificate and key (PEM files).
+    tls: tuple[Path, Path] | None = None
+    #: With ``tls``: require client certificates issued by this CA.
+    client_ca: Path | None = None
+    #: With ``client_ca``: the certificate the start-up PING presents.
+    client_cert: tuple[Path, Path] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 20) -> None:
         """Start the server and return once it answers PING."""
-        command = [redis_server_path(), "--port", str(self.port), "--bind", "127.0.0.1",
+        ports = ["--port", str(self.port)]
+        if self.tls is not None:
+            ports = ["--port", "0", "--tls-port", str(self.port),
+                     "--tls-cert-file", str(self.tls[0]), "--tls-key-file", str(self.tls[1])]
+            ports += (["--tls-ca-cert-file", str(self.client_ca), "--tls-auth-clients", "yes"]
+                      if self.client_ca is not None else ["--tls-auth-clients", "no"])
+        command = [redis_server_path(), *ports, "--bind", "127.0.0.1",
                    "--save", "", "--appendonly", "no", "--dir", str(self.directory),
                    "--protected-mode", "no", "--logfile", str(self.directory / "redis.log")]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
@@ -69,7 +90,7 @@ class RedisServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.process.returncode}: "
                                    f"{self.log()}")
-            if _answers(self.port):
+            if _answers(self.port, self.tls is not None, self.client_cert):
                 return
             time.sleep(0.02)
         self.stop()

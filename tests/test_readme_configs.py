@@ -40,6 +40,13 @@ def test_readme_toml_block_is_a_valid_provider_config(block: str, tmp_path: Path
             client = issue(tmp_path, "client", ca, cn="relay", client=True)
             provider["tls"] |= {"ca_file": str(ca.cert), "client_cert": str(client.cert),
                                 "client_key": str(client.key)}
+    if "tls" in raw.get("state", {}):
+        from tests.tlsfixtures import issue, make_ca
+
+        ca = make_ca(tmp_path, "state-ca")
+        client = issue(tmp_path, "state-client", ca, cn="relay", client=True)
+        raw["state"]["tls"] |= {"ca_file": str(ca.cert), "client_cert": str(client.cert),
+                                "client_key": str(client.key)}
     raw.setdefault("pipeline", [{"type": "model-map"}, {"type": "translate"}])
     env = {"OPENAI_API_KEY": "k", "OPENAI_API_KEY_2": "k", "DEEPSEEK_API_KEY": "k",
            "GEMINI_API_KEY": "k"}

@@ -293,6 +293,9 @@ class StateConfig:
     on_unavailable: Literal["open", "closed"] = "open"
     #: Seconds between probes of an unreachable Redis.
     probe_interval: float = 2.0
+    #: For a ``rediss://`` url: a private CA (``ca_file``) and a client certificate, as for
+    #: a provider's ``tls``. The certificate is always verified.
+    tls: TLSConfig = TLSConfig()
 
 
 def _check_state(st: StateConfig, env: Mapping[str, str], problems: list[str]) -> StateConfig:
@@ -313,6 +316,12 @@ def _check_state(st: StateConfig, env: Mapping[str, str], problems: list[str]) -
         problems.append("state.timeout: must be between 0 and 30 seconds")
     if not 0 < st.probe_interval <= 300:
         problems.append("state.probe_interval: must be between 0 and 300 seconds")
+    if st.tls != TLSConfig():
+        if not (st.url or "").startswith("rediss://"):
+            problems.append("state.tls: set, but state.url is not a rediss:// URL")
+        from txrelay.upstream.tls import tls_problems
+
+        problems.extend(tls_problems(st.tls, None, "state.tls"))
     if st.kind == "memory" and (st.url or st.host or st.password):
         problems.append("state.kind: is \"memory\", but a Redis server is configured "
                         "(set kind = \"redis\")")

@@ -130,3 +130,38 @@ def test_check_config_names_bad_state_keys(tmp_path: Path) -> None:
     for fragment in ("state.url: holds a password", "state.timeout: must be between",
                      "state.password.env: environment variable NOPE_UNSET is not set"):
         assert fragment in out.stderr, out.stderr
+
+
+def test_rediss_with_a_private_ca(tmp_path: Path) -> None:
+    """``[state.tls]``: the relay trusts a private CA for rediss://, and without it the
+    readiness detail says why the server's certificate was refused."""
+    from tests.tlsfixtures import issue, make_ca
+
+    ca = make_ca(tmp_path)
+    cert = issue(tmp_path, "redis", ca, dns=("localhost",), ips=("127.0.0.1",))
+    server = RedisServer(free_port(), tmp_path / "redis", tls=(cert.cert, cert.key))
+    (tmp_path / "redis").mkdir()
+    server.start()
+    relays: list[Relay] = []
+    try:
+        trusted = tmp_path / "trusted"
+        trusted.mkdir()
+        relays.append(relay := start_relay(
+            trusted, config_text() + state_table(server)
+            + f"\n[state.tls]\nca_file = {json.dumps(str(ca.cert))}\n"))
+        until(lambda: ready(relay)[1]["detail"].get("state", {}).get("serving_from")
+              == "redis", "state up over TLS", relay)
+        assert ask(relay)
+        untrusted = tmp_path / "untrusted"
+        untrusted.mkdir()
+        relays.append(other := start_relay(untrusted, config_text() + state_table(server)))
+        detail = until(lambda: "TLS:" in (d := ready(other)[1]["detail"].get("state", {}))
+                       .get("error", "") and d, "the refusal in the readiness detail", other)
+        assert detail["up"] is False and detail["serving_from"] == "memory"
+        assert detail["error"].endswith(
+            "TLS: the certificate of 127.0.0.1 is signed by an unknown certificate authority")
+        assert ask(other)  # open: it serves under in-process state
+    finally:
+        for r in relays:
+            r.stop()
+        server.stop()

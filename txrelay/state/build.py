@@ -21,7 +21,7 @@ def redis_store(cfg: StateConfig, reactor: Any) -> RedisStore:
     """A connecting :class:`RedisStore` for ``cfg`` (no failover: the ``keys`` command)."""
     password = cfg.password.value if cfg.password is not None else None
     return RedisStore(redis_address(cfg), reactor, password=password or None,
-                      prefix=cfg.prefix, timeout=cfg.timeout).connect()
+                      prefix=cfg.prefix, timeout=cfg.timeout, tls=cfg.tls).connect()
 
 
 def build_state(cfg: StateConfig, reactor: Any, health: Any = None) -> Any:

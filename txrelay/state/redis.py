@@ -26,6 +26,7 @@ from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, globalLogPublisher
 from zope.interface import implementer
 
+from txrelay.config import TLSConfig
 from txrelay.state.interfaces import Counted, IStateStore, StoreUnavailable
 
 #: ``KEYS[1]`` counter; ``ARGV`` amount, ttl in ms, limit ('' for none).
@@ -136,7 +137,11 @@ class RedisStore:
     connect_timeout: float = 2.0
     poolsize: int = 4
     name: str = "redis"
+    #: For ``rediss://``: the trust and client certificate (``[state.tls]``).
+    tls: TLSConfig = attrs.Factory(TLSConfig)
     _client: Any = attrs.field(default=None, init=False)
+    #: Why the last TLS handshake was refused, until a connection works again.
+    _tls_problem: str | None = attrs.field(default=None, init=False)
     _ever_connected: bool = attrs.field(default=False, init=False)
 
     def connect(self) -> RedisStore:
@@ -166,13 +171,20 @@ class RedisStore:
         return self
 
     def _tls(self) -> Any:
-        """For rediss://: the server's certificate verified against the system's CAs for its
-        host name (txredisapi's own ``True`` would not verify it)."""
+        """
+        For rediss://: the relay's fail-closed verification (txrelay.upstream.tls) of the
+        server's certificate, against ``tls.ca_file`` or the system's CAs, for the URL's
+        host. txredisapi's own ``True`` would not verify it, and Twisted's
+        ``optionsForClientTLS`` accepts a certificate without subjectAltName for any host.
+        """
         if not self.address.tls:
             return False
-        from twisted.internet.ssl import optionsForClientTLS
+        from txrelay.upstream.tls import strict_creator
 
-        return optionsForClientTLS(self.address.host)
+        return strict_creator(self.tls, self.address.host, self._refused)
+
+    def _refused(self, problem: str) -> None:
+        self._tls_problem = problem
 
     async def _call(self, method: str, *args: Any, passing: tuple[type[Exception], ...] = (),
                     **kwargs: Any) -> Any:
@@ -181,6 +193,10 @@ class RedisStore:
         factory = self._client._factory
         if factory.size:
             self._ever_connected = True
+            self._tls_problem = None
+        elif self._tls_problem is not None:
+            # The handshake was refused: say why at once (retrying cannot change it soon).
+            raise StoreUnavailable(f"{self.address}: {self._tls_problem}")
         elif self._ever_connected:
             # Known to be down: answer at once instead of waiting out the timeout.
             raise StoreUnavailable(f"{self.address}: connection lost, reconnecting")

@@ -14,11 +14,13 @@ that failed, and the request fails with a message naming the problem in plain wo
 
 Per provider (``[providers.tls]``): ``ca_file``, a PEM bundle of private CAs that *replaces*
 the system trust store (``system_trust = true`` keeps the system's CAs as well), and
-``client_cert`` + ``client_key`` for mutual TLS.
+``client_cert`` + ``client_key`` for mutual TLS. ``[state.tls]`` applies the same to a
+``rediss://`` state store (:func:`strict_creator`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +105,8 @@ class _StrictCreator:
 
     context: SSL.Context
     host: str
+    #: Told each reason a handshake was refused (for a client that would otherwise lose it).
+    on_problem: Callable[[str], None] | None = None
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         connection = SSL.Connection(self.context, None)
@@ -127,6 +131,8 @@ class _StrictCreator:
             problem = f"the certificate of {self.host} could not be checked ({type(e).__name__})"
         # The reason the request fails with (Twisted reports it to the HTTP client); the
         # handshake stops here, before any application data is sent.
+        if self.on_problem is not None:
+            self.on_problem(f"TLS: {problem}")
         tls = connection.get_app_data()
         if tls is not None:
             tls.failVerification(Failure(UpstreamTLSError(f"TLS: {problem}")))
@@ -154,6 +160,17 @@ class StrictPolicyForHTTPS:
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
         return _StrictCreator(self.context(), hostname.decode("ascii"))
+
+
+def strict_creator(tls: TLSConfig, host: str,
+                   on_problem: Callable[[str], None] | None = None,
+                   ) -> IOpenSSLClientConnectionCreator:
+    """
+    The same fail-closed verification for a TLS client that is not an HTTP upstream (the
+    ``rediss://`` state store): its own context for ``tls``, the name checked against
+    ``host``; ``on_problem`` hears why a handshake was refused.
+    """
+    return _StrictCreator(make_context(tls), host, on_problem)
 
 
 def make_context(tls: TLSConfig) -> SSL.Context:
